@@ -1,0 +1,3 @@
+//! Composition of the disk image from its parts.
+
+pub mod fat;
