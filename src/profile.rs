@@ -54,7 +54,7 @@ struct RawPin {
     sha256: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKernelArgs {
     #[serde(default = "yes")]
@@ -65,6 +65,15 @@ struct RawKernelArgs {
 
 fn yes() -> bool {
     true
+}
+
+impl Default for RawKernelArgs {
+    fn default() -> Self {
+        RawKernelArgs {
+            defaults: true,
+            extra: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

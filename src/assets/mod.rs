@@ -81,8 +81,8 @@ pub fn load(profile: &Profile, source: Option<&Path>) -> Result<BootAssets> {
     let src = if meta.is_dir() && !source.join("oci-layout").exists() {
         Source::Dir(source.clone())
     } else {
-        let img = oci::OciImage::open(&source, profile.arch.as_str())
-            .with_context(|| format!("reading boot assets from {}", source.display()))?;
+        let img =
+            oci::OciImage::open(&source, profile.arch.as_str()).context("reading boot assets")?;
         Source::Image(img, source.clone())
     };
     let opened = open_all(&src, profile)?;
@@ -154,7 +154,7 @@ fn open_all(src: &Source, profile: &Profile) -> Result<[Asset; 4]> {
             let wanted: Vec<String> = pins.iter().map(|p| format!("{prefix}{}", p.path)).collect();
             let tree = img
                 .merged_tree(&|p: &str| wanted.iter().any(|w| w == p))
-                .with_context(|| format!("reading boot assets from {}", archive.display()))?;
+                .context("reading boot assets")?;
             let take = |pin: &AssetPin| -> Result<Asset> {
                 let inner = format!("{prefix}{}", pin.path);
                 let origin = format!("{}:{}", archive.display(), inner);
