@@ -1,0 +1,219 @@
+//! Every bad input named by the build's contract: one clear error line (what, where, what to
+//! do), exit code 1, and no output file.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use edgeimage::talos::Arch;
+use sha2::{Digest, Sha256};
+
+/// Run a build that must fail; returns its single error line.
+fn fails(f: &Fixture, out: &Path) -> String {
+    let o = run(&[
+        "build",
+        "--profile",
+        f.profile.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--raw",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("reading profile")
+                && !l.starts_with("checking assets")
+                && !l.starts_with("composing")
+                && !l.starts_with("writing image")
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one error line expected: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    if out.exists() {
+        let left: Vec<_> = fs::read_dir(out).unwrap().collect();
+        assert!(left.is_empty(), "output files left behind: {left:?}");
+    }
+    lines[0].to_string()
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Replace an asset and re-pin it, so the check after the pin is what fails.
+fn replace_pinned(f: &Fixture, name: &str, data: &[u8]) {
+    let old = digest(&f.digests, name);
+    fs::write(f.dir.path().join("assets").join(name), data).unwrap();
+    let text = fs::read_to_string(&f.profile)
+        .unwrap()
+        .replace(&old, &sha(data));
+    fs::write(&f.profile, text).unwrap();
+}
+
+#[test]
+fn truncated_asset_is_refused_with_both_digests() {
+    let f = fixture(Arch::Amd64, "");
+    let p = f.dir.path().join("assets/vmlinuz");
+    let data = fs::read(&p).unwrap();
+    fs::write(&p, &data[..data.len() / 2]).unwrap();
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("asset `kernel`") && e.contains("does not match its pin"),
+        "{e}"
+    );
+    assert!(e.contains(&digest(&f.digests, "vmlinuz")), "{e}");
+    assert!(e.contains(&sha(&data[..data.len() / 2])), "{e}");
+    assert!(e.contains("assets.kernel.sha256"), "{e}");
+}
+
+#[test]
+fn wrong_asset_is_refused() {
+    let f = fixture(Arch::Amd64, "");
+    let a = f.dir.path().join("assets");
+    fs::copy(a.join("systemd-boot.efi"), a.join("systemd-stub.efi")).unwrap();
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("asset `systemd_stub`") && e.contains("does not match its pin"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_asset_names_the_file() {
+    let f = fixture(Arch::Amd64, "");
+    fs::remove_file(f.dir.path().join("assets/initramfs.xz")).unwrap();
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("asset `initramfs`") && e.contains("initramfs.xz"),
+        "{e}"
+    );
+}
+
+#[test]
+fn stub_that_is_not_pe_is_refused() {
+    let f = fixture(Arch::Amd64, "");
+    replace_pinned(&f, "systemd-stub.efi", b"#!/bin/sh\necho not a PE file\n");
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("asset `systemd_stub`")
+            && e.contains("is not an EFI application")
+            && e.contains("MZ"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_pe_stub_is_refused() {
+    let f = fixture(Arch::Amd64, "");
+    let stub = fs::read(f.dir.path().join("assets/systemd-stub.efi")).unwrap();
+    replace_pinned(&f, "systemd-stub.efi", &stub[..0x1000]);
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(e.contains("systemd-stub") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn kernel_for_the_other_architecture_is_refused() {
+    let f = fixture(Arch::Amd64, "");
+    let arm = edgeimage::synthetic::asset_set(Arch::Arm64, Default::default()).unwrap();
+    let kernel = &arm.iter().find(|(n, _)| *n == "vmlinuz").unwrap().1;
+    replace_pinned(&f, "vmlinuz", kernel);
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("asset `kernel`") && e.contains("arm64 binary") && e.contains("arch is amd64"),
+        "{e}"
+    );
+}
+
+#[test]
+fn initramfs_that_is_not_compressed_cpio_is_refused() {
+    let f = fixture(Arch::Amd64, "");
+    replace_pinned(&f, "initramfs.xz", b"plain text, no archive");
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("asset `initramfs`") && e.contains("not an initramfs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn partitions_that_do_not_fit_are_refused() {
+    let f = fixture(Arch::Amd64, "");
+    let text = fs::read_to_string(&f.profile)
+        .unwrap()
+        .replace("128MiB", "64MiB");
+    fs::write(&f.profile, text).unwrap();
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("p.toml") && e.contains("`disk_size`") && e.contains("do not fit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn command_line_over_4_kib_is_refused() {
+    let args: Vec<String> = (0..300).map(|i| format!("\"opt{i}=value{i}\"")).collect();
+    let f = fixture(
+        Arch::Amd64,
+        &format!("[kernel_args]\nextra = [{}]\n", args.join(", ")),
+    );
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("`kernel_args`") && e.contains("limit of 4095"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unwritable_output_directory_is_refused() {
+    let f = fixture(Arch::Amd64, "");
+    let e = fails(&f, Path::new("/proc/edgeimage-out"));
+    assert!(
+        e.contains("/proc/edgeimage-out") && e.contains("--out"),
+        "{e}"
+    );
+}
+
+#[test]
+fn esp_too_small_for_fat32_is_refused() {
+    let f = fixture(Arch::Amd64, "");
+    let text = fs::read_to_string(&f.profile)
+        .unwrap()
+        .replace("esp_size = \"100MiB\"", "esp_size = \"16MiB\"");
+    fs::write(&f.profile, text).unwrap();
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(e.contains("too small for FAT32"), "{e}");
+}
+
+#[test]
+fn unknown_profile_field_is_refused() {
+    let f = fixture(Arch::Amd64, "flavour = \"x\"");
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("p.toml") && e.contains("unknown field `flavour`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn failed_build_leaves_previous_output_intact() {
+    let f = fixture(Arch::Amd64, "");
+    let out = f.dir.path().join("out");
+    build(&f, &out, &[]);
+    let before = fs::read(out.join("t.raw.zst")).unwrap();
+    fs::write(f.dir.path().join("assets/vmlinuz"), b"x").unwrap();
+    let o = run(&[
+        "build",
+        "--profile",
+        f.profile.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(fs::read(out.join("t.raw.zst")).unwrap(), before);
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+}
