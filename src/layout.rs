@@ -353,7 +353,11 @@ mod tests {
         let e = l.put_zeros(5, 2).unwrap_err().to_string();
         assert!(e.contains("overlaps extent 2..6"), "{e}");
         assert!(l.put_zeros(0, 3).is_err());
-        assert!(l.put_zeros(8, 3).unwrap_err().to_string().contains("outside"));
+        assert!(l
+            .put_zeros(8, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
         assert!(l.put_zeros(u64::MAX, 3).is_err());
         l.put_zeros(6, 4).unwrap();
         assert!(l.put_layout(9, &Layout::new(2)).is_err());

@@ -3,6 +3,6 @@
 //! Data flows one way: [`profile`] → [`assets`] → [`compose`] → [`artifact`]. The binary
 //! (`src/main.rs`) only parses arguments and calls [`build`] and [`inspect`].
 
-pub mod layout;
-pub mod compose;
 pub mod assets;
+pub mod compose;
+pub mod layout;

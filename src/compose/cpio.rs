@@ -93,12 +93,7 @@ impl<'a> Entry<'a> {
     }
 
     /// A regular file whose `len` bytes come from `reader`.
-    pub fn file(
-        path: impl Into<String>,
-        perm: u32,
-        len: u64,
-        reader: impl Read + 'a,
-    ) -> Self {
+    pub fn file(path: impl Into<String>, perm: u32, len: u64, reader: impl Read + 'a) -> Self {
         Self::new(
             path,
             S_IFREG | (perm & 0o7777),
@@ -178,7 +173,6 @@ enum ErrorKind {
     ShortRead { expected: u64, got: u64 },
     LongRead { expected: u64 },
     Io(io::Error),
-    Finished,
 }
 
 impl fmt::Display for CpioError {
@@ -200,7 +194,6 @@ impl fmt::Display for CpioError {
                 "data source holds more than the announced {expected} bytes"
             ),
             ErrorKind::Io(e) => write!(f, "{e}"),
-            ErrorKind::Finished => f.write_str("archive already finished"),
         }
     }
 }
@@ -341,17 +334,7 @@ impl<W: Write> Writer<W> {
         let ino = self.next_ino;
         let nlink = if ftype == S_IFDIR { 2 } else { 1 };
         let fields = [
-            ino,
-            mode,
-            uid,
-            gid,
-            nlink,
-            mtime32,
-            filesize32,
-            0,
-            0,
-            rdev_major,
-            rdev_minor,
+            ino, mode, uid, gid, nlink, mtime32, filesize32, 0, 0, rdev_major, rdev_minor,
         ];
         self.write_header(&path, &fields)?;
         match body {
@@ -360,10 +343,12 @@ impl<W: Write> Writer<W> {
             Body::Data { len, reader } => self.copy_data(&path, len, reader)?,
         }
         self.write_raw(&path, &[0u8; 3][..pad4(filesize)])?;
-        self.next_ino = self
-            .next_ino
-            .checked_add(1)
-            .ok_or_else(|| err(&path, ErrorKind::TooLarge("inode number", u64::from(ino) + 1)))?;
+        self.next_ino = self.next_ino.checked_add(1).ok_or_else(|| {
+            err(
+                &path,
+                ErrorKind::TooLarge("inode number", u64::from(ino) + 1),
+            )
+        })?;
         self.seen.insert(path);
         Ok(())
     }
@@ -416,7 +401,12 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    fn copy_data(&mut self, path: &str, len: u64, reader: Box<dyn Read + '_>) -> Result<(), CpioError> {
+    fn copy_data(
+        &mut self,
+        path: &str,
+        len: u64,
+        reader: Box<dyn Read + '_>,
+    ) -> Result<(), CpioError> {
         let mut limited = reader.take(len);
         let mut buf = vec![0u8; 64 * 1024];
         let mut got = 0u64;
@@ -459,7 +449,8 @@ mod tests {
         let big: &'static [u8] = Box::leak(big.into_boxed_slice());
         vec![
             Entry::dir("bin", 0o755).with_mtime(1_700_000_000),
-            Entry::file_bytes("bin/hello", 0o755, b"#!/bin/sh\necho hi\n").with_mtime(1_700_000_001),
+            Entry::file_bytes("bin/hello", 0o755, b"#!/bin/sh\necho hi\n")
+                .with_mtime(1_700_000_001),
             Entry::symlink("bin/sh", "hello"),
             Entry::dir("dev", 0o755),
             Entry::char_device("dev/console", 0o600, 5, 1),
@@ -492,7 +483,9 @@ mod tests {
 
     #[test]
     fn header_bytes_exact() {
-        let a = archive(vec![Entry::file_bytes("ab", 0o644, b"xyz").with_mtime(0x12345678)]);
+        let a = archive(vec![
+            Entry::file_bytes("ab", 0o644, b"xyz").with_mtime(0x12345678)
+        ]);
         let expect_header = b"070701\
 00000001\
 000081A4\
@@ -571,7 +564,10 @@ mod tests {
         assert_eq!(e.path, "./x");
         assert!(e.to_string().contains("./x"), "{e}");
         for bad in ["/abs", "", "a//b", "a/../b", "a/", "TRAILER!!!"] {
-            assert!(w.append(Entry::file_bytes(bad, 0o644, b"")).is_err(), "{bad}");
+            assert!(
+                w.append(Entry::file_bytes(bad, 0o644, b"")).is_err(),
+                "{bad}"
+            );
         }
         let e = w
             .append(Entry::file("short", 0o644, 10, &b"abc"[..]))
@@ -601,7 +597,10 @@ mod tests {
         let e = w
             .append(Entry::file("f", 0o644, 5, Failing))
             .expect_err("io");
-        assert!(e.to_string().contains("\"f\"") && e.to_string().contains("boom"), "{e}");
+        assert!(
+            e.to_string().contains("\"f\"") && e.to_string().contains("boom"),
+            "{e}"
+        );
     }
 
     fn run_cpio(dir: &Path, args: &[&str], input: &[u8]) -> String {
@@ -644,8 +643,16 @@ mod tests {
             let l = lines[i];
             assert!(l.starts_with(perms), "line {i}: {l}");
             let cols: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(cols[2], owner.split(':').next().expect("uid"), "line {i}: {l}");
-            assert_eq!(cols[3], owner.split(':').nth(1).expect("gid"), "line {i}: {l}");
+            assert_eq!(
+                cols[2],
+                owner.split(':').next().expect("uid"),
+                "line {i}: {l}"
+            );
+            assert_eq!(
+                cols[3],
+                owner.split(':').nth(1).expect("gid"),
+                "line {i}: {l}"
+            );
             assert!(l.contains(name), "line {i}: {l}");
         };
         check(0, "drwxr-xr-x", "0:0", "bin");
@@ -653,7 +660,11 @@ mod tests {
         check(2, "lrwxrwxrwx", "0:0", "bin/sh -> hello");
         check(3, "drwxr-xr-x", "0:0", "dev");
         check(4, "crw-------", "0:0", "dev/console");
-        assert!(lines[4].contains("5,") && lines[4].contains(" 1 "), "{}", lines[4]);
+        assert!(
+            lines[4].contains("5,") && lines[4].contains(" 1 "),
+            "{}",
+            lines[4]
+        );
         check(5, "-rw-r--r--", "0:0", "empty");
         check(6, "-rw-r-----", "1000:100", "big.bin");
         assert!(lines[6].contains("200003"), "{}", lines[6]);
@@ -675,7 +686,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         run_cpio(
             dir.path(),
-            &["-idm", "--quiet", "--no-absolute-filenames", "--no-preserve-owner"],
+            &[
+                "-idm",
+                "--quiet",
+                "--no-absolute-filenames",
+                "--no-preserve-owner",
+            ],
             &a,
         );
         let p = dir.path();
