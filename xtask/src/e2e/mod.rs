@@ -582,3 +582,136 @@ fn check(boot: &qemu::Boot, setup: &Setup, cmdline: &str) -> Result<()> {
         failures.join("\n  - ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> Setup {
+        Setup {
+            name: NAME.into(),
+            talos_version: TALOS_VERSION.into(),
+            kver: "6.1.0-56-amd64".into(),
+            disk_mib: 256,
+            esp_mib: 100,
+            extra_args: EXTRA_ARGS.to_vec(),
+            meta: vec![(0x0c, b"v1".to_vec()), (0x0d, b"v 2".to_vec())],
+        }
+    }
+
+    const CMDLINE: &str = "talos.platform=metal console=ttyS0 panic=-1";
+
+    fn boot(log: &str) -> qemu::Boot {
+        qemu::Boot {
+            serial: PathBuf::from("serial.log"),
+            log: qemu::clean(log.as_bytes()),
+            wall: Duration::from_secs(1),
+            timed_out: false,
+            status: "exit status: 0".into(),
+            stderr: String::new(),
+        }
+    }
+
+    fn good_log() -> String {
+        "BdsDxe: starting\r\n[    0.000000] Linux version 6.1\r\n\
+         EDGEIMAGE-E2E cmdline: talos.platform=metal console=ttyS0 panic=-1 \r\n\
+         EDGEIMAGE-E2E esp: vda1 label=EFI fslabel=EFI files=Talos-v1.12.5.efi\r\n\
+         EDGEIMAGE-E2E esp-boot: files=BOOTX64.efi\r\n\
+         EDGEIMAGE-E2E meta-hex 0x0c=7631\r\n\
+         \x1b[0mEDGEIMAGE-E2E meta-hex 0x0d=762032\r\n\
+         EDGEIMAGE-E2E done\r\n"
+            .to_string()
+    }
+
+    #[test]
+    fn passes_on_expected_markers() {
+        check(&boot(&good_log()), &setup(), CMDLINE).expect("pass");
+    }
+
+    #[test]
+    fn fails_on_each_deviation() {
+        let cases = [
+            ("EDGEIMAGE-E2E done\r\n", "", "done"),
+            ("0x0d=762032", "0x0d=762033", "META 0x0d"),
+            ("panic=-1 \r", "panic=-1 quiet\r", "command line differs"),
+            (
+                "files=Talos-v1.12.5.efi",
+                "files=Talos-v1.12.4.efi",
+                "Talos-v1.12.5.efi",
+            ),
+            (
+                "BdsDxe: starting",
+                "Kernel panic - not syncing",
+                "Kernel panic",
+            ),
+            (
+                "BdsDxe: starting",
+                "Initramfs unpacking failed: x",
+                "Initramfs unpacking",
+            ),
+            (
+                "EDGEIMAGE-E2E meta-hex 0x0c=7631\r\n",
+                "",
+                "META 0x0c: not found",
+            ),
+        ];
+        for (from, to, expect) in cases {
+            let log = good_log().replace(from, to);
+            let e = check(&boot(&log), &setup(), CMDLINE).expect_err(expect);
+            assert!(format!("{e:#}").contains(expect), "{expect}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn profile_pins_assets_and_meta() {
+        let dir = tempfile_dir();
+        let paths = Paths {
+            workspace: dir.clone(),
+            target: dir.clone(),
+            e2e: dir.clone(),
+            debs: dir.join("debs"),
+            root: dir.join("root"),
+            assets: dir.join("assets"),
+            out: dir.join("out"),
+            run: dir.join("run"),
+        };
+        fs::create_dir_all(&paths.assets).expect("mkdir");
+        for f in [
+            "vmlinuz",
+            "initramfs.xz",
+            "systemd-boot.efi",
+            "systemd-stub.efi",
+        ] {
+            fs::write(paths.assets.join(f), f).expect("write asset");
+        }
+        let p = write_profile(&paths, &setup()).expect("profile");
+        let t = fs::read_to_string(p).expect("read");
+        assert!(
+            t.contains("extra = [\"console=ttyS0\", \"panic=-1\"]"),
+            "{t}"
+        );
+        assert!(t.contains("\"0x0c\" = \"v1\""), "{t}");
+        assert!(t.contains("\"0x0d\" = { file = \"meta-0d.txt\" }"), "{t}");
+        // sha256("vmlinuz")
+        assert!(t.contains(&format!(
+            "kernel = {{ sha256 = \"{}\" }}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"vmlinuz"))
+        )));
+        assert_eq!(
+            fs::read(dir.join("meta-0d.txt")).expect("meta file"),
+            b"v 2"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "xtask-e2e-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+}

@@ -162,8 +162,14 @@ pub fn clean(raw: &[u8]) -> String {
             // ESC [ params final  |  ESC x
             i += 1;
             if raw.get(i) == Some(&b'[') {
+                // CSI: parameters, then a final byte 0x40..=0x7e.
                 i += 1;
                 while i < raw.len() && !(0x40..=0x7e).contains(&raw[i]) {
+                    i += 1;
+                }
+            } else {
+                // ESC, intermediate bytes 0x20..=0x2f (e.g. `ESC ( B`), final byte.
+                while i < raw.len() && (0x20..=0x2f).contains(&raw[i]) {
                     i += 1;
                 }
             }
