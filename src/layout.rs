@@ -61,6 +61,10 @@ impl SharedFile {
     pub fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
+
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
 }
 
 impl fmt::Debug for SharedFile {

@@ -1,8 +1,17 @@
 //! edgeimage: signed, byte-reproducible Talos Linux boot media for bare-metal edge hosts.
 //!
-//! Data flows one way: [`profile`] → [`assets`] → [`compose`] → [`artifact`]. The binary
-//! (`src/main.rs`) only parses arguments and calls [`build`] and [`inspect`].
+//! Data flows one way: [`profile`] → [`assets`] → [`compose`] → [`artifact`]. [`build`] runs
+//! that chain; [`inspect`] reads an image back. The binary (`src/main.rs`) only parses
+//! arguments and calls these.
 
+pub mod artifact;
 pub mod assets;
+pub mod build;
 pub mod compose;
+pub mod inspect;
 pub mod layout;
+pub mod pe;
+pub mod profile;
+pub mod progress;
+pub mod synthetic;
+pub mod talos;

@@ -1,0 +1,67 @@
+//! The EFI system partition: FAT32 labelled `EFI` holding systemd-boot as the removable-media
+//! loader, the UKI where systemd-boot finds it by itself (type #2 entries in `EFI/Linux/`, so
+//! no `loader/entries/`), and `loader/loader.conf`.
+//!
+//! ```text
+//! EFI/boot/BOOTX64.efi            systemd-boot (BOOTAA64.efi on arm64)
+//! EFI/Linux/Talos-<version>.efi   the UKI
+//! loader/loader.conf              a comment line, a blank line, "timeout 10"
+//! ```
+
+use anyhow::{Context, Result};
+
+use crate::compose::fat::{self, FatFile, FatParams};
+use crate::layout::Layout;
+use crate::talos::{Arch, TalosVersion};
+
+/// The loader configuration Talos writes.
+pub const LOADER_CONF: &str = "# systemd-boot configuration written by edgeimage\n\ntimeout 10\n";
+
+pub const LABEL: &str = "EFI";
+
+/// Path of the UKI inside the ESP.
+pub fn uki_path(version: &TalosVersion) -> String {
+    format!("EFI/Linux/Talos-{}.efi", version.tag)
+}
+
+/// Path of systemd-boot inside the ESP.
+pub fn loader_path(arch: Arch) -> String {
+    format!("EFI/boot/{}", arch.efi_boot_name())
+}
+
+pub struct EspInput<'a> {
+    pub size: u64,
+    pub first_lba: u64,
+    pub volume_id: u32,
+    pub epoch: u64,
+    pub arch: Arch,
+    pub version: &'a TalosVersion,
+    pub systemd_boot: Layout,
+    pub uki: Layout,
+}
+
+pub fn build(input: EspInput) -> Result<Layout> {
+    let files = vec![
+        FatFile {
+            path: loader_path(input.arch),
+            content: input.systemd_boot,
+        },
+        FatFile {
+            path: uki_path(input.version),
+            content: input.uki,
+        },
+        FatFile {
+            path: "loader/loader.conf".into(),
+            content: Layout::from_bytes(LOADER_CONF.as_bytes().to_vec()),
+        },
+    ];
+    let params = FatParams {
+        size: input.size,
+        label: LABEL.into(),
+        volume_id: input.volume_id,
+        hidden_sectors: u32::try_from(input.first_lba)
+            .context("the ESP starts beyond the 2 TiB a FAT boot sector can describe")?,
+        mtime: input.epoch,
+    };
+    fat::build_fat32(&params, &files).context("composing the ESP (FAT32)")
+}

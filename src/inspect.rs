@@ -1,0 +1,360 @@
+//! `edgeimage inspect`: read an image back with independent readers (the `gpt` crate for the
+//! partition table, the `fatfs` crate for the ESP) and show what a host would boot.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+
+use crate::compose::gpt::{self, PartitionInfo};
+use crate::compose::{meta, uki};
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub path: PathBuf,
+    /// `raw` or `zstd`.
+    pub format: String,
+    pub size: u64,
+    pub disk_guid: String,
+    pub partitions: Vec<PartitionInfo>,
+    pub esp: Option<EspInfo>,
+    pub uki: Option<UkiReport>,
+    pub meta: Option<MetaInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EspInfo {
+    pub label: String,
+    pub files: Vec<FileInfo>,
+    pub loader_conf: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UkiReport {
+    /// Path inside the ESP.
+    pub path: String,
+    #[serde(flatten)]
+    pub info: uki::UkiInfo,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetaInfo {
+    /// Which ADV copy is valid (1 or 2); none means Talos sees an empty META.
+    pub copy: Option<u8>,
+    pub entries: Vec<MetaEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetaEntry {
+    pub key: String,
+    pub size: usize,
+    /// The value when it is UTF-8 text.
+    pub text: Option<String>,
+}
+
+/// Open an image: raw as is; zstd decompressed into an anonymous sparse temporary file.
+pub fn open_image(path: &Path) -> Result<(File, String)> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic)?;
+    f.seek(SeekFrom::Start(0))?;
+    if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        let mut out = tempfile::tempfile().context("creating a temporary file")?;
+        let mut dec = zstd::Decoder::new(io::BufReader::new(f))
+            .with_context(|| format!("{}: not a valid zstd stream", path.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let k = dec.read(&mut buf[filled..]).with_context(|| {
+                    format!(
+                        "{}: corrupt or truncated zstd data at image byte {}",
+                        path.display(),
+                        pos + filled as u64
+                    )
+                })?;
+                if k == 0 {
+                    break;
+                }
+                filled += k;
+            }
+            if filled == 0 {
+                break;
+            }
+            if buf[..filled].iter().any(|&b| b != 0) {
+                out.seek(SeekFrom::Start(pos))?;
+                out.write_all(&buf[..filled])?;
+            }
+            pos += filled as u64;
+        }
+        out.set_len(pos)?;
+        Ok((out, "zstd".into()))
+    } else {
+        Ok((f, "raw".into()))
+    }
+}
+
+/// A window of a file (a partition), read-only, for the `fatfs` reader.
+struct Window<'a> {
+    file: &'a File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Window<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.len.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let k = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
+        self.pos += k as u64;
+        Ok(k)
+    }
+}
+
+impl Seek for Window<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))?;
+        Ok(self.pos)
+    }
+}
+
+impl Write for Window<'_> {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "inspect is read-only",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Inspect an image file (`.raw` or `.raw.zst`).
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let (file, format) = open_image(path)?;
+    let size = file.metadata()?.len();
+    let (disk_guid, partitions) = gpt::read(&file)
+        .with_context(|| format!("{}: reading the partition table", path.display()))?;
+    let esp_part = partitions
+        .iter()
+        .find(|p| p.type_guid == gpt::TYPE_EFI || p.label == "EFI");
+    let (esp, uki) = match esp_part {
+        Some(p) => {
+            let (e, u) = read_esp(&file, p).with_context(|| {
+                format!(
+                    "{}: partition {} ({}) at bytes {}..{}: reading the FAT filesystem",
+                    path.display(),
+                    p.number,
+                    p.label,
+                    p.offset,
+                    p.offset + p.size
+                )
+            })?;
+            (Some(e), u)
+        }
+        None => (None, None),
+    };
+    let meta = match partitions.iter().find(|p| p.label == "META") {
+        Some(p) => {
+            use std::os::unix::fs::FileExt;
+            let mut b = vec![0u8; (2 * meta::BLOCK_LEN as u64).min(p.size) as usize];
+            file.read_exact_at(&mut b, p.offset).with_context(|| {
+                format!("{}: reading META at byte {}", path.display(), p.offset)
+            })?;
+            let m = meta::parse(&b);
+            Some(MetaInfo {
+                copy: m.copy,
+                entries: m
+                    .values
+                    .into_iter()
+                    .map(|(k, v)| MetaEntry {
+                        key: format!("0x{k:02x}"),
+                        size: v.len(),
+                        text: String::from_utf8(v).ok(),
+                    })
+                    .collect(),
+            })
+        }
+        None => None,
+    };
+    Ok(Inspection {
+        path: path.to_path_buf(),
+        format,
+        size,
+        disk_guid,
+        partitions,
+        esp,
+        uki,
+        meta,
+    })
+}
+
+fn read_esp(file: &File, p: &PartitionInfo) -> Result<(EspInfo, Option<UkiReport>)> {
+    let win = Window {
+        file,
+        start: p.offset,
+        len: p.size,
+        pos: 0,
+    };
+    let fs = fatfs::FileSystem::new(win, fatfs::FsOptions::new())
+        .map_err(|e| anyhow!("not a readable FAT filesystem: {e}"))?;
+    let label = fs.volume_label().trim_end().to_string();
+    let mut files = Vec::new();
+    let mut stack = vec![(String::new(), fs.root_dir())];
+    while let Some((prefix, dir)) = stack.pop() {
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let full = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if entry.is_dir() {
+                stack.push((full, entry.to_dir()));
+            } else {
+                files.push(FileInfo {
+                    path: full,
+                    size: entry.len(),
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let root = fs.root_dir();
+    let loader_conf = match root.open_file("loader/loader.conf") {
+        Ok(mut f) => {
+            let mut s = String::new();
+            f.read_to_string(&mut s)?;
+            Some(s)
+        }
+        Err(_) => None,
+    };
+    let uki_file = files.iter().find(|f| {
+        f.path.to_ascii_lowercase().starts_with("efi/linux/")
+            && f.path.to_ascii_lowercase().ends_with(".efi")
+    });
+    let uki = match uki_file {
+        Some(u) => {
+            let mut f = root.open_file(&u.path)?;
+            let info = uki::describe(u.size, &mut |off, buf| {
+                f.seek(SeekFrom::Start(off))?;
+                f.read_exact(buf)
+            })
+            .with_context(|| format!("UKI {}", u.path))?;
+            Some(UkiReport {
+                path: u.path.clone(),
+                info,
+            })
+        }
+        None => None,
+    };
+    Ok((
+        EspInfo {
+            label,
+            files,
+            loader_conf,
+        },
+        uki,
+    ))
+}
+
+/// Human-readable report.
+pub fn render(i: &Inspection) -> Result<String> {
+    let mut s = String::new();
+    writeln!(
+        s,
+        "image      {} ({}, {} bytes)",
+        i.path.display(),
+        i.format,
+        i.size
+    )?;
+    writeln!(s, "disk GUID  {}", i.disk_guid)?;
+    writeln!(s, "partitions")?;
+    for p in &i.partitions {
+        writeln!(
+            s,
+            "  {:>2} {:<8} {:>12} bytes at {:>12}  type {}  guid {}",
+            p.number, p.label, p.size, p.offset, p.type_guid, p.guid
+        )?;
+    }
+    if let Some(e) = &i.esp {
+        writeln!(s, "ESP (label {:?})", e.label)?;
+        for f in &e.files {
+            writeln!(s, "  {:<40} {:>12} bytes", f.path, f.size)?;
+        }
+    }
+    if let Some(u) = &i.uki {
+        writeln!(s, "UKI {} ({})", u.path, u.info.machine)?;
+        for sec in &u.info.sections {
+            writeln!(
+                s,
+                "  {:<8} vma {:#010x} size {:>10}  file offset {:#010x}",
+                sec.name, sec.virtual_address, sec.virtual_size, sec.file_offset
+            )?;
+        }
+        if let Some(c) = &u.info.cmdline {
+            writeln!(s, "  cmdline  {c}")?;
+        }
+        if let Some(v) = &u.info.uname {
+            writeln!(s, "  uname    {v}")?;
+        }
+        if let Some(o) = &u.info.osrel {
+            if let Some(line) = o.lines().find(|l| l.starts_with("PRETTY_NAME=")) {
+                writeln!(s, "  osrel    {line}")?;
+            }
+        }
+    }
+    if let Some(m) = &i.meta {
+        match m.copy {
+            Some(c) => writeln!(s, "META (copy {c} valid, {} keys)", m.entries.len())?,
+            None => writeln!(s, "META (no valid copy: Talos reads it as empty)")?,
+        }
+        for e in &m.entries {
+            match &e.text {
+                Some(t) if t.len() <= 60 && !t.contains('\n') => {
+                    writeln!(s, "  {} = {:?}", e.key, t)?
+                }
+                _ => writeln!(s, "  {} = <{} bytes>", e.key, e.size)?,
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Refuse paths that are not images early, with a clear message.
+pub fn check_target(path: &Path) -> Result<()> {
+    let md = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if md.is_dir() {
+        bail!(
+            "{} is a directory; give an image file (.raw or .raw.zst)",
+            path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,491 @@
+//! Hardware profiles: the TOML files under `profiles/` that say what to build.
+//!
+//! Parsing is strict (unknown fields are errors) and every error names the profile file, the
+//! field and what is allowed. Relative paths in a profile are relative to the profile file.
+//! See the README's "Profile reference" for the format.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use serde::Deserialize;
+
+use crate::talos::{Arch, Cmdline, TalosVersion, MAX_CMDLINE};
+
+/// The profile as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: String,
+    arch: Arch,
+    talos_version: String,
+    disk_size: Size,
+    esp_size: Option<Size>,
+    kernel_version: Option<String>,
+    assets: RawAssets,
+    #[serde(default)]
+    kernel_args: RawKernelArgs,
+    #[serde(default)]
+    meta: BTreeMap<String, RawMetaValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssets {
+    source: Option<PathBuf>,
+    kernel: RawPin,
+    initramfs: RawPin,
+    systemd_boot: RawPin,
+    systemd_stub: RawPin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPin {
+    path: Option<String>,
+    sha256: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKernelArgs {
+    #[serde(default = "yes")]
+    defaults: bool,
+    #[serde(default)]
+    extra: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawMetaValue {
+    Text(String),
+    File { file: PathBuf },
+}
+
+/// One boot asset: where to find it inside the asset source, and its pinned digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssetPin {
+    /// Field name in the profile (`kernel`, `initramfs`, …) for messages.
+    pub field: &'static str,
+    /// Path relative to the asset source (a directory, or `usr/install/<arch>/` in an image).
+    pub path: String,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+}
+
+/// The four boot assets.
+#[derive(Clone, Debug)]
+pub struct Assets {
+    /// Directory or OCI archive, if the profile names one (`--assets` overrides it).
+    pub source: Option<PathBuf>,
+    pub kernel: AssetPin,
+    pub initramfs: AssetPin,
+    pub systemd_boot: AssetPin,
+    pub systemd_stub: AssetPin,
+}
+
+impl Assets {
+    pub fn all(&self) -> [&AssetPin; 4] {
+        [
+            &self.kernel,
+            &self.initramfs,
+            &self.systemd_boot,
+            &self.systemd_stub,
+        ]
+    }
+}
+
+/// A META value from the profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaValue {
+    pub key: u8,
+    pub value: Vec<u8>,
+}
+
+/// A validated profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// The profile file.
+    pub path: PathBuf,
+    /// SHA-256 of the profile file's bytes.
+    pub sha256: String,
+    pub name: String,
+    pub arch: Arch,
+    pub talos: TalosVersion,
+    pub disk_size: u64,
+    pub esp_size: u64,
+    pub kernel_version: Option<String>,
+    pub assets: Assets,
+    /// The kernel command line (defaults merged with the extras by Talos's rules).
+    pub cmdline: String,
+    pub meta: Vec<MetaValue>,
+}
+
+/// The fixed partitions besides the ESP: the first MiB (MBR + primary GPT), META, and the
+/// last MiB (backup GPT; the image end is kept 1 MiB-aligned).
+pub const META_SIZE: u64 = 1 << 20;
+const ALIGN: u64 = 1 << 20;
+
+impl Profile {
+    /// Read and validate a profile file.
+    pub fn load(path: &Path) -> Result<Profile> {
+        let text =
+            fs::read(path).with_context(|| format!("cannot read profile {}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate profile text; `path` locates relative paths and names the file in errors.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Profile> {
+        let p = path.display();
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| anyhow!("profile {p}: not UTF-8 text ({e})"))?;
+        let raw: RawProfile = toml::from_str(text).map_err(|e| {
+            // toml's message already names the line, column and field; keep it on one line.
+            let msg = e.to_string().replace('\n', " ").replace("  ", " ");
+            anyhow!("profile {p}: {}", msg.trim())
+        })?;
+        let field_err = |field: &str, msg: String| anyhow!("profile {p}: field `{field}`: {msg}");
+
+        if !valid_name(&raw.name) {
+            return Err(field_err(
+                "name",
+                format!(
+                    "{:?} is not allowed: use 1-63 characters a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+                    raw.name
+                ),
+            ));
+        }
+        let talos = TalosVersion::parse(&raw.talos_version)
+            .map_err(|e| field_err("talos_version", e.to_string()))?;
+        let disk_size = parse_size(&raw.disk_size).map_err(|e| field_err("disk_size", e))?;
+        let esp_size = match &raw.esp_size {
+            Some(s) => parse_size(s).map_err(|e| field_err("esp_size", e))?,
+            None => talos.default_esp_size(),
+        };
+        for (field, v) in [("disk_size", disk_size), ("esp_size", esp_size)] {
+            if v == 0 || v % ALIGN != 0 {
+                return Err(field_err(
+                    field,
+                    format!("{v} bytes is not a positive multiple of 1 MiB (partitions are 1 MiB-aligned)"),
+                ));
+            }
+        }
+        let needed = ALIGN + esp_size + META_SIZE + ALIGN;
+        if disk_size < needed {
+            return Err(field_err(
+                "disk_size",
+                format!(
+                    "the partitions do not fit: {} MiB needed (1 MiB GPT + {} MiB ESP + 1 MiB META + 1 MiB backup GPT) but disk_size is {} MiB; raise disk_size or lower esp_size",
+                    needed >> 20,
+                    esp_size >> 20,
+                    disk_size >> 20
+                ),
+            ));
+        }
+        if let Some(kv) = &raw.kernel_version {
+            if kv.is_empty() || kv.len() > 64 || !kv.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(field_err(
+                    "kernel_version",
+                    format!("{kv:?} is not a kernel release string like \"6.12.18-talos\""),
+                ));
+            }
+        }
+
+        let base = path.parent().unwrap_or(Path::new("."));
+        let pin = |field: &'static str, default: &str, raw: &RawPin| -> Result<AssetPin> {
+            let f = format!("assets.{field}");
+            let sha = raw.sha256.to_ascii_lowercase();
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(field_err(
+                    &format!("{f}.sha256"),
+                    format!(
+                        "{:?} is not a SHA-256 digest: 64 hex digits expected",
+                        raw.sha256
+                    ),
+                ));
+            }
+            let path = raw.path.clone().unwrap_or_else(|| default.to_string());
+            if path.is_empty()
+                || path.starts_with('/')
+                || path.split('/').any(|c| c == ".." || c.is_empty())
+            {
+                return Err(field_err(
+                    &format!("{f}.path"),
+                    format!(
+                        "{path:?} must be a relative path inside the asset source, without '..'"
+                    ),
+                ));
+            }
+            Ok(AssetPin {
+                field,
+                path,
+                sha256: sha,
+            })
+        };
+        let assets = Assets {
+            source: raw.assets.source.as_ref().map(|s| base.join(s)),
+            kernel: pin("kernel", "vmlinuz", &raw.assets.kernel)?,
+            initramfs: pin("initramfs", "initramfs.xz", &raw.assets.initramfs)?,
+            systemd_boot: pin("systemd_boot", "systemd-boot.efi", &raw.assets.systemd_boot)?,
+            systemd_stub: pin("systemd_stub", "systemd-stub.efi", &raw.assets.systemd_stub)?,
+        };
+
+        let mut cmdline = if raw.kernel_args.defaults {
+            Cmdline::parse(&talos.default_kernel_args(raw.arch))
+        } else {
+            Cmdline::default()
+        };
+        for a in &raw.kernel_args.extra {
+            if a.bytes().any(|b| b.is_ascii_control()) {
+                return Err(field_err(
+                    "kernel_args.extra",
+                    format!("{a:?} contains a control character"),
+                ));
+            }
+        }
+        cmdline.apply_extra(&raw.kernel_args.extra);
+        let cmdline = cmdline.to_string();
+        check_cmdline(&cmdline).map_err(|e| field_err("kernel_args", e))?;
+
+        let mut meta = Vec::new();
+        for (k, v) in &raw.meta {
+            let key = parse_meta_key(k).map_err(|e| field_err(&format!("meta.{k}"), e))?;
+            let value = match v {
+                RawMetaValue::Text(t) => t.as_bytes().to_vec(),
+                RawMetaValue::File { file } => {
+                    let f = base.join(file);
+                    fs::read(&f).map_err(|e| {
+                        field_err(
+                            &format!("meta.{k}.file"),
+                            format!("cannot read {}: {e}", f.display()),
+                        )
+                    })?
+                }
+            };
+            if meta.iter().any(|m: &MetaValue| m.key == key) {
+                return Err(field_err(
+                    &format!("meta.{k}"),
+                    format!("key 0x{key:02x} is given twice"),
+                ));
+            }
+            meta.push(MetaValue { key, value });
+        }
+        meta.sort_by_key(|m| m.key);
+        crate::compose::meta::check_capacity(&meta)
+            .map_err(|e| field_err("meta", e.to_string()))?;
+
+        use sha2::Digest;
+        Ok(Profile {
+            path: path.to_path_buf(),
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            name: raw.name,
+            arch: raw.arch,
+            talos,
+            disk_size,
+            esp_size,
+            kernel_version: raw.kernel_version,
+            assets,
+            cmdline,
+            meta,
+        })
+    }
+}
+
+/// The command line must fit the kernel's buffer and be printable ASCII.
+pub fn check_cmdline(cmdline: &str) -> std::result::Result<(), String> {
+    if cmdline.len() > MAX_CMDLINE {
+        return Err(format!(
+            "the kernel command line is {} bytes, over the kernel's limit of {MAX_CMDLINE}; remove extra arguments",
+            cmdline.len()
+        ));
+    }
+    Ok(())
+}
+
+fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+}
+
+fn parse_size(s: &Size) -> std::result::Result<u64, String> {
+    let text = match s {
+        Size::Bytes(n) => return Ok(*n),
+        Size::Text(t) => t.trim(),
+    };
+    let allowed = "use bytes or a number with KiB, MiB, GiB or TiB, e.g. \"2GiB\"";
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: {allowed}"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        other => {
+            return Err(format!(
+                "unit {other:?} in {text:?} is not allowed: {allowed}"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn parse_meta_key(k: &str) -> std::result::Result<u8, String> {
+    let n = match k.strip_prefix("0x").or_else(|| k.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => k.parse::<u32>(),
+    }
+    .map_err(|_| format!("{k:?} is not a META key: use a number 1-255, decimal or 0x-hex"))?;
+    match n {
+        1..=255 => {}
+        _ => return Err(format!("key {k} is outside 1-255")),
+    }
+    if (6..=9).contains(&n) {
+        return Err(format!(
+            "key 0x{n:02x} is reserved for Talos upgrades and disk encryption; use 0x0a (network), 0x0b, or 0x0c-0x0e (user keys)"
+        ));
+    }
+    Ok(n as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn profile(body: &str) -> String {
+        format!(
+            "name = \"t\"\narch = \"amd64\"\ntalos_version = \"v1.12.5\"\ndisk_size = \"3GiB\"\n{body}\n\
+             [assets]\nkernel = {{ sha256 = \"{ZERO}\" }}\ninitramfs = {{ sha256 = \"{ZERO}\" }}\n\
+             systemd_boot = {{ sha256 = \"{ZERO}\" }}\nsystemd_stub = {{ sha256 = \"{ZERO}\" }}\n"
+        )
+    }
+
+    fn err(text: &str) -> String {
+        format!(
+            "{:#}",
+            Profile::parse(Path::new("p/x.toml"), text.as_bytes()).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn valid_profile_has_defaults() {
+        let p = Profile::parse(Path::new("p/x.toml"), profile("").as_bytes()).unwrap();
+        assert_eq!(p.esp_size, 2101 << 20);
+        assert_eq!(p.disk_size, 3 << 30);
+        assert_eq!(p.assets.kernel.path, "vmlinuz");
+        assert!(p.cmdline.starts_with("talos.platform=metal console=tty0 "));
+        assert!(p.meta.is_empty());
+    }
+
+    #[test]
+    fn extra_args_and_meta() {
+        let text = profile(
+            "[kernel_args]\nextra = [\"console=ttyS0\", \"-selinux\", \"talos.dashboard.disabled=1\"]\n\
+             [meta]\n\"0x0c\" = \"hello\"\n\"13\" = \"x\"\n",
+        );
+        let p = Profile::parse(Path::new("x.toml"), text.as_bytes()).unwrap();
+        assert!(p
+            .cmdline
+            .starts_with("talos.platform=metal console=ttyS0 init_on_alloc=1"));
+        assert!(!p.cmdline.contains("selinux"));
+        assert!(p.cmdline.ends_with("talos.dashboard.disabled=1"));
+        assert_eq!(
+            p.meta[0],
+            MetaValue {
+                key: 0x0c,
+                value: b"hello".to_vec()
+            }
+        );
+        assert_eq!(p.meta[1].key, 0x0d);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err(&profile("colour = \"blue\""));
+        assert!(
+            e.contains("p/x.toml") && e.contains("unknown field `colour`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_field_and_allowed() {
+        let e = err(&profile("").replace("amd64", "riscv64"));
+        assert!(
+            e.contains("p/x.toml") && e.contains("riscv64") && e.contains("amd64"),
+            "{e}"
+        );
+        let e = err(&profile("").replace("v1.12.5", "v1.6.0"));
+        assert!(
+            e.contains("`talos_version`") && e.contains("v1.8.0 to v1.14.x"),
+            "{e}"
+        );
+        let e = err(&profile("").replace("3GiB", "3GB"));
+        assert!(e.contains("`disk_size`") && e.contains("MiB"), "{e}");
+        let e = err(&profile("").replace(ZERO, "abc"));
+        assert!(
+            e.contains("`assets.kernel.sha256`") && e.contains("64 hex"),
+            "{e}"
+        );
+        let e = err(&profile("").replace("name = \"t\"", "name = \"Bad Name\""));
+        assert!(e.contains("`name`"), "{e}");
+        let e = err(&profile("[meta]\n\"0x07\" = \"x\""));
+        assert!(e.contains("`meta.0x07`") && e.contains("reserved"), "{e}");
+        let e = err(&profile("[meta]\n\"300\" = \"x\""));
+        assert!(e.contains("outside 1-255"), "{e}");
+    }
+
+    #[test]
+    fn partitions_must_fit_disk() {
+        let e = err(&profile("").replace("3GiB", "2GiB"));
+        assert!(
+            e.contains("`disk_size`") && e.contains("do not fit") && e.contains("2104 MiB needed"),
+            "{e}"
+        );
+        let ok = profile("esp_size = \"100MiB\"").replace("3GiB", "103MiB");
+        Profile::parse(Path::new("x.toml"), ok.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn long_cmdline_is_refused() {
+        let long = format!("[kernel_args]\nextra = [\"x={}\"]", "a".repeat(4000));
+        let e = err(&profile(&long));
+        assert!(
+            e.contains("`kernel_args`") && e.contains("limit of 4095"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn meta_file_missing_is_named() {
+        let e = err(&profile("[meta]\n\"0x0a\" = { file = \"nope.yaml\" }"));
+        assert!(
+            e.contains("`meta.0x0a.file`") && e.contains("p/nope.yaml"),
+            "{e}"
+        );
+    }
+}
