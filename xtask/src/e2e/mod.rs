@@ -217,18 +217,31 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
     };
     make_assets(paths, &root)?;
 
-    let (disk, cmdline) = if opts.scratch {
+    let (disk, expect) = if opts.scratch {
         println!("e2e: --scratch: assembling the image with host tools");
-        scratch::build(paths, &setup)?
+        let (disk, cmdline) = scratch::build(paths, &setup)?;
+        let expect = Expect {
+            cmdline,
+            esp_guid: None,
+        };
+        (disk, expect)
     } else {
         let profile = write_profile(paths, &setup)?;
         build_with_edgeimage(paths, &setup, &profile)?
     };
     println!("e2e: image {}", disk.display());
-    println!("e2e: expected /proc/cmdline: {cmdline}");
+    println!("e2e: expected /proc/cmdline: {}", expect.cmdline);
 
     let boot = boot_with_accel(&root, paths, &disk, opts)?;
-    check(&boot, &setup, &cmdline)
+    check(&boot, &setup, &expect)
+}
+
+/// What the image's own description (`edgeimage inspect`) says the guest must see.
+pub struct Expect {
+    /// The UKI's `.cmdline`.
+    pub cmdline: String,
+    /// GUID of the EFI partition, which systemd-boot reports as `LoaderDevicePartUUID`.
+    pub esp_guid: Option<String>,
 }
 
 fn make_assets(paths: &Paths, root: &fetch::Root) -> Result<()> {
@@ -318,9 +331,9 @@ fn write_profile(paths: &Paths, setup: &Setup) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Builds edgeimage (release), runs `build` and `inspect --json`; returns the raw image and the
-/// command line inspect reports for its UKI.
-fn build_with_edgeimage(paths: &Paths, setup: &Setup, profile: &Path) -> Result<(PathBuf, String)> {
+/// Builds edgeimage (release), runs `build` and `inspect --json`; returns the raw image and
+/// what inspect reports about it.
+fn build_with_edgeimage(paths: &Paths, setup: &Setup, profile: &Path) -> Result<(PathBuf, Expect)> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let st = Command::new(&cargo)
         .args(["build", "--release", "-p", "edgeimage"])
@@ -405,7 +418,18 @@ fn build_with_edgeimage(paths: &Paths, setup: &Setup, profile: &Path) -> Result<
             )
         })?
         .to_string();
-    Ok((raw, cmdline))
+    let esp_guid = json
+        .pointer("/partitions")
+        .and_then(|v| v.as_array())
+        .and_then(|parts| {
+            parts
+                .iter()
+                .find(|p| p.pointer("/label").and_then(|l| l.as_str()) == Some("EFI"))
+        })
+        .and_then(|p| p.pointer("/guid"))
+        .and_then(|g| g.as_str())
+        .map(str::to_string);
+    Ok((raw, Expect { cmdline, esp_guid }))
 }
 
 fn boot_with_accel(
@@ -459,7 +483,8 @@ fn marker<'a>(lines: &[&'a str], key: &str) -> Option<&'a str> {
     lines.iter().find_map(|l| l.strip_prefix(key))
 }
 
-fn check(boot: &qemu::Boot, setup: &Setup, cmdline: &str) -> Result<()> {
+fn check(boot: &qemu::Boot, setup: &Setup, expect: &Expect) -> Result<()> {
+    let cmdline = expect.cmdline.as_str();
     let marks: Vec<&str> = boot
         .log
         .lines()
@@ -533,6 +558,18 @@ fn check(boot: &qemu::Boot, setup: &Setup, cmdline: &str) -> Result<()> {
             None => failures.push(format!("META 0x{key:02x}: not found by the guest")),
         }
     }
+    // Optional (needs efivarfs in the guest): the loader booted from the image's EFI partition.
+    if let (Some(want), Some(got)) = (
+        &expect.esp_guid,
+        marker(&marks, "efivar LoaderDevicePartUUID="),
+    ) {
+        if !got.trim().eq_ignore_ascii_case(want) {
+            failures.push(format!(
+                "systemd-boot reports LoaderDevicePartUUID {}, but the EFI partition's GUID is {want}",
+                got.trim()
+            ));
+        }
+    }
     if !marks.contains(&"done") {
         failures.push("no `EDGEIMAGE-E2E done` marker: /init did not finish".into());
     }
@@ -599,7 +636,12 @@ mod tests {
         }
     }
 
-    const CMDLINE: &str = "talos.platform=metal console=ttyS0 panic=-1";
+    fn expect() -> Expect {
+        Expect {
+            cmdline: "talos.platform=metal console=ttyS0 panic=-1".into(),
+            esp_guid: Some("b53f94ad-f2d2-885b-8fe4-7de5001158b2".into()),
+        }
+    }
 
     fn boot(log: &str) -> qemu::Boot {
         qemu::Boot {
@@ -619,13 +661,14 @@ mod tests {
          EDGEIMAGE-E2E esp-boot: files=BOOTX64.efi\r\n\
          EDGEIMAGE-E2E meta-hex 0x0c=7631\r\n\
          \x1b[0mEDGEIMAGE-E2E meta-hex 0x0d=762032\r\n\
+         EDGEIMAGE-E2E efivar LoaderDevicePartUUID=B53F94AD-F2D2-885B-8FE4-7DE5001158B2\r\n\
          EDGEIMAGE-E2E done\r\n"
             .to_string()
     }
 
     #[test]
     fn passes_on_expected_markers() {
-        check(&boot(&good_log()), &setup(), CMDLINE).expect("pass");
+        check(&boot(&good_log()), &setup(), &expect()).expect("pass");
     }
 
     #[test]
@@ -654,11 +697,12 @@ mod tests {
                 "",
                 "META 0x0c: not found",
             ),
+            ("=B53F94AD", "=C53F94AD", "LoaderDevicePartUUID"),
         ];
-        for (from, to, expect) in cases {
+        for (from, to, want) in cases {
             let log = good_log().replace(from, to);
-            let e = check(&boot(&log), &setup(), CMDLINE).expect_err(expect);
-            assert!(format!("{e:#}").contains(expect), "{expect}: {e:#}");
+            let e = check(&boot(&log), &setup(), &expect()).expect_err(want);
+            assert!(format!("{e:#}").contains(want), "{want}: {e:#}");
         }
     }
 
