@@ -11,6 +11,7 @@
 //! | …                | `META`: 1 MiB Talos ADV                   |
 //! | last 33          | backup GPT                                |
 
+pub mod cpio;
 pub mod esp;
 pub mod fat;
 pub mod gpt;

@@ -1,0 +1,196 @@
+//! Booting a disk image under OVMF in QEMU with the serial console in a file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::fetch::Root;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+pub struct Boot {
+    pub serial: PathBuf,
+    /// The serial log as text: `\r` removed, escape sequences stripped.
+    pub log: String,
+    pub wall: Duration,
+    pub timed_out: bool,
+    pub status: String,
+    pub stderr: String,
+}
+
+/// Whether KVM may be tried at all; `Err` says why not.
+pub fn kvm_candidate() -> Result<(), String> {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Err("/dev/kvm is the kvm_pvm nested hypervisor, which cannot run OVMF".into());
+    }
+    match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("/dev/kvm not usable: {e}")),
+    }
+}
+
+/// Boots `disk` (read-only: snapshot=on) and waits for QEMU to end or `timeout`.
+pub fn boot(
+    root: &Root,
+    run_dir: &Path,
+    disk: &Path,
+    accel: Accel,
+    timeout: Duration,
+) -> Result<Boot> {
+    fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let vars = run_dir.join(format!("OVMF_VARS_4M-{}.fd", accel.name()));
+    fs::copy(root.ovmf_vars(), &vars).with_context(|| {
+        format!(
+            "copying {} to {}",
+            root.ovmf_vars().display(),
+            vars.display()
+        )
+    })?;
+    let serial = run_dir.join(format!("serial-{}.log", accel.name()));
+    let _ = fs::remove_file(&serial);
+    let stderr_path = run_dir.join(format!("qemu-{}.stderr", accel.name()));
+    let stderr_file = fs::File::create(&stderr_path)
+        .with_context(|| format!("creating {}", stderr_path.display()))?;
+
+    let mut cmd = Command::new(root.qemu());
+    cmd.env("LD_LIBRARY_PATH", root.ld_library_path())
+        .arg("-L")
+        .arg(root.qemu_data())
+        .args([
+            "-machine",
+            "q35",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-accel",
+            accel.name(),
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            qemu_path(&root.ovmf_code())
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            qemu_path(&vars)
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,snapshot=on",
+            qemu_path(disk)
+        ))
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr_file);
+    if accel == Accel::Kvm {
+        cmd.args(["-cpu", "host"]);
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", root.qemu().display()))?;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().context("waiting for QEMU")? {
+            break s.to_string();
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break format!("killed after {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let wall = start.elapsed();
+    let raw = fs::read(&serial).unwrap_or_default();
+    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+    Ok(Boot {
+        serial,
+        log: clean(&raw),
+        wall,
+        timed_out,
+        status,
+        stderr,
+    })
+}
+
+/// QEMU's -drive takes commas as separators: double them in file names.
+fn qemu_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// Serial bytes to text: drop `\r`, ANSI/VT escape sequences and other control bytes.
+pub fn clean(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        if c == 0x1b {
+            // ESC [ params final  |  ESC x
+            i += 1;
+            if raw.get(i) == Some(&b'[') {
+                // CSI: parameters, then a final byte 0x40..=0x7e.
+                i += 1;
+                while i < raw.len() && !(0x40..=0x7e).contains(&raw[i]) {
+                    i += 1;
+                }
+            } else {
+                // ESC, intermediate bytes 0x20..=0x2f (e.g. `ESC ( B`), final byte.
+                while i < raw.len() && (0x20..=0x2f).contains(&raw[i]) {
+                    i += 1;
+                }
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'\n' || c == b'\t' || c >= 0x20 {
+            out.push(c);
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_strips_escapes_and_cr() {
+        let s = clean(b"\x1b[2J\x1b[01;01HBdsDxe\r\nEDGEIMAGE-E2E done\r\n\x1b(B");
+        assert_eq!(s, "BdsDxe\nEDGEIMAGE-E2E done\n");
+    }
+}
