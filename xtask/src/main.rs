@@ -4,6 +4,9 @@
 use std::process::ExitCode;
 
 mod e2e;
+mod media;
+mod test;
+mod util;
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
@@ -11,8 +14,10 @@ usage: cargo xtask <command> [options]
 commands:
   e2e     boot the image `edgeimage build` makes in QEMU/OVMF and check what it boots
           (run `cargo xtask e2e --help` for its options)
-  demo    (not implemented yet)
-  media   (not implemented yet)
+  demo    build the demo profile from a synthetic (not bootable) asset set and inspect it
+  media   --profile NAME|FILE | --all: build profiles into target/media/
+  test    the test command: fmt, clippy, all tests, then the e2e boot test
+          (--no-e2e to leave the boot test out)
   bench   (not implemented yet)
   dist    (not implemented yet)
 ";
@@ -26,7 +31,10 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     match cmd.as_str() {
         "e2e" => e2e::main(&rest),
-        "demo" | "media" | "bench" | "dist" => {
+        "demo" => report(media::demo(&rest)),
+        "media" => report(media::media(&rest)),
+        "test" => report(test::main(&rest)),
+        "bench" | "dist" => {
             eprintln!("xtask {cmd}: not implemented yet");
             ExitCode::from(2)
         }
@@ -38,6 +46,16 @@ fn main() -> ExitCode {
             eprintln!("xtask: unknown command {other:?}\n");
             eprint!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

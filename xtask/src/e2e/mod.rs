@@ -61,20 +61,8 @@ pub struct Paths {
 
 impl Paths {
     fn new() -> Self {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| {
-                if t.is_absolute() {
-                    t
-                } else {
-                    workspace.join(t)
-                }
-            })
-            .unwrap_or_else(|| workspace.join("target"));
+        let workspace = crate::util::workspace();
+        let target = crate::util::target_dir();
         let e2e = target.join("e2e");
         Paths {
             debs: e2e.join("debs"),

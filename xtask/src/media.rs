@@ -1,0 +1,100 @@
+//! `cargo xtask demo` and `cargo xtask media`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use edgeimage::synthetic::{self, Sizes};
+use edgeimage::talos::Arch;
+
+use crate::util;
+
+/// SOURCE_DATE_EPOCH for builds that do not set one: fixed, so the demo is reproducible.
+const DEFAULT_EPOCH: &str = "1700000000";
+
+/// Generate the synthetic (NOT BOOTABLE) asset set the demo profile pins.
+pub fn demo_assets() -> Result<PathBuf> {
+    let dir = util::target_dir().join("demo-assets/amd64");
+    synthetic::write_asset_set(&dir, Arch::Amd64, Sizes::default())?;
+    Ok(dir)
+}
+
+fn build(bin: &PathBuf, profile: &PathBuf, out: &PathBuf) -> Result<()> {
+    let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| DEFAULT_EPOCH.into());
+    util::run(
+        Command::new(bin)
+            .arg("build")
+            .arg("--profile")
+            .arg(profile)
+            .arg("--out")
+            .arg(out)
+            .env("SOURCE_DATE_EPOCH", epoch),
+    )
+}
+
+pub fn demo(args: &[String]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("usage: cargo xtask demo (no options)");
+    }
+    let assets = demo_assets()?;
+    println!(
+        "== synthetic asset set in {} (NOT BOOTABLE: shapes only, for the demo)",
+        assets.display()
+    );
+    let bin = util::edgeimage_bin()?;
+    let out = util::target_dir().join("media");
+    let profile = util::workspace().join("profiles/demo.toml");
+    println!(
+        "== edgeimage build --profile profiles/demo.toml --out {}",
+        out.display()
+    );
+    build(&bin, &profile, &out)?;
+    let image = out.join("demo.raw.zst");
+    println!("\n== edgeimage inspect {}", image.display());
+    util::run(Command::new(&bin).arg("inspect").arg(&image))?;
+    println!(
+        "\nThe demo image uses synthetic assets and does not boot. `cargo xtask e2e` boots a real one;\n\
+         the README says how to point a profile at real Talos assets."
+    );
+    Ok(())
+}
+
+pub fn media(args: &[String]) -> Result<()> {
+    let ws = util::workspace();
+    let profiles: Vec<PathBuf> = match args {
+        [flag] if flag == "--all" => {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(ws.join("profiles"))
+                .context("listing profiles/")?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            v.sort();
+            v
+        }
+        [flag, name] if flag == "--profile" => {
+            vec![edgeimage::build::profile_path(&ws, name)]
+        }
+        _ => bail!("usage: cargo xtask media --profile NAME|FILE | --all"),
+    };
+    demo_assets()?;
+    let bin = util::edgeimage_bin()?;
+    let out = util::target_dir().join("media");
+    let mut failed = Vec::new();
+    for p in &profiles {
+        println!("== {}", p.display());
+        if let Err(e) = build(&bin, p, &out) {
+            eprintln!("   failed: {e:#}");
+            failed.push(p.display().to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} profiles failed: {}",
+            failed.len(),
+            profiles.len(),
+            failed.join(", ")
+        );
+    }
+    println!("media in {}", out.display());
+    Ok(())
+}
