@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+mod bench;
 mod e2e;
 mod media;
 mod test;
@@ -18,7 +19,8 @@ commands:
   media   --profile NAME|FILE | --all: build profiles into target/media/
   test    the test command: fmt, clippy, all tests, then the e2e boot test
           (--no-e2e to leave the boot test out)
-  bench   (not implemented yet)
+  bench   build: time, CPU and peak memory of `edgeimage build` vs sgdisk/mkfs.fat/mtools/
+          objcopy/zstd on the same inputs (--runs N)
   dist    (not implemented yet)
 ";
 
@@ -34,7 +36,8 @@ fn main() -> ExitCode {
         "demo" => report(media::demo(&rest)),
         "media" => report(media::media(&rest)),
         "test" => report(test::main(&rest)),
-        "bench" | "dist" => {
+        "bench" => report(bench::main(&rest)),
+        "dist" => {
             eprintln!("xtask {cmd}: not implemented yet");
             ExitCode::from(2)
         }

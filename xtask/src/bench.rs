@@ -1,0 +1,324 @@
+//! `cargo xtask bench build`: whole-process time, CPU time and peak memory of `edgeimage build`
+//! against the same composition done with the usual tools (objcopy for the UKI, mkfs.fat +
+//! mtools for the ESP, sgdisk for the GPT, dd for placing partitions, zstd for compression),
+//! on the same synthetic inputs, in one run. Prints a Markdown table for the README.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use edgeimage::synthetic::{self, Sizes};
+use edgeimage::talos::Arch;
+
+use crate::util;
+
+/// Resources one command used.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    wall: f64,
+    cpu: f64,
+    max_rss_kib: i64,
+}
+
+impl Usage {
+    fn add(&mut self, o: Usage) {
+        self.wall += o.wall;
+        self.cpu += o.cpu;
+        self.max_rss_kib = self.max_rss_kib.max(o.max_rss_kib);
+    }
+}
+
+/// Run a command and measure it with wait4 (rusage of exactly that child).
+fn measure(cmd: &mut Command) -> Result<Usage> {
+    let t = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = t.elapsed().as_secs_f64();
+    if r != pid {
+        bail!("waiting for {cmd:?}: {}", std::io::Error::last_os_error());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("{cmd:?} failed (status {status})");
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Usage {
+        wall,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kib: ru.ru_maxrss,
+    })
+}
+
+fn tool(name: &str) -> Result<Command> {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(Command::new(p));
+        }
+    }
+    bail!("`{name}` is needed for the comparison (Debian packages gdisk, dosfstools, mtools, binutils, zstd)")
+}
+
+/// Generate the ~100 MB synthetic asset set (run in a child process, so the memory it takes
+/// does not show up as the measured children's peak: Linux counts a child's memory high-water
+/// mark from the fork, before exec).
+fn write_assets(dir: &Path) -> Result<()> {
+    synthetic::write_asset_set(
+        dir,
+        Arch::Amd64,
+        Sizes {
+            kernel: 20 << 20,
+            initramfs: 80 << 20,
+        },
+    )?;
+    Ok(())
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    if let [sub, dir] = args {
+        if sub == "_assets" {
+            return write_assets(Path::new(dir));
+        }
+    }
+    if args.first().map(String::as_str) != Some("build") {
+        bail!("usage: cargo xtask bench build [--runs N]");
+    }
+    let runs: usize = match args.get(1..) {
+        Some([flag, n]) if flag == "--runs" => n.parse().context("--runs N")?,
+        Some([]) | None => 3,
+        _ => bail!("usage: cargo xtask bench build [--runs N]"),
+    };
+    let work = util::target_dir().join("bench");
+    let _ = fs::remove_dir_all(&work);
+    let assets = work.join("assets");
+    // About 100 MB of assets, like a real Talos release with extensions.
+    util::run(
+        Command::new(std::env::current_exe()?)
+            .args(["bench", "_assets"])
+            .arg(&assets),
+    )?;
+    let digests: Vec<(String, String)> = [
+        "vmlinuz",
+        "initramfs.xz",
+        "systemd-boot.efi",
+        "systemd-stub.efi",
+    ]
+    .iter()
+    .map(|n| Ok((n.to_string(), sha256_file(&assets.join(n))?)))
+    .collect::<Result<_>>()?;
+    let pin = |n: &str| {
+        digests
+            .iter()
+            .find(|(f, _)| f == n)
+            .map(|x| x.1.clone())
+            .unwrap_or_default()
+    };
+    let profile = work.join("bench.toml");
+    fs::write(
+        &profile,
+        format!(
+            "name = \"bench\"\narch = \"amd64\"\ntalos_version = \"v1.12.5\"\ndisk_size = \"2110MiB\"\n\
+             [assets]\nsource = \"assets\"\nkernel = {{ sha256 = \"{}\" }}\ninitramfs = {{ sha256 = \"{}\" }}\n\
+             systemd_boot = {{ sha256 = \"{}\" }}\nsystemd_stub = {{ sha256 = \"{}\" }}\n\
+             [meta]\n\"0x0c\" = \"bench\"\n",
+            pin("vmlinuz"),
+            pin("initramfs.xz"),
+            pin("systemd-boot.efi"),
+            pin("systemd-stub.efi")
+        ),
+    )?;
+    let bin = util::edgeimage_bin()?;
+    let mut results: Vec<(String, Usage, u64)> = Vec::new();
+    for (label, raw) in [
+        ("edgeimage build (.raw.zst)", false),
+        ("edgeimage build --raw (.raw.zst + .raw)", true),
+    ] {
+        let mut best: Option<Usage> = None;
+        for _ in 0..runs {
+            let out = work.join("out-edgeimage");
+            let _ = fs::remove_dir_all(&out);
+            let mut c = Command::new(&bin);
+            c.args(["build", "-q", "--profile"])
+                .arg(&profile)
+                .arg("--out")
+                .arg(&out);
+            if raw {
+                c.arg("--raw");
+            }
+            c.env("SOURCE_DATE_EPOCH", "1700000000");
+            let u = measure(&mut c)?;
+            if best.is_none_or(|b| u.wall < b.wall) {
+                best = Some(u);
+            }
+        }
+        let size = fs::metadata(work.join("out-edgeimage/bench.raw.zst"))?.len();
+        results.push((label.to_string(), best.unwrap_or_default(), size));
+    }
+    let mut best: Option<(Usage, Vec<(String, Usage)>)> = None;
+    for _ in 0..runs {
+        let (total, steps) = peer_pipeline(&work, &assets)?;
+        if best.as_ref().is_none_or(|b| total.wall < b.0.wall) {
+            best = Some((total, steps));
+        }
+    }
+    let (peer, steps) = best.context("no run")?;
+    let peer_size = fs::metadata(work.join("peer/bench.raw.zst"))?.len();
+    let ed = results[0].1;
+    println!("\nInputs: 2110 MiB image, 2101 MiB FAT32 ESP, ~100 MB of assets (20 MiB kernel, 80 MiB initramfs); best of {runs} runs; {} cores.\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "| composition | wall s | CPU s | peak RSS MiB | .raw.zst bytes | wall vs edgeimage |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (label, u, size) in &results {
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.0} | {size} | {:.2}x |",
+            u.wall,
+            u.cpu,
+            u.max_rss_kib as f64 / 1024.0,
+            u.wall / ed.wall
+        );
+    }
+    println!(
+        "| sgdisk + mkfs.fat + mcopy + objcopy + dd + zstd -T0 | {:.2} | {:.2} | {:.0} | {peer_size} | {:.2}x |",
+        peer.wall, peer.cpu, peer.max_rss_kib as f64 / 1024.0, peer.wall / ed.wall
+    );
+    println!("\nPeer pipeline steps:\n");
+    println!("| step | wall s | CPU s | peak RSS MiB |");
+    println!("|---|---:|---:|---:|");
+    for (s, u) in &steps {
+        println!(
+            "| {s} | {:.2} | {:.2} | {:.0} |",
+            u.wall,
+            u.cpu,
+            u.max_rss_kib as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn sha256_file(p: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut fs::File::open(p)?, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The same image with the usual tools. Returns the total and each step.
+fn peer_pipeline(work: &Path, assets: &Path) -> Result<(Usage, Vec<(String, Usage)>)> {
+    let dir = work.join("peer");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let mut steps: Vec<(String, Usage)> = Vec::new();
+    let p = |n: &str| dir.join(n);
+    let a = |n: &str| assets.join(n);
+    // UKI sections as files (content the same as edgeimage's; their making is not timed).
+    let version = edgeimage::talos::TalosVersion::parse("v1.12.5")?;
+    fs::write(p("osrel"), version.os_release())?;
+    let cmdline = edgeimage::talos::Cmdline::parse(&version.default_kernel_args(Arch::Amd64));
+    fs::write(p("cmdline"), cmdline.to_string())?;
+    fs::write(p("uname"), synthetic::KERNEL_RELEASE)?;
+    fs::write(p("loader.conf"), edgeimage::compose::esp::LOADER_CONF)?;
+    let meta = edgeimage::compose::meta::block(&[edgeimage::profile::MetaValue {
+        key: 0x0c,
+        value: b"bench".to_vec(),
+    }])?;
+    fs::write(p("meta"), [&meta[..], &meta[..]].concat())?;
+    let kernel_len = fs::metadata(a("vmlinuz"))?.len();
+    let vma = |off: u64| format!("{:#x}", 0x10000 + off);
+    let mut objcopy = tool("objcopy")?;
+    let mut off = 0u64;
+    for (name, file, len) in [
+        (".osrel", p("osrel"), 4096),
+        (".cmdline", p("cmdline"), 4096),
+        (".uname", p("uname"), 4096),
+        (".linux", a("vmlinuz"), kernel_len),
+        (".initrd", a("initramfs.xz"), 0),
+    ] {
+        objcopy
+            .arg("--add-section")
+            .arg(format!("{name}={}", file.display()))
+            .arg("--change-section-vma")
+            .arg(format!("{name}={}", vma(off)));
+        off += len.div_ceil(4096) * 4096;
+    }
+    objcopy.arg(a("systemd-stub.efi")).arg(p("uki.efi"));
+    steps.push(("objcopy (UKI)".into(), measure(&mut objcopy)?));
+    let esp_kib = (2101u64 << 20) / 1024;
+    steps.push((
+        "mkfs.fat -F 32 (ESP file)".into(),
+        measure(
+            tool("mkfs.fat")?
+                .args(["-F", "32", "-n", "EFI", "-i", "12345678", "-C"])
+                .arg(p("esp.img"))
+                .arg(esp_kib.to_string()),
+        )?,
+    ));
+    let img = p("esp.img").display().to_string();
+    let mut mtools = Usage::default();
+    for d in ["::EFI", "::EFI/boot", "::EFI/Linux", "::loader"] {
+        mtools.add(measure(tool("mmd")?.args(["-i", &img, d]))?);
+    }
+    for (src, dst) in [
+        (a("systemd-boot.efi"), "::EFI/boot/BOOTX64.efi"),
+        (p("uki.efi"), "::EFI/Linux/Talos-v1.12.5.efi"),
+        (p("loader.conf"), "::loader/loader.conf"),
+    ] {
+        mtools.add(measure(
+            tool("mcopy")?.args(["-i", &img]).arg(src).arg(dst),
+        )?);
+    }
+    steps.push(("mmd + mcopy (ESP files)".into(), mtools));
+    let raw = p("bench.raw");
+    steps.push((
+        "truncate + sgdisk (GPT)".into(),
+        measure(Command::new("sh").arg("-c").arg(format!(
+            "truncate -s 2110M {r} && sgdisk --disk-guid=R --new=1:2048:+2101M --typecode=1:ef00 --change-name=1:EFI \
+             --new=2:0:+1M --typecode=2:8300 --change-name=2:META {r}",
+            r = raw.display()
+        )))?,
+    ));
+    let mut dd = Usage::default();
+    dd.add(measure(
+        Command::new("dd")
+            .arg(format!("if={img}"))
+            .arg(format!("of={}", raw.display()))
+            .args([
+                "bs=4M",
+                "seek=1M",
+                "oflag=seek_bytes",
+                "conv=notrunc,sparse",
+                "status=none",
+            ]),
+    )?);
+    dd.add(measure(
+        Command::new("dd")
+            .arg(format!("if={}", p("meta").display()))
+            .arg(format!("of={}", raw.display()))
+            .arg(format!("seek={}", (1u64 << 20) + (2101u64 << 20)))
+            .args(["oflag=seek_bytes", "conv=notrunc", "status=none"]),
+    )?);
+    steps.push(("dd (place ESP and META)".into(), dd));
+    steps.push((
+        "zstd -T0 -3".into(),
+        measure(
+            tool("zstd")?
+                .args(["-q", "-T0", "-3", "-f"])
+                .arg(&raw)
+                .arg("-o")
+                .arg(p("bench.raw.zst")),
+        )?,
+    ));
+    let mut total = Usage::default();
+    for (_, u) in &steps {
+        total.add(*u);
+    }
+    Ok((total, steps))
+}
