@@ -325,6 +325,16 @@ impl Read for LayoutReader<'_> {
     }
 }
 
+/// The position a `Seek` on an object of `len` bytes, now at `pos`, moves to.
+pub fn seek_target(pos: u64, len: u64, to: io::SeekFrom) -> io::Result<u64> {
+    match to {
+        io::SeekFrom::Start(n) => Some(n),
+        io::SeekFrom::End(d) => len.checked_add_signed(d),
+        io::SeekFrom::Current(d) => pos.checked_add_signed(d),
+    }
+    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))
+}
+
 /// A static buffer of zeros for writers that emit runs of zeros.
 pub fn zeros() -> &'static [u8] {
     &ZEROS

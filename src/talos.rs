@@ -50,6 +50,17 @@ impl Arch {
     }
 }
 
+impl std::str::FromStr for Arch {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "amd64" => Ok(Arch::Amd64),
+            "arm64" => Ok(Arch::Arm64),
+            other => bail!("unsupported architecture {other:?} (expected \"amd64\" or \"arm64\")"),
+        }
+    }
+}
+
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -120,60 +131,26 @@ impl TalosVersion {
             Arch::Amd64 => args.push("console=tty0".into()),
             Arch::Arm64 => args.extend(["console=ttyAMA0".into(), "console=tty0".into()]),
         }
-        let defaults: &[&str] = match self.minor {
-            8 | 9 => &[
-                "init_on_alloc=1",
-                "slab_nomerge",
-                "pti=on",
-                "consoleblank=0",
-                "nvme_core.io_timeout=4294967295",
-                "printk.devkmsg=on",
-                "ima_template=ima-ng",
-                "ima_appraise=fix",
-                "ima_hash=sha512",
-            ],
-            10 => &[
-                "init_on_alloc=1",
-                "slab_nomerge",
-                "pti=on",
-                "consoleblank=0",
-                "nvme_core.io_timeout=4294967295",
-                "printk.devkmsg=on",
-                "ima_template=ima-ng",
-                "ima_appraise=fix",
-                "ima_hash=sha512",
-                "selinux=1",
-            ],
-            11 => &[
-                "init_on_alloc=1",
-                "slab_nomerge",
-                "pti=on",
-                "consoleblank=0",
-                "nvme_core.io_timeout=4294967295",
-                "printk.devkmsg=on",
-                "selinux=1",
-            ],
-            12 | 13 => &[
-                "init_on_alloc=1",
-                "slab_nomerge",
-                "pti=on",
-                "consoleblank=0",
-                "nvme_core.io_timeout=4294967295",
-                "printk.devkmsg=on",
-                "selinux=1",
-                "module.sig_enforce=1",
-                "proc_mem.force_override=never",
-            ],
-            _ => &[
-                "slab_nomerge",
-                "pti=on",
-                "consoleblank=0",
-                "printk.devkmsg=on",
-                "selinux=1",
-                "module.sig_enforce=1",
-                "proc_mem.force_override=never",
-            ],
-        };
+        // The hardening defaults, as Talos's kernel.DefaultArgs changed over releases.
+        let m = self.minor;
+        let mut defaults: Vec<&str> = Vec::new();
+        if m <= 13 {
+            defaults.push("init_on_alloc=1");
+        }
+        defaults.extend(["slab_nomerge", "pti=on", "consoleblank=0"]);
+        if m <= 13 {
+            defaults.push("nvme_core.io_timeout=4294967295");
+        }
+        defaults.push("printk.devkmsg=on");
+        if m <= 10 {
+            defaults.extend(["ima_template=ima-ng", "ima_appraise=fix", "ima_hash=sha512"]);
+        }
+        if m >= 10 {
+            defaults.push("selinux=1");
+        }
+        if m >= 12 {
+            defaults.extend(["module.sig_enforce=1", "proc_mem.force_override=never"]);
+        }
         args.extend(defaults.iter().map(|s| s.to_string()));
         args
     }

@@ -201,6 +201,17 @@ fn arm64_profile_builds_with_aa64_loader() {
     assert!(j["uki"]["uname"].is_null());
 }
 
+fn append<W: std::io::Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, name, data).unwrap();
+}
+
 /// A `docker save` archive of an imager-like image holding the fixture's assets.
 fn docker_save(f: &Fixture, arch: &str, to: &Path) {
     let mut layer = tar::Builder::new(Vec::new());
@@ -211,16 +222,7 @@ fn docker_save(f: &Fixture, arch: &str, to: &Path) {
         "systemd-stub.efi",
     ] {
         let data = fs::read(f.dir.path().join("assets").join(name)).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        layer
-            .append_data(&mut h, format!("usr/install/{arch}/{name}"), &data[..])
-            .unwrap();
+        append(&mut layer, &format!("usr/install/{arch}/{name}"), &data);
     }
     let layer = layer.into_inner().unwrap();
     let layer_hex = hex::encode(Sha256::digest(&layer));
@@ -237,14 +239,7 @@ fn docker_save(f: &Fixture, arch: &str, to: &Path) {
         (format!("{layer_hex}/layer.tar"), layer),
         ("manifest.json".to_string(), manifest.into_bytes()),
     ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        outer.append_data(&mut h, name, &data[..]).unwrap();
+        append(&mut outer, &name, &data);
     }
     outer.finish().unwrap();
 }

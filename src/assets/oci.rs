@@ -56,46 +56,14 @@ const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 // Public API
 // ---------------------------------------------------------------------------------------------
 
-/// A CPU architecture Talos ships for, with its OCI platform name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
+pub use crate::talos::Arch;
 
-impl Arch {
-    /// The OCI/Go name: "amd64" or "arm64".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
-    /// Whether an OCI platform `variant` is acceptable for this architecture.
-    fn accepts_variant(self, variant: Option<&str>) -> bool {
-        matches!(
-            (self, variant),
-            (_, None) | (_, Some("")) | (Arch::Arm64, Some("v8")) | (Arch::Amd64, Some("v1"))
-        )
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Arch {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "amd64" => Ok(Arch::Amd64),
-            "arm64" => Ok(Arch::Arm64),
-            other => bail!("unsupported architecture {other:?} (expected \"amd64\" or \"arm64\")"),
-        }
-    }
+/// Whether an OCI platform `variant` is acceptable for this architecture.
+fn accepts_variant(arch: Arch, variant: Option<&str>) -> bool {
+    matches!(
+        (arch, variant),
+        (_, None) | (_, Some("")) | (Arch::Arm64, Some("v8")) | (Arch::Amd64, Some("v1"))
+    )
 }
 
 /// One image selected from an archive: its config and its ordered layers, all digest-checked
@@ -740,7 +708,7 @@ impl Platform {
     fn matches(&self, arch: Arch) -> bool {
         self.os == "linux"
             && self.arch == arch.as_str()
-            && arch.accepts_variant(self.variant.as_deref())
+            && accepts_variant(arch, self.variant.as_deref())
     }
 
     fn is_unknown(&self) -> bool {

@@ -107,12 +107,7 @@ impl Write for SparseDisk {
 
 impl Seek for SparseDisk {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))?;
+        self.pos = crate::layout::seek_target(self.pos, self.len, to)?;
         Ok(self.pos)
     }
 }
