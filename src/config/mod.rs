@@ -1,0 +1,2 @@
+//! Machine configuration, its delivery, META network configuration and Image Factory
+//! schematics.
