@@ -12,6 +12,8 @@ use serde::Serialize;
 use crate::compose::gpt::{self, PartitionInfo};
 use crate::compose::{meta, uki};
 
+pub mod initrd;
+
 #[derive(Debug, Serialize)]
 pub struct Inspection {
     pub path: PathBuf,
@@ -44,6 +46,8 @@ pub struct UkiReport {
     pub path: String,
     #[serde(flatten)]
     pub info: uki::UkiInfo,
+    /// The archives inside `.initrd` and what they carry.
+    pub initrd: Option<initrd::InitrdInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -262,9 +266,21 @@ fn read_esp(file: &File, p: &PartitionInfo) -> Result<(EspInfo, Option<UkiReport
                 f.read_exact(buf)
             })
             .with_context(|| format!("UKI {}", u.path))?;
+            let initrd = match info.sections.iter().find(|s| s.name == ".initrd") {
+                Some(sec) => {
+                    f.seek(SeekFrom::Start(u64::from(sec.file_offset)))?;
+                    let section = (&mut f).take(u64::from(sec.virtual_size));
+                    Some(
+                        initrd::walk(section)
+                            .with_context(|| format!("UKI {}: .initrd", u.path))?,
+                    )
+                }
+                None => None,
+            };
             Some(UkiReport {
                 path: u.path.clone(),
                 info,
+                initrd,
             })
         }
         None => None,
@@ -318,6 +334,28 @@ pub fn render(i: &Inspection) -> Result<String> {
         }
         if let Some(v) = &u.info.uname {
             writeln!(s, "  uname    {v}")?;
+        }
+        if let Some(i) = &u.initrd {
+            let kinds: Vec<&str> = i.archives.iter().map(|a| a.compression.as_str()).collect();
+            writeln!(
+                s,
+                "  initrd   {} archive(s): {}",
+                i.archives.len(),
+                kinds.join(", ")
+            )?;
+            for l in i.layers.iter().filter(|l| l.name != "rootfs.sqsh") {
+                writeln!(
+                    s,
+                    "  layer    {} {} bytes sha256 {}",
+                    l.name, l.size, l.sha256
+                )?;
+            }
+            if i.firmware_files > 0 {
+                writeln!(s, "  firmware {} file(s) in the initrd", i.firmware_files)?;
+            }
+            if let Some(n) = &i.note {
+                writeln!(s, "  note     {n}")?;
+            }
         }
         if let Some(o) = &u.info.osrel {
             if let Some(line) = o.lines().find(|l| l.starts_with("PRETTY_NAME=")) {

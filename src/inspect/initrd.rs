@@ -1,0 +1,257 @@
+//! Reading a UKI's `.initrd` back: it is a sequence of archives (the base Talos initramfs and
+//! what edgeimage appended), each a newc cpio, compressed (zstd, gzip) or not, with zero
+//! padding between them. Each archive is decompressed as a stream and its cpio headers are
+//! parsed on the fly; only `extensions.yaml` is kept in memory, and the `*.sqsh` layers are
+//! hashed as they pass.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// One archive of the initrd.
+#[derive(Debug, Serialize)]
+pub struct ArchiveInfo {
+    /// Offset inside the `.initrd` section.
+    pub offset: u64,
+    pub compression: String,
+    pub entries: usize,
+}
+
+/// One file of an archive that `inspect` reports (layers and `extensions.yaml`).
+#[derive(Debug, Serialize, Clone)]
+pub struct Member {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct InitrdInfo {
+    pub archives: Vec<ArchiveInfo>,
+    /// `N.sqsh` files with their digests, in archive order.
+    pub layers: Vec<Member>,
+    /// The text of `extensions.yaml`, when present.
+    pub extensions_yaml: Option<String>,
+    /// Number of firmware files carried in the cpio (`usr/lib/firmware/**`).
+    pub firmware_files: usize,
+    /// Set when the walk stopped early (an archive format it cannot read, e.g. xz).
+    pub note: Option<String>,
+}
+
+const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const GZIP: [u8; 2] = [0x1f, 0x8b];
+const YAML_LIMIT: u64 = 1 << 20;
+
+/// A reader that counts what it hands out (the position inside the section).
+struct Counted<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n as u64;
+        self.inner.consume(n);
+    }
+}
+
+/// Walk the archives of an initrd given as a reader over the section's bytes.
+pub fn walk<R: Read>(section: R) -> Result<InitrdInfo> {
+    let mut r = Counted {
+        inner: BufReader::with_capacity(1 << 20, section),
+        pos: 0,
+    };
+    let mut info = InitrdInfo::default();
+    loop {
+        // Skip the zero padding between archives.
+        let head = loop {
+            let buf = r.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(info);
+            }
+            let zeros = buf.iter().take_while(|&&b| b == 0).count();
+            if zeros == 0 {
+                break buf[..buf.len().min(6)].to_vec();
+            }
+            r.consume(zeros);
+        };
+        let offset = r.pos;
+        let compression = if head.starts_with(&ZSTD) {
+            "zstd"
+        } else if head.starts_with(&GZIP) {
+            "gzip"
+        } else if head.starts_with(b"07070") {
+            "none"
+        } else {
+            info.note = Some(format!(
+                "stopped at offset {offset}: an archive this reader does not decompress (starts with {})",
+                hex::encode(&head)
+            ));
+            return Ok(info);
+        };
+        let entries = match compression {
+            "zstd" => {
+                let mut d = zstd::stream::read::Decoder::with_buffer(&mut r)?.single_frame();
+                let n = read_cpio(&mut d, &mut info)
+                    .with_context(|| format!("initrd archive at offset {offset}"))?;
+                io::copy(&mut d, &mut io::sink())?;
+                n
+            }
+            "gzip" => {
+                let mut d = flate2::bufread::GzDecoder::new(&mut r);
+                let n = read_cpio(&mut d, &mut info)
+                    .with_context(|| format!("initrd archive at offset {offset}"))?;
+                io::copy(&mut d, &mut io::sink())?;
+                n
+            }
+            _ => read_cpio(&mut r, &mut info)
+                .with_context(|| format!("initrd archive at offset {offset}"))?,
+        };
+        info.archives.push(ArchiveInfo {
+            offset,
+            compression: compression.to_string(),
+            entries,
+        });
+    }
+}
+
+fn hexfield(h: &[u8], i: usize) -> Result<u64> {
+    let s = std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i])?;
+    Ok(u64::from_str_radix(s, 16)?)
+}
+
+fn skip<R: Read>(r: &mut R, n: u64) -> io::Result<()> {
+    let copied = io::copy(&mut r.take(n), &mut io::sink())?;
+    if copied != n {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Parse one newc archive up to its trailer; returns the number of entries.
+fn read_cpio<R: Read>(r: &mut R, info: &mut InitrdInfo) -> Result<usize> {
+    let mut count = 0;
+    let mut pos: u64 = 0;
+    loop {
+        let mut h = [0u8; 110];
+        r.read_exact(&mut h).context("truncated cpio header")?;
+        if &h[..6] != b"070701" && &h[..6] != b"070702" {
+            bail!("not a newc cpio header at archive byte {pos}");
+        }
+        let mode = hexfield(&h, 1)?;
+        let size = hexfield(&h, 6)?;
+        let namesize = hexfield(&h, 11)?;
+        if namesize == 0 || namesize > 4096 {
+            bail!("cpio name size {namesize} at archive byte {pos}");
+        }
+        let mut name = vec![0u8; namesize as usize];
+        r.read_exact(&mut name)?;
+        let name = String::from_utf8_lossy(&name[..name.len() - 1]).into_owned();
+        pos += 110 + namesize;
+        let pad = (4 - pos % 4) % 4;
+        skip(r, pad)?;
+        pos += pad;
+        if name == "TRAILER!!!" {
+            return Ok(count);
+        }
+        count += 1;
+        let is_file = mode & 0o170000 == 0o100000;
+        if is_file && name == "extensions.yaml" && size <= YAML_LIMIT {
+            let mut text = vec![0u8; size as usize];
+            r.read_exact(&mut text)?;
+            info.extensions_yaml = Some(String::from_utf8_lossy(&text).into_owned());
+        } else if is_file && name.ends_with(".sqsh") && !name.contains('/') {
+            let mut h = Sha256::new();
+            let n = io::copy(&mut r.take(size), &mut h)?;
+            if n != size {
+                bail!("truncated {name}");
+            }
+            info.layers.push(Member {
+                name,
+                size,
+                sha256: hex::encode(h.finalize()),
+            });
+        } else {
+            if is_file && name.starts_with("usr/lib/firmware/") {
+                info.firmware_files += 1;
+            }
+            skip(r, size)?;
+        }
+        pos += size;
+        let pad = (4 - pos % 4) % 4;
+        skip(r, pad)?;
+        pos += pad;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compose::cpio;
+
+    fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = cpio::Writer::new(&mut out);
+        for (name, data) in entries {
+            w.append(cpio::Entry::file_bytes(*name, 0o644, data))
+                .unwrap();
+        }
+        w.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn walks_padded_concatenated_archives() {
+        let base = zstd::encode_all(
+            &archive(&[("init", b"#!/bin/sh"), ("rootfs.sqsh", b"x")])[..],
+            3,
+        )
+        .unwrap();
+        let mut initrd = base.clone();
+        initrd.resize(initrd.len().div_ceil(4) * 4, 0);
+        let ext = archive(&[
+            ("0.sqsh", b"layer-zero"),
+            ("extensions.yaml", b"layers:\n"),
+            ("usr/lib/firmware/x.bin", b"fw"),
+        ]);
+        initrd.extend(zstd::encode_all(&ext[..], 3).unwrap());
+        let info = walk(&initrd[..]).unwrap();
+        assert_eq!(info.archives.len(), 2);
+        assert_eq!(
+            info.archives[1].offset,
+            initrd.len() as u64 - zstd::encode_all(&ext[..], 3).unwrap().len() as u64
+        );
+        assert_eq!(info.extensions_yaml.as_deref(), Some("layers:\n"));
+        let names: Vec<&str> = info.layers.iter().map(|l| l.name.as_str()).collect();
+        // rootfs.sqsh of the base counts as a layer-like member too; callers filter by name.
+        assert_eq!(names, ["rootfs.sqsh", "0.sqsh"]);
+        assert_eq!(
+            info.layers[1].sha256,
+            hex::encode(Sha256::digest(b"layer-zero"))
+        );
+        assert_eq!(info.firmware_files, 1);
+        assert!(info.note.is_none());
+    }
+
+    #[test]
+    fn unknown_compression_is_noted_not_fatal() {
+        let mut initrd = vec![0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 1, 2];
+        initrd.extend([0u8; 8]);
+        let info = walk(&initrd[..]).unwrap();
+        assert!(info.note.unwrap().contains("fd377a585a00"));
+    }
+}
