@@ -28,6 +28,28 @@ struct RawProfile {
     kernel_args: RawKernelArgs,
     #[serde(default)]
     meta: BTreeMap<String, RawMetaValue>,
+    #[serde(default)]
+    extensions: Vec<RawPinnedFile>,
+    config: Option<RawConfig>,
+    network: Option<PathBuf>,
+    schematic: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPinnedFile {
+    path: PathBuf,
+    sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    path: PathBuf,
+    #[serde(default)]
+    patches: Vec<PathBuf>,
+    delivery: String,
+    metal_iso_size: Option<Size>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +145,51 @@ pub struct MetaValue {
     pub value: Vec<u8>,
 }
 
+/// A system extension input (directory or archive) and its pin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtensionPin {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// How the machine configuration reaches Talos.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// The `embedded-config` virtual extension inside the UKI (Talos >= 1.12).
+    Embedded,
+    /// `talos.config.inline=` on the kernel command line.
+    Inline,
+    /// `config.yaml` on a small FAT partition labelled `metal-iso`, outside the UKI.
+    MetalIso,
+}
+
+impl Delivery {
+    pub const ALLOWED: &'static str = "\"embedded\", \"inline\" or \"metal-iso\"";
+
+    pub fn parse(s: &str) -> Option<Delivery> {
+        match s {
+            "embedded" => Some(Delivery::Embedded),
+            "inline" => Some(Delivery::Inline),
+            "metal-iso" => Some(Delivery::MetalIso),
+            _ => None,
+        }
+    }
+}
+
+/// The machine configuration the profile names.
+#[derive(Clone, Debug)]
+pub struct ConfigSpec {
+    pub path: PathBuf,
+    pub patches: Vec<PathBuf>,
+    pub delivery: Delivery,
+    /// Size of the `metal-iso` partition (metal-iso delivery).
+    pub metal_iso_size: u64,
+}
+
+/// Default size of the `metal-iso` partition.
+pub const METAL_ISO_SIZE: u64 = 4 << 20;
+
 /// A validated profile.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -139,7 +206,17 @@ pub struct Profile {
     pub assets: Assets,
     /// The kernel command line (defaults merged with the extras by Talos's rules).
     pub cmdline: String,
+    /// Whether Talos's default kernel arguments are used, and the profile's extras (the
+    /// command line is recomputed when a schematic or the configuration adds arguments).
+    pub default_args: bool,
+    pub extra_args: Vec<String>,
     pub meta: Vec<MetaValue>,
+    pub extensions: Vec<ExtensionPin>,
+    pub config: Option<ConfigSpec>,
+    /// PlatformNetworkConfig YAML for META key 0x0a.
+    pub network: Option<PathBuf>,
+    /// Image Factory schematic YAML.
+    pub schematic: Option<PathBuf>,
 }
 
 /// The fixed partitions besides the ESP: the first MiB (MBR + primary GPT), META, and the
@@ -251,11 +328,6 @@ impl Profile {
             systemd_stub: pin("systemd_stub", "systemd-stub.efi", &raw.assets.systemd_stub)?,
         };
 
-        let mut cmdline = if raw.kernel_args.defaults {
-            Cmdline::parse(&talos.default_kernel_args(raw.arch))
-        } else {
-            Cmdline::default()
-        };
         for a in &raw.kernel_args.extra {
             if a.bytes().any(|b| b.is_ascii_control()) {
                 return Err(field_err(
@@ -264,9 +336,13 @@ impl Profile {
                 ));
             }
         }
-        cmdline.apply_extra(&raw.kernel_args.extra);
-        let cmdline = cmdline.to_string();
-        check_cmdline(&cmdline).map_err(|e| field_err("kernel_args", e))?;
+        let cmdline = kernel_cmdline(
+            &talos,
+            raw.arch,
+            raw.kernel_args.defaults,
+            &[&raw.kernel_args.extra],
+        )
+        .map_err(|e| field_err("kernel_args", e))?;
 
         let mut meta = Vec::new();
         for (k, v) in &raw.meta {
@@ -295,6 +371,80 @@ impl Profile {
         crate::compose::meta::check_capacity(&meta)
             .map_err(|e| field_err("meta", e.to_string()))?;
 
+        let mut extensions = Vec::new();
+        for (i, e) in raw.extensions.iter().enumerate() {
+            let sha = e.sha256.to_ascii_lowercase();
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(field_err(
+                    &format!("extensions[{i}].sha256"),
+                    format!(
+                        "{:?} is not a SHA-256 digest: 64 hex digits expected",
+                        e.sha256
+                    ),
+                ));
+            }
+            extensions.push(ExtensionPin {
+                path: base.join(&e.path),
+                sha256: sha,
+            });
+        }
+        let config = match &raw.config {
+            None => None,
+            Some(c) => {
+                let delivery = Delivery::parse(&c.delivery).ok_or_else(|| {
+                    field_err(
+                        "config.delivery",
+                        format!(
+                            "{:?} is not a delivery: use {}",
+                            c.delivery,
+                            Delivery::ALLOWED
+                        ),
+                    )
+                })?;
+                let metal_iso_size = match &c.metal_iso_size {
+                    Some(s) => parse_size(s).map_err(|e| field_err("config.metal_iso_size", e))?,
+                    None => METAL_ISO_SIZE,
+                };
+                if metal_iso_size % ALIGN != 0 || metal_iso_size == 0 {
+                    return Err(field_err(
+                        "config.metal_iso_size",
+                        format!("{metal_iso_size} bytes is not a positive multiple of 1 MiB"),
+                    ));
+                }
+                if delivery == Delivery::Embedded && talos.minor < 12 {
+                    return Err(field_err(
+                        "config.delivery",
+                        format!(
+                            "\"embedded\" needs Talos v1.12 or later (the profile has {}); use \"metal-iso\" or \"inline\"",
+                            talos.tag
+                        ),
+                    ));
+                }
+                Some(ConfigSpec {
+                    path: base.join(&c.path),
+                    patches: c.patches.iter().map(|p| base.join(p)).collect(),
+                    delivery,
+                    metal_iso_size,
+                })
+            }
+        };
+        if let Some(c) = &config {
+            if c.delivery == Delivery::MetalIso {
+                let needed = needed + c.metal_iso_size;
+                if disk_size < needed {
+                    return Err(field_err(
+                        "disk_size",
+                        format!(
+                            "the partitions do not fit: {} MiB needed with the {} MiB metal-iso partition, but disk_size is {} MiB",
+                            needed >> 20,
+                            c.metal_iso_size >> 20,
+                            disk_size >> 20
+                        ),
+                    ));
+                }
+            }
+        }
+
         use sha2::Digest;
         Ok(Profile {
             path: path.to_path_buf(),
@@ -307,9 +457,49 @@ impl Profile {
             kernel_version: raw.kernel_version,
             assets,
             cmdline,
+            default_args: raw.kernel_args.defaults,
+            extra_args: raw.kernel_args.extra,
             meta,
+            extensions,
+            config,
+            network: raw.network.map(|n| base.join(n)),
+            schematic: raw.schematic.map(|n| base.join(n)),
         })
     }
+
+    /// The command line with more argument lists applied after the profile's defaults, in
+    /// order (e.g. a schematic's `extraKernelArgs`, then the profile's `extra`, then config
+    /// delivery arguments). Errors when it does not fit the kernel's buffer.
+    pub fn cmdline_with(
+        &self,
+        before_extra: &[String],
+        after_extra: &[String],
+    ) -> std::result::Result<String, String> {
+        kernel_cmdline(
+            &self.talos,
+            self.arch,
+            self.default_args,
+            &[before_extra, &self.extra_args, after_extra],
+        )
+    }
+}
+
+/// Talos's defaults (if wanted), then each list of extra arguments in order, by Talos's rules.
+pub fn kernel_cmdline(
+    talos: &TalosVersion,
+    arch: Arch,
+    defaults: bool,
+    extras: &[&[String]],
+) -> std::result::Result<String, String> {
+    let mut c = if defaults {
+        Cmdline::parse(&talos.default_kernel_args(arch))
+    } else {
+        Cmdline::default()
+    };
+    c.apply_extra(&extras.concat());
+    let s = c.to_string();
+    check_cmdline(&s)?;
+    Ok(s)
 }
 
 /// The command line must fit the kernel's buffer and be printable ASCII.
@@ -487,6 +677,53 @@ mod tests {
             e.contains("`kernel_args`") && e.contains("limit of 4095"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn extensions_config_and_schematic_fields() {
+        let text = profile(&format!(
+            "network = \"net.yaml\"\nschematic = \"s.yaml\"\n\
+             [[extensions]]\npath = \"ext/edgehostlet.tar\"\nsha256 = \"{ZERO}\"\n\
+             [config]\npath = \"machine.yaml\"\npatches = [\"p1.yaml\"]\ndelivery = \"metal-iso\"\n"
+        ));
+        let p = Profile::parse(Path::new("dir/x.toml"), text.as_bytes()).unwrap();
+        assert_eq!(p.extensions[0].path, Path::new("dir/ext/edgehostlet.tar"));
+        let c = p.config.unwrap();
+        assert_eq!(c.delivery, Delivery::MetalIso);
+        assert_eq!(c.patches, [Path::new("dir/p1.yaml")]);
+        assert_eq!(c.metal_iso_size, METAL_ISO_SIZE);
+        assert_eq!(p.network.as_deref(), Some(Path::new("dir/net.yaml")));
+        assert_eq!(p.schematic.as_deref(), Some(Path::new("dir/s.yaml")));
+    }
+
+    #[test]
+    fn bad_delivery_and_version_are_named() {
+        let e = err(&profile("[config]\npath = \"m.yaml\"\ndelivery = \"usb\""));
+        assert!(
+            e.contains("`config.delivery`") && e.contains("metal-iso"),
+            "{e}"
+        );
+        let old = profile("[config]\npath = \"m.yaml\"\ndelivery = \"embedded\"")
+            .replace("v1.12.5", "v1.11.3");
+        let e = err(&old);
+        assert!(e.contains("needs Talos v1.12"), "{e}");
+        let e = err(&profile("[[extensions]]\npath = \"x\"\nsha256 = \"12\""));
+        assert!(e.contains("`extensions[0].sha256`"), "{e}");
+    }
+
+    #[test]
+    fn cmdline_with_adds_lists_in_order() {
+        let p = Profile::parse(
+            Path::new("x.toml"),
+            profile("[kernel_args]\nextra = [\"b=2\"]").as_bytes(),
+        )
+        .unwrap();
+        let c = p
+            .cmdline_with(&["a=1".into(), "-pti".into()], &["c=3".into()])
+            .unwrap();
+        assert!(c.ends_with("a=1 b=2 c=3") && !c.contains("pti"), "{c}");
+        let long = vec!["x".repeat(5000)];
+        assert!(p.cmdline_with(&[], &long).unwrap_err().contains("limit"));
     }
 
     #[test]
