@@ -34,8 +34,29 @@ pub struct BuildReport {
     pub cmdline: String,
     pub uki_size: u64,
     pub assets: Vec<AssetReport>,
+    pub extensions: Vec<ExtensionReport>,
+    pub config: Option<ConfigReport>,
+    pub schematic: Option<crate::plan::SchematicPlan>,
     pub partitions: Vec<Placed>,
     pub outputs: Outputs,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExtensionReport {
+    pub name: String,
+    pub version: String,
+    pub origin: String,
+    /// Digest of the input (as pinned).
+    pub sha256: String,
+}
+
+/// What is shown of the machine configuration: never its content.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConfigReport {
+    pub delivery: crate::profile::Delivery,
+    pub sha256: String,
+    pub machine_type: String,
+    pub source: String,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -66,8 +87,10 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
     let profile = Profile::load(&opts.profile)?;
     progress.phase("checking assets");
     let a = assets::load(&profile, opts.assets.as_deref())?;
+    progress.phase("checking extensions and configuration");
+    let plan = crate::plan::plan(&profile, opts.epoch)?;
     progress.phase("composing");
-    let comp = compose::compose(&profile, &a, opts.epoch)?;
+    let comp = compose::compose(&profile, &a, &plan, opts.epoch)?;
     progress.phase("writing image");
     let outputs = artifact::write_image(
         &comp.layout,
@@ -83,7 +106,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         talos_version: profile.talos.tag.clone(),
         arch: profile.arch.to_string(),
         source_date_epoch: opts.epoch,
-        cmdline: profile.cmdline.clone(),
+        cmdline: plan.cmdline.clone(),
         uki_size: comp.uki_size,
         assets: a
             .all()
@@ -95,6 +118,23 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
                 sha256: x.sha256.clone(),
             })
             .collect(),
+        extensions: plan
+            .extensions
+            .iter()
+            .map(|e| ExtensionReport {
+                name: e.metadata.name.clone(),
+                version: e.metadata.version.clone(),
+                origin: e.origin.clone(),
+                sha256: e.sha256.clone(),
+            })
+            .collect(),
+        config: plan.config.as_ref().map(|c| ConfigReport {
+            delivery: c.delivery,
+            sha256: c.config.sha256().to_string(),
+            machine_type: c.config.machine_type().to_string(),
+            source: c.source.clone(),
+        }),
+        schematic: plan.schematic.clone(),
         partitions: comp.partitions,
         outputs,
     })

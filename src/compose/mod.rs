@@ -9,6 +9,7 @@
 //! | 1 – 33           | primary GPT header and 128 entries        |
 //! | 2048 – …         | `EFI`: FAT32 ESP (profile `esp_size`)     |
 //! | …                | `META`: 1 MiB Talos ADV                   |
+//! | …                | `metal-iso`: FAT with `config.yaml` (only with metal-iso delivery) |
 //! | last 33          | backup GPT                                |
 
 pub mod cpio;
@@ -22,10 +23,22 @@ use anyhow::{Context, Result};
 
 use crate::assets::{self, BootAssets};
 use crate::layout::Layout;
+use crate::plan::Plan;
 use crate::profile::{Profile, META_SIZE};
 
 /// First usable offset: partitions start at 1 MiB.
 pub const FIRST_OFFSET: u64 = 1 << 20;
+
+/// Label of the configuration partition (Talos looks for this filesystem label).
+pub const METAL_ISO_LABEL: &str = "metal-iso";
+
+/// GPT type of the configuration partition: Microsoft basic data (a FAT filesystem).
+pub const TYPE_BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
+
+/// Where the metal-iso partition starts: after the ESP and META.
+pub fn metal_iso_offset(profile: &Profile) -> u64 {
+    FIRST_OFFSET + profile.esp_size + META_SIZE
+}
 
 /// A partition as placed in the image.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -42,13 +55,15 @@ pub struct Composition {
     pub layout: Layout,
     pub partitions: Vec<Placed>,
     pub uki_size: u64,
+    /// The extension layers packed into the initrd.
+    pub layers: Vec<initramfs::LayerInfo>,
 }
 
 /// Largest stub accepted (systemd's are about 100 KiB).
 const STUB_LIMIT: u64 = 16 << 20;
 
-/// Compose the disk image for a profile from checked assets.
-pub fn compose(profile: &Profile, a: &BootAssets, epoch: u64) -> Result<Composition> {
+/// Compose the disk image for a profile from checked assets and its resolved plan.
+pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Result<Composition> {
     let stub = assets::read_all(&a.systemd_stub, STUB_LIMIT)?;
     let file_layout = |asset: &assets::Asset| -> Result<Layout> {
         let mut l = Layout::new(asset.len);
@@ -56,12 +71,19 @@ pub fn compose(profile: &Profile, a: &BootAssets, epoch: u64) -> Result<Composit
         Ok(l)
     };
     let kernel = file_layout(&a.kernel)?;
-    let initrd = file_layout(&a.initramfs)?;
+    let base = file_layout(&a.initramfs)?;
+    let (initrd, layers) = if plan.extensions.is_empty() {
+        (base, Vec::new())
+    } else {
+        let packed = initramfs::extensions_archive(&plan.extensions, epoch)
+            .context("packing the system extensions")?;
+        (initramfs::append(base, &packed.layout)?, packed.layers)
+    };
     let osrel = profile.talos.os_release();
     let uki = uki::build(&uki::UkiInput {
         stub: &stub,
         osrel: &osrel,
-        cmdline: &profile.cmdline,
+        cmdline: &plan.cmdline,
         uname: a.kernel_version.as_deref(),
         kernel: &kernel,
         initrd: &initrd,
@@ -82,16 +104,21 @@ pub fn compose(profile: &Profile, a: &BootAssets, epoch: u64) -> Result<Composit
         systemd_boot: file_layout(&a.systemd_boot)?,
         uki,
     })?;
-    let meta_layout = meta::partition(&profile.meta)?;
+    let meta_layout = meta::partition(&plan.meta)?;
+    let metal_iso = plan.config.as_ref().and_then(|c| c.metal_iso.as_ref());
 
-    let specs = [
-        (esp::LABEL, gpt::TYPE_EFI, profile.esp_size),
-        ("META", gpt::TYPE_LINUX_FS, META_SIZE),
+    let mut specs = vec![
+        (esp::LABEL, gpt::TYPE_EFI, profile.esp_size, &esp_layout),
+        ("META", gpt::TYPE_LINUX_FS, META_SIZE, &meta_layout),
     ];
+    if let Some(iso) = metal_iso {
+        specs.push((METAL_ISO_LABEL, TYPE_BASIC_DATA, iso.len(), iso));
+    }
     let mut parts = Vec::new();
     let mut placed = Vec::new();
     let mut offset = FIRST_OFFSET;
-    for (label, ty, size) in specs {
+    for (label, ty, size, _) in &specs {
+        let (label, ty, size) = (*label, *ty, *size);
         let type_guid: uuid::Uuid = ty.parse()?;
         parts.push(gpt::PartSpec {
             label: label.to_string(),
@@ -109,11 +136,13 @@ pub fn compose(profile: &Profile, a: &BootAssets, epoch: u64) -> Result<Composit
         offset += size;
     }
     let mut layout = gpt::table(profile.disk_size, &ns, &parts)?;
-    layout.put_layout(placed[0].offset, &esp_layout)?;
-    layout.put_layout(placed[1].offset, &meta_layout)?;
+    for (p, (_, _, _, content)) in placed.iter().zip(&specs) {
+        layout.put_layout(p.offset, content)?;
+    }
     Ok(Composition {
         layout,
         partitions: placed,
         uki_size,
+        layers,
     })
 }
