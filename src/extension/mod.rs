@@ -1,7 +1,19 @@
 //! System extensions: read from their input forms, validated as strictly as Talos's own
 //! validators, and handed to the initramfs packer.
 
+use crate::talos::TalosVersion;
 use crate::tree::Tree;
+
+pub mod fixtures;
+mod load;
+pub mod semver;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use load::{input_sha256, load, tree_sha256, ExtensionInput};
+pub use validate::{allowed_prefixes, FORBIDDEN};
 
 /// `metadata` of an extension's `manifest.yaml`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -26,4 +38,16 @@ pub struct Extension {
     pub sha256: String,
     /// The contents of `rootfs/`, paths relative to it.
     pub rootfs: Tree,
+}
+
+/// Validate an extension tree made in memory (`manifest.yaml` plus `rootfs/…`, e.g. the
+/// virtual `embedded-config` extension) with the same rules [`load`] applies; `sha256` is
+/// recorded as is.
+pub fn from_tree(
+    origin: &str,
+    sha256: &str,
+    tree: Tree,
+    talos: &TalosVersion,
+) -> anyhow::Result<Extension> {
+    validate::validate(origin, sha256, tree, Vec::new(), talos)
 }

@@ -1,0 +1,692 @@
+//! Loading every input form, and refusing hostile extensions.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::fixtures::{self, Entry, Form};
+use super::*;
+use crate::talos::Arch;
+use crate::tree::NodeKind;
+
+fn talos(s: &str) -> TalosVersion {
+    TalosVersion::parse(s).unwrap()
+}
+
+fn write(entries: &[Entry], form: Form) -> (tempfile::TempDir, ExtensionInput) {
+    let d = tempfile::tempdir().unwrap();
+    let path = fixtures::write(entries, form, d.path(), Arch::Amd64).unwrap();
+    let sha256 = input_sha256(&path).unwrap();
+    (d, ExtensionInput { path, sha256 })
+}
+
+fn load_as(entries: &[Entry], form: Form, version: &str) -> anyhow::Result<Extension> {
+    let (_d, input) = write(entries, form);
+    load(&input, Arch::Amd64, &talos(version))
+}
+
+fn refusal(entries: &[Entry], form: Form, version: &str) -> String {
+    match load_as(entries, form, version) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// The problems of a refusal as `<path inside>: <rule>` (the origin prefix removed).
+fn rules(msg: &str) -> Vec<String> {
+    msg.lines()
+        .skip(1)
+        .map(|l| l.trim().split_once(": ").unwrap().1.to_string())
+        .collect()
+}
+
+fn assert_one(msg: &str, needle: &str) {
+    let r = rules(msg);
+    assert_eq!(r.len(), 1, "expected exactly one problem: {msg}");
+    assert!(r[0].contains(needle), "{needle:?} not in {msg}");
+}
+
+fn replace(entries: Vec<Entry>, path: &str, data: &str) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .map(|e| match e {
+            Entry::File(p, _, m) if p == path => Entry::File(p, data.as_bytes().to_vec(), m),
+            e => e,
+        })
+        .collect()
+}
+
+fn with_manifest(text: &str) -> Vec<Entry> {
+    replace(fixtures::edgehostlet(), "manifest.yaml", text)
+}
+
+fn with_service(text: &str) -> Vec<Entry> {
+    replace(
+        fixtures::edgehostlet(),
+        "rootfs/usr/local/etc/containers/edgehostlet.yaml",
+        text,
+    )
+}
+
+fn plus(extra: Vec<Entry>) -> Vec<Entry> {
+    fixtures::edgehostlet_with(extra)
+}
+
+type Snapshot = Vec<(String, &'static str, u32, Vec<u8>)>;
+
+fn snapshot(t: &Tree) -> Snapshot {
+    t.entries
+        .iter()
+        .map(|(p, n)| {
+            let payload = match &n.kind {
+                NodeKind::File(l) => l.to_vec().unwrap(),
+                NodeKind::Symlink(s) => s.clone().into_bytes(),
+                _ => Vec::new(),
+            };
+            let mode = if matches!(n.kind, NodeKind::Symlink(_)) {
+                0
+            } else {
+                n.mode
+            };
+            (p.clone(), n.kind.describe(), mode, payload)
+        })
+        .collect()
+}
+
+#[test]
+fn every_form_loads_to_the_same_tree() {
+    let entries = fixtures::edgehostlet();
+    let mut first: Option<Snapshot> = None;
+    for form in Form::ALL {
+        let ext = load_as(&entries, form, "v1.12.5").unwrap_or_else(|e| panic!("{form:?}: {e:#}"));
+        assert_eq!(ext.metadata.name, "edgehostlet");
+        assert_eq!(ext.metadata.version, "1.7.1");
+        assert_eq!(ext.metadata.compatibility.as_deref(), Some(">= v1.8.0"));
+        assert_eq!(ext.metadata.extra_info, None);
+        let snap = snapshot(&ext.rootfs);
+        let script = snap
+            .iter()
+            .find(|e| e.0 == "usr/local/lib/containers/edgehostlet/edgehostlet")
+            .unwrap();
+        assert_eq!(script.2, 0o755);
+        assert_eq!(script.3, fixtures::EDGEHOSTLET_SCRIPT.as_bytes());
+        match &first {
+            None => first = Some(snap),
+            Some(f) => assert_eq!(f, &snap, "{form:?} differs from the directory form"),
+        }
+    }
+    let paths: Vec<String> = first.unwrap().into_iter().map(|e| e.0).collect();
+    assert!(paths.contains(&"usr/local/bin/edgehostlet".to_string()));
+    assert!(!paths
+        .iter()
+        .any(|p| p.starts_with("rootfs") || p == "manifest.yaml"));
+}
+
+#[test]
+fn older_talos_and_hard_links_in_tars() {
+    // A hard link to a file of the archive becomes that file.
+    let e = plus(vec![Entry::Hardlink(
+        "rootfs/usr/local/bin/again".into(),
+        "rootfs/usr/local/lib/containers/edgehostlet/edgehostlet".into(),
+    )]);
+    let ext = load_as(&e, Form::Tar, "v1.8.0").unwrap();
+    let n = &ext.rootfs.entries["usr/local/bin/again"];
+    match &n.kind {
+        NodeKind::File(l) => {
+            assert_eq!(l.to_vec().unwrap(), fixtures::EDGEHOSTLET_SCRIPT.as_bytes())
+        }
+        k => panic!("{k:?}"),
+    }
+    // Firmware: lib/firmware before 1.10, usr/lib/firmware from 1.10.
+    let old = plus(vec![
+        Entry::dir("rootfs/lib"),
+        Entry::dir("rootfs/lib/firmware"),
+        Entry::file("rootfs/lib/firmware/x.bin", "fw", 0o644),
+    ]);
+    load_as(&old, Form::Tar, "v1.9.4").unwrap();
+    let msg = refusal(&old, Form::Tar, "v1.10.0");
+    assert!(
+        msg.contains("rootfs/lib/firmware/x.bin: not an allowed path"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("rootfs/lib: Talos v1.10.0 has a merged /usr"),
+        "{msg}"
+    );
+    let new = plus(vec![Entry::file(
+        "rootfs/usr/lib/firmware/x.bin",
+        "fw",
+        0o644,
+    )]);
+    load_as(&new, Form::Tar, "v1.12.0").unwrap();
+    let msg = refusal(&new, Form::Tar, "v1.9.0");
+    assert_one(&msg, "not an allowed path");
+}
+
+#[test]
+fn pins() {
+    let (d, mut input) = write(&fixtures::edgehostlet(), Form::TarGz);
+    let good = input.sha256.clone();
+    input.sha256 = "0".repeat(64);
+    let e = format!(
+        "{:#}",
+        load(&input, Arch::Amd64, &talos("v1.12.5")).unwrap_err()
+    );
+    assert!(
+        e.contains(&good) && e.contains(&"0".repeat(64)) && e.contains("update the `sha256`"),
+        "{e}"
+    );
+    input.sha256 = good.to_uppercase();
+    let e = format!(
+        "{:#}",
+        load(&input, Arch::Amd64, &talos("v1.12.5")).unwrap_err()
+    );
+    assert!(e.contains("64 lowercase hex"), "{e}");
+    drop(d);
+
+    // A directory pin covers contents, modes and symlink targets, not owners or times.
+    let (d, input) = write(&fixtures::edgehostlet(), Form::Dir);
+    let script = input
+        .path
+        .join("rootfs/usr/local/lib/containers/edgehostlet/edgehostlet");
+    let before = input_sha256(&input.path).unwrap();
+    assert_eq!(before, input.sha256);
+    let f = std::fs::File::options().write(true).open(&script).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+    drop(f);
+    assert_eq!(input_sha256(&input.path).unwrap(), before);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let after_mode = input_sha256(&input.path).unwrap();
+    assert_ne!(after_mode, before);
+    std::fs::write(&script, "#!/bin/sh\necho changed\n").unwrap();
+    assert_ne!(input_sha256(&input.path).unwrap(), after_mode);
+    let e = format!(
+        "{:#}",
+        load(&input, Arch::Amd64, &talos("v1.12.5")).unwrap_err()
+    );
+    assert!(e.contains("sha256 mismatch") && e.contains(&before), "{e}");
+    drop(d);
+}
+
+#[test]
+fn tree_digest_matches_its_documentation() {
+    use sha2::{Digest, Sha256};
+    let mut t = Tree::new();
+    t.insert("a", crate::tree::Node::dir(0o755));
+    t.insert(
+        "a/f",
+        crate::tree::Node::file(crate::layout::Layout::from_bytes(b"hi".to_vec()), 0o644),
+    );
+    t.insert("a/l", crate::tree::Node::symlink("f"));
+    let mut h = Sha256::new();
+    h.update(b"edgeimage-tree-v1\n");
+    h.update(b"a\0d\x000755\0");
+    h.update(b"a/f\0f\x000644\x002\0hi");
+    h.update(b"a/l\0l\x000777\0f\0");
+    assert_eq!(tree_sha256(&t).unwrap(), hex::encode(h.finalize()));
+}
+
+fn listing(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            out.insert(e.path().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dotdot_paths_are_refused_and_never_written() {
+    let marker = format!("escape-{}", std::process::id());
+    let e = plus(vec![Entry::file(&format!("../../{marker}"), "boom", 0o644)]);
+    for form in [Form::Tar, Form::TarGz, Form::TarZst] {
+        let (d, input) = write(&e, form);
+        let before = listing(d.path());
+        let msg = format!(
+            "{:#}",
+            load(&input, Arch::Amd64, &talos("v1.12.5")).unwrap_err()
+        );
+        assert_one(&msg, "climbs out of the tree");
+        assert!(msg.contains(&format!("../../{marker}: ")), "{msg}");
+        assert_eq!(listing(d.path()), before);
+        for p in [
+            d.path().join(&marker),
+            d.path().parent().unwrap().join(&marker),
+            std::env::current_dir()
+                .unwrap()
+                .join("..")
+                .join("..")
+                .join(&marker),
+        ] {
+            assert!(!p.exists(), "{} was written", p.display());
+        }
+    }
+    // In an OCI layer, the image reader refuses the whole image.
+    let msg = refusal(&e, Form::OciTar, "v1.12.5");
+    assert!(msg.contains(".."), "{msg}");
+    // The directory fixture writer refuses it too.
+    let d = tempfile::tempdir().unwrap();
+    assert!(fixtures::write(&e, Form::Dir, d.path(), Arch::Amd64).is_err());
+    assert!(!d.path().parent().unwrap().join(&marker).exists());
+}
+
+#[test]
+fn hostile_entries_each_have_their_own_message() {
+    let cases: Vec<(Vec<Entry>, &str)> = vec![
+        (
+            plus(vec![Entry::file("/rootfs/usr/local/x", "x", 0o644)]),
+            "absolute path in the archive",
+        ),
+        (
+            plus(vec![Entry::symlink(
+                "rootfs/usr/local/bin/shadow",
+                "/etc/shadow",
+            )]),
+            "symlink target \"/etc/shadow\" resolves to /etc/shadow, outside the paths",
+        ),
+        (
+            plus(vec![Entry::symlink(
+                "rootfs/usr/local/bin/up",
+                "../../../../../etc/passwd",
+            )]),
+            "symlink target \"../../../../../etc/passwd\" escapes the extension's rootfs",
+        ),
+        (
+            plus(vec![Entry::symlink(
+                "rootfs/usr/local/bin/rel",
+                "../../../etc/passwd",
+            )]),
+            "resolves to /etc/passwd, outside the paths",
+        ),
+        (
+            plus(vec![Entry::Hardlink(
+                "rootfs/usr/local/bin/h".into(),
+                "../../etc/passwd".into(),
+            )]),
+            "hard link target \"../../etc/passwd\" lies outside the tree",
+        ),
+        (
+            plus(vec![Entry::Hardlink(
+                "rootfs/usr/local/bin/h".into(),
+                "/etc/passwd".into(),
+            )]),
+            "lies outside the tree",
+        ),
+        (
+            plus(vec![Entry::Hardlink(
+                "rootfs/usr/local/bin/h".into(),
+                "rootfs/usr/local/bin/nothing".into(),
+            )]),
+            "is not a regular file of the archive",
+        ),
+        (
+            plus(vec![Entry::CharDevice("rootfs/usr/local/mem".into(), 1, 1)]),
+            "special files are not allowed (this is a character device)",
+        ),
+        (
+            plus(vec![Entry::Fifo("rootfs/usr/local/pipe".into())]),
+            "special files are not allowed (this is a fifo)",
+        ),
+        (
+            plus(vec![Entry::file("rootfs/usr/local/bin/ww", "x", 0o666)]),
+            "world-writable file (mode 0666)",
+        ),
+        (
+            plus(vec![Entry::Dir("rootfs/usr/local/tmp".into(), 0o1777)]),
+            "world-writable directory (mode 1777)",
+        ),
+        (
+            plus(vec![
+                Entry::dir("rootfs/etc"),
+                Entry::file("rootfs/etc/passwd", "root::0:0::/:/bin/sh\n", 0o644),
+            ]),
+            "not an allowed path: on Talos v1.12.5 an extension may hold files and symlinks \
+             only under /etc/cri/conf.d, /usr/local, /usr/lib/udev/rules.d, /usr/lib/firmware",
+        ),
+        (
+            plus(vec![Entry::file("rootfs/usr/localx/y", "x", 0o644)]),
+            "not an allowed path",
+        ),
+        (
+            plus(vec![Entry::dir("rootfs/boot")]),
+            "nothing may be under /boot",
+        ),
+        (
+            plus(vec![Entry::file(
+                "rootfs/lib64/ld-linux-x86-64.so.2",
+                "x",
+                0o755,
+            )]),
+            "nothing may be under /lib64",
+        ),
+        (
+            plus(vec![Entry::file("README.md", "hi", 0o644)]),
+            "only `manifest.yaml` and `rootfs/` may be at the top",
+        ),
+        (
+            plus(vec![
+                Entry::file("rootfs/usr/lib/modules/6.12.1/extra/a.ko", "m", 0o644),
+                Entry::file("rootfs/usr/lib/modules/6.12.1/extra/b.ko.xz", "m", 0o644),
+                Entry::file("rootfs/usr/local/lib/c.ko.zst", "m", 0o644),
+            ]),
+            "kernel modules are not supported yet (3 files",
+        ),
+    ];
+    let mut seen = BTreeSet::new();
+    for (entries, needle) in &cases {
+        let msg = refusal(entries, Form::Tar, "v1.12.5");
+        assert_one(&msg, needle);
+        assert!(
+            seen.insert(rules(&msg)[0].clone()),
+            "duplicate message {msg}"
+        );
+    }
+}
+
+#[test]
+fn hostile_directories() {
+    // Directory inputs: symlinks are read, never followed; fifos are not opened.
+    for (extra, needle) in [
+        (
+            vec![Entry::symlink("rootfs/usr/local/bin/shadow", "/etc/shadow")],
+            "resolves to /etc/shadow",
+        ),
+        (
+            vec![Entry::symlink(
+                "rootfs/usr/local/etc/containers/x.yaml",
+                "/etc/shadow",
+            )],
+            "a service definition must be a regular file, not a symlink",
+        ),
+        (
+            vec![Entry::Fifo("rootfs/usr/local/pipe".into())],
+            "special files are not allowed (this is a fifo)",
+        ),
+        (
+            vec![Entry::file("rootfs/usr/local/bin/ww", "x", 0o666)],
+            "world-writable file",
+        ),
+    ] {
+        let msg = refusal(&plus(extra), Form::Dir, "v1.12.5");
+        assert!(
+            rules(&msg).iter().any(|r| r.contains(needle)),
+            "{needle:?} not in {msg}"
+        );
+    }
+}
+
+const GOOD_METADATA: &str = "metadata:
+  name: edgehostlet
+  version: 1.7.1
+  author: STACKIT
+  description: Edge host agent
+";
+
+#[test]
+fn manifest_rules() {
+    let cases = [
+        (
+            format!("version: v1alpha1\n{GOOD_METADATA}  compatibility:\n    talos:\n      version: \">= banana\"\n"),
+            "metadata.compatibility.talos.version: \">= banana\" is not a valid version range",
+        ),
+        (
+            format!("version: v1alpha1\n{GOOD_METADATA}  compatibility:\n    talos:\n      version: \">= v1.13.0\"\n"),
+            "the range \">= v1.13.0\" excludes Talos v1.12.5 (checked as 1.12.5)",
+        ),
+        (
+            format!("version: v1alpha1\n{GOOD_METADATA}  homepage: https://example.invalid\n"),
+            "metadata.homepage: unknown field",
+        ),
+        (
+            format!("version: v1alpha1\nkind: Extension\n{GOOD_METADATA}"),
+            "kind: unknown field",
+        ),
+        (
+            format!("version: v1alpha2\n{GOOD_METADATA}"),
+            "unsupported manifest version \"v1alpha2\"",
+        ),
+        (GOOD_METADATA.to_string(), "version: required"),
+        (
+            "version: v1alpha1\nmetadata:\n  name: Edge Hostlet\n  version: 1.0.0\n  author: a\n  description: d\n".to_string(),
+            "metadata.name: \"Edge Hostlet\" must match",
+        ),
+        (
+            "version: v1alpha1\nmetadata:\n  name: x\n  version: 1.0\n  author: a\n  description: d\n".to_string(),
+            "metadata.version: must be a string",
+        ),
+        ("version: [".to_string(), "is not valid YAML"),
+    ];
+    for (text, needle) in &cases {
+        let msg = refusal(&with_manifest(text), Form::Tar, "v1.12.5");
+        assert_one(&msg, needle);
+        assert!(msg.contains(": manifest.yaml: "), "{msg}");
+    }
+    // Missing fields are all reported.
+    let msg = refusal(
+        &with_manifest("version: v1alpha1\nmetadata:\n  name: x\n"),
+        Form::Tar,
+        "v1.12.5",
+    );
+    let r = rules(&msg);
+    assert_eq!(r.len(), 3, "{msg}");
+    for f in ["version", "author", "description"] {
+        assert!(
+            r.contains(&format!("manifest.yaml: metadata.{f}: required")),
+            "{msg}"
+        );
+    }
+    // Compatible ranges and extraInfo.
+    let ext = load_as(
+        &with_manifest(&format!(
+            "version: v1alpha1\n{GOOD_METADATA}  extraInfo: more\n  compatibility:\n    talos:\n      version: \">= v1.10.0 < v1.13.0 || 1.8.x\"\n"
+        )),
+        Form::Tar,
+        "v1.12.5-stackit.v1.7.1",
+    )
+    .unwrap();
+    assert_eq!(ext.metadata.extra_info.as_deref(), Some("more"));
+    load_as(
+        &with_manifest(&format!("version: v1alpha1\n{GOOD_METADATA}  compatibility:\n    talos:\n      version: \">= v1.10.0 < v1.13.0 || 1.8.x\"\n")),
+        Form::Tar,
+        "v1.8.3",
+    )
+    .unwrap();
+}
+
+#[test]
+fn service_rules() {
+    let base = |s: &str| format!("name: edgehostlet\ncontainer:\n  entrypoint: ./edgehostlet\n{s}");
+    let cases = [
+        (
+            "name: edgehostlet\ncontainer:\n  entrypoint: ./nothere\nrestart: always\n".to_string(),
+            "container.entrypoint: \"./nothere\" is missing: no file rootfs/usr/local/lib/containers/edgehostlet/nothere",
+        ),
+        (
+            "name: edgehostlet\ncontainer:\n  args: [x]\nrestart: always\n".to_string(),
+            "container.entrypoint: required",
+        ),
+        (
+            "name: edgehostlet\ncontainer:\n  entrypoint: ../../../../bin/sh\nrestart: always\n".to_string(),
+            "does not name a file inside the container root",
+        ),
+        (base("restart: sometimes\n"), "restart: sometimes is not one of always, never, untilSuccess"),
+        (base(""), "restart: required"),
+        (
+            base("depends:\n  - service: cri\n    time: true\nrestart: always\n"),
+            "depends[0]: sets service and time: each item must set exactly one of",
+        ),
+        (base("depends:\n  - {}\nrestart: always\n"), "depends[0]: no dependency specified"),
+        (
+            base("depends:\n  - path: relative/x\nrestart: always\n"),
+            "depends[0].path: \"relative/x\" is not absolute",
+        ),
+        (
+            base("depends:\n  - network: [addresses, moon]\nrestart: always\n"),
+            "depends[0].network: moon is not one of",
+        ),
+        (base("depends:\n  - time: false\nrestart: always\n"), "depends[0].time: must be true"),
+        (base("restart: always\nuser: root\n"), "user: unknown field"),
+        (
+            "name: other\ncontainer:\n  entrypoint: ./edgehostlet\nrestart: always\n".to_string(),
+            "name: \"other\" must equal the file name's stem \"edgehostlet\"",
+        ),
+        (
+            "name: Edge\ncontainer:\n  entrypoint: ./edgehostlet\nrestart: always\n".to_string(),
+            "name: \"Edge\" must match ^[-_a-z0-9]+$",
+        ),
+        (
+            base("  privileged: true\nrestart: always\n"),
+            "container.privileged: unknown field",
+        ),
+        (
+            base("  security:\n    writeableSysfs: yes please\nrestart: always\n"),
+            "container.security.writeableSysfs: must be true or false",
+        ),
+    ];
+    for (text, needle) in &cases {
+        let msg = refusal(&with_service(text), Form::Tar, "v1.12.5");
+        assert_one(&msg, needle);
+        assert!(
+            msg.contains(": rootfs/usr/local/etc/containers/edgehostlet.yaml: "),
+            "{msg}"
+        );
+    }
+    // A full, valid definition with every field.
+    let full = "name: edgehostlet
+container:
+  entrypoint: ./edgehostlet
+  args: [--flag]
+  environment: [KEY=VALUE]
+  environmentFile: /var/etc/env
+  mounts:
+    - source: /var/lib/x
+      destination: /var/lib/x
+      type: bind
+      options: [rbind, rw]
+  security:
+    writeableSysfs: true
+    maskedPaths: [/proc/kcore]
+    readonlyPaths: [/proc/sys]
+    writeableRootfs: false
+    rootfsPropagation: shared
+depends:
+  - service: cri
+  - path: /system/run/machined/machined.sock
+  - network: [addresses, connectivity, hostname, etcfiles]
+  - time: true
+  - configuration: true
+restart: always
+logToConsole: false
+";
+    load_as(&with_service(full), Form::Tar, "v1.12.5").unwrap();
+    // A non-executable entrypoint.
+    let e: Vec<Entry> = fixtures::edgehostlet()
+        .into_iter()
+        .map(|e| match e {
+            Entry::File(p, d, _) if p.ends_with("edgehostlet/edgehostlet") => {
+                Entry::File(p, d, 0o644)
+            }
+            e => e,
+        })
+        .collect();
+    assert_one(
+        &refusal(&e, Form::Tar, "v1.12.5"),
+        "is not executable (mode 0644)",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut e = with_manifest(&format!("version: v1\n{GOOD_METADATA}  extra: 1\n"));
+    e.push(Entry::file("EXTRA", "x", 0o644));
+    e.push(Entry::file("rootfs/usr/local/bin/ww", "x", 0o666));
+    e.push(Entry::symlink("rootfs/usr/local/bin/s", "/etc/shadow"));
+    e.push(Entry::CharDevice("rootfs/usr/local/mem".into(), 1, 1));
+    e.push(Entry::file("../x", "x", 0o644));
+    let (_d, input) = write(&e, Form::Tar);
+    let origin = input.path.display().to_string();
+    let msg = format!(
+        "{:#}",
+        load(&input, Arch::Amd64, &talos("v1.12.5")).unwrap_err()
+    );
+    assert!(
+        msg.starts_with(&format!("extension {origin} is refused (7 problems):")),
+        "{msg}"
+    );
+    for line in msg.lines().skip(1) {
+        assert!(line.starts_with(&format!("  {origin}: ")), "{line}");
+    }
+    for needle in [
+        ": ../x: the path climbs out",
+        ": EXTRA: only `manifest.yaml`",
+        ": manifest.yaml: version: unsupported manifest version \"v1\"",
+        ": manifest.yaml: metadata.extra: unknown field",
+        ": rootfs/usr/local/bin/ww: world-writable file",
+        ": rootfs/usr/local/bin/s: symlink target",
+        ": rootfs/usr/local/mem: special files",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} not in {msg}");
+    }
+}
+
+#[test]
+fn missing_parts_and_odd_inputs() {
+    let msg = refusal(
+        &[Entry::file(
+            "manifest.yaml",
+            fixtures::EDGEHOSTLET_MANIFEST,
+            0o644,
+        )],
+        Form::Tar,
+        "v1.12.5",
+    );
+    assert_one(&msg, "rootfs/: missing");
+    let msg = refusal(&[Entry::dir("rootfs")], Form::Tar, "v1.12.5");
+    assert_one(&msg, "manifest.yaml: missing");
+    // Not an archive at all.
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("junk");
+    std::fs::write(&p, b"hello, this is not a tar").unwrap();
+    let input = ExtensionInput {
+        sha256: input_sha256(&p).unwrap(),
+        path: p,
+    };
+    let e = format!(
+        "{:#}",
+        load(&input, Arch::Amd64, &talos("v1.12.5")).unwrap_err()
+    );
+    assert!(e.contains("not a directory, tar"), "{e}");
+    // An OCI image for another architecture.
+    let (_d, input) = write(&fixtures::edgehostlet(), Form::OciTar);
+    let e = format!(
+        "{:#}",
+        load(&input, Arch::Arm64, &talos("v1.12.5")).unwrap_err()
+    );
+    assert!(e.contains("arm64"), "{e}");
+}
+
+#[test]
+fn from_tree_validates_in_memory_trees() {
+    let (_d, input) = write(&fixtures::edgehostlet(), Form::Tar);
+    let ext = load(&input, Arch::Amd64, &talos("v1.12.5")).unwrap();
+    let mut t = Tree::new();
+    t.insert(
+        "manifest.yaml",
+        crate::tree::Node::file(
+            crate::layout::Layout::from_bytes(fixtures::EDGEHOSTLET_MANIFEST.as_bytes().to_vec()),
+            0o644,
+        ),
+    );
+    for (p, n) in ext.rootfs.entries {
+        t.insert(format!("rootfs/{p}"), n);
+    }
+    let again = from_tree("virtual", "-", t, &talos("v1.12.5")).unwrap();
+    assert_eq!(again.metadata, ext.metadata);
+    assert_eq!(again.origin, "virtual");
+}
