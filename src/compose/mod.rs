@@ -16,7 +16,9 @@ pub mod cpio;
 pub mod esp;
 pub mod fat;
 pub mod gpt;
+pub mod initramfs;
 pub mod meta;
+pub mod squashfs;
 pub mod uki;
 
 use anyhow::{Context, Result};
