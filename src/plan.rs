@@ -174,14 +174,6 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
             })
         }
     };
-    if extensions.len() > crate::compose::initramfs::MAX_LAYERS {
-        bail!(
-            "{} extension layers; at most {} are supported",
-            extensions.len(),
-            crate::compose::initramfs::MAX_LAYERS
-        );
-    }
-
     let cmdline = profile
         .cmdline_with(&schematic_args(&schematic), &config_args)
         .map_err(|e| anyhow!("profile {p}: the kernel command line: {e}"))?;

@@ -79,7 +79,7 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     } else {
         let packed = initramfs::extensions_archive(&plan.extensions, epoch)
             .context("packing the system extensions")?;
-        (initramfs::append(base, &packed.layout)?, packed.layers)
+        (initramfs::compose_initrd(&base, &packed)?, packed.layers)
     };
     let osrel = profile.talos.os_release();
     let uki = uki::build(&uki::UkiInput {
