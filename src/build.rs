@@ -131,7 +131,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         config: plan.config.as_ref().map(|c| ConfigReport {
             delivery: c.delivery,
             sha256: c.config.sha256().to_string(),
-            machine_type: c.config.machine_type().to_string(),
+            machine_type: c.config.machine_type().as_str().to_string(),
             source: c.source.clone(),
         }),
         schematic: plan.schematic.clone(),

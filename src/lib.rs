@@ -13,6 +13,7 @@ pub mod extension;
 pub mod inspect;
 pub mod layout;
 pub mod pe;
+pub mod plan;
 pub mod profile;
 pub mod progress;
 pub mod synthetic;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::config::delivery::{METAL_ISO_ARG, METAL_ISO_LABEL};
 use crate::config::{self, machine::MachineConfig, schematic::Schematic};
 use crate::extension::{self, Extension};
 use crate::layout::Layout;
@@ -51,10 +52,11 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
     // Schematic first: it contributes kernel arguments, META values, extensions by name, and
     // possibly the machine configuration.
     let schematic = match &profile.schematic {
-        Some(path) => Some(
-            Schematic::load(path)
-                .with_context(|| format!("profile {p}: field `schematic`: {}", path.display()))?,
-        ),
+        Some(path) => {
+            let ctx = || format!("profile {p}: field `schematic`: {}", path.display());
+            let bytes = std::fs::read(path).with_context(ctx)?;
+            Some(Schematic::parse(&bytes).with_context(ctx)?)
+        }
         None => None,
     };
 
@@ -84,25 +86,44 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
     let mut meta: Vec<MetaValue> = Vec::new();
     let mut put = |m: MetaValue, source: &str| -> Result<()> {
         if meta.iter().any(|x| x.key == m.key) {
-            bail!("META key 0x{:02x} is set twice (again by {source}); set it in one place", m.key);
+            bail!(
+                "META key 0x{:02x} is set twice (again by {source}); set it in one place",
+                m.key
+            );
         }
         meta.push(m);
         Ok(())
     };
     if let Some(s) = &schematic {
         for (key, value) in s.meta() {
-            put(MetaValue { key, value: value.into_bytes() }, "the schematic")?;
+            put(
+                MetaValue {
+                    key: *key,
+                    value: value.as_bytes().to_vec(),
+                },
+                "the schematic",
+            )?;
         }
     }
     for m in &profile.meta {
         put(m.clone(), "the profile's [meta]")?;
     }
     if let Some(net) = &profile.network {
-        let bytes = std::fs::read(net)
-            .with_context(|| format!("profile {p}: field `network`: cannot read {}", net.display()))?;
+        let bytes = std::fs::read(net).with_context(|| {
+            format!(
+                "profile {p}: field `network`: cannot read {}",
+                net.display()
+            )
+        })?;
         config::network::check_network_config(&bytes)
             .with_context(|| format!("profile {p}: field `network`: {}", net.display()))?;
-        put(MetaValue { key: META_NETWORK, value: bytes }, "the profile's `network`")?;
+        put(
+            MetaValue {
+                key: META_NETWORK,
+                value: bytes,
+            },
+            "the profile's `network`",
+        )?;
     }
     for m in &meta {
         if m.key == META_NETWORK {
@@ -114,20 +135,25 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
     crate::compose::meta::check_capacity(&meta)?;
 
     // Machine configuration: from the profile, or embedded in the schematic.
-    let from_schematic = schematic.as_ref().and_then(|s| s.embedded_machine_configuration());
+    let from_schematic = schematic
+        .as_ref()
+        .and_then(|s| s.embedded_machine_configuration());
     let config = match (&profile.config, from_schematic) {
         (Some(_), Some(_)) => bail!(
             "profile {p} sets [config] and its schematic carries embeddedMachineConfiguration; keep one"
         ),
         (Some(spec), None) => Some((
-            MachineConfig::load(&spec.path, &spec.patches)
+            config::machine::load(&spec.path, &spec.patches)
                 .with_context(|| format!("profile {p}: field `config.path`"))?,
             spec.delivery,
             spec.metal_iso_size,
             spec.path.display().to_string(),
         )),
         (None, Some(bytes)) => Some((
-            MachineConfig::from_bytes(bytes, "schematic embeddedMachineConfiguration")?,
+            MachineConfig::from_bytes(
+                bytes.as_bytes().to_vec(),
+                "schematic embeddedMachineConfiguration",
+            )?,
             Delivery::Embedded,
             0,
             "schematic".to_string(),
@@ -152,9 +178,9 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
                     None
                 }
                 Delivery::MetalIso => {
-                    config_args.push("talos.config=metal-iso".to_string());
+                    config_args.push(METAL_ISO_ARG.to_string());
                     let ns = crate::compose::gpt::namespace(&profile.name);
-                    let g = crate::compose::gpt::guid_v8(&ns, crate::compose::METAL_ISO_LABEL);
+                    let g = crate::compose::gpt::guid_v8(&ns, METAL_ISO_LABEL);
                     let volume_id = u32::from_le_bytes(g.as_bytes()[..4].try_into()?);
                     let first_lba = crate::compose::metal_iso_offset(profile) / 512;
                     Some(config::delivery::metal_iso_partition(
@@ -195,5 +221,7 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
 }
 
 fn schematic_args(s: &Option<Schematic>) -> Vec<String> {
-    s.as_ref().map(|s| s.extra_kernel_args().to_vec()).unwrap_or_default()
+    s.as_ref()
+        .map(|s| s.extra_kernel_args().to_vec())
+        .unwrap_or_default()
 }

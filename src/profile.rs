@@ -152,29 +152,14 @@ pub struct ExtensionPin {
     pub sha256: String,
 }
 
-/// How the machine configuration reaches Talos.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Delivery {
-    /// The `embedded-config` virtual extension inside the UKI (Talos >= 1.12).
-    Embedded,
-    /// `talos.config.inline=` on the kernel command line.
-    Inline,
-    /// `config.yaml` on a small FAT partition labelled `metal-iso`, outside the UKI.
-    MetalIso,
-}
+pub use crate::config::delivery::Delivery;
 
-impl Delivery {
-    pub const ALLOWED: &'static str = "\"embedded\", \"inline\" or \"metal-iso\"";
+const DELIVERIES: &str = "\"embedded\", \"inline\" or \"metal-iso\"";
 
-    pub fn parse(s: &str) -> Option<Delivery> {
-        match s {
-            "embedded" => Some(Delivery::Embedded),
-            "inline" => Some(Delivery::Inline),
-            "metal-iso" => Some(Delivery::MetalIso),
-            _ => None,
-        }
-    }
+fn parse_delivery(s: &str) -> Option<Delivery> {
+    [Delivery::Embedded, Delivery::Inline, Delivery::MetalIso]
+        .into_iter()
+        .find(|d| d.as_str() == s)
 }
 
 /// The machine configuration the profile names.
@@ -188,7 +173,7 @@ pub struct ConfigSpec {
 }
 
 /// Default size of the `metal-iso` partition.
-pub const METAL_ISO_SIZE: u64 = 4 << 20;
+pub use crate::config::delivery::METAL_ISO_DEFAULT_SIZE as METAL_ISO_SIZE;
 
 /// A validated profile.
 #[derive(Clone, Debug)]
@@ -391,14 +376,10 @@ impl Profile {
         let config = match &raw.config {
             None => None,
             Some(c) => {
-                let delivery = Delivery::parse(&c.delivery).ok_or_else(|| {
+                let delivery = parse_delivery(&c.delivery).ok_or_else(|| {
                     field_err(
                         "config.delivery",
-                        format!(
-                            "{:?} is not a delivery: use {}",
-                            c.delivery,
-                            Delivery::ALLOWED
-                        ),
+                        format!("{:?} is not a delivery: use {}", c.delivery, DELIVERIES),
                     )
                 })?;
                 let metal_iso_size = match &c.metal_iso_size {

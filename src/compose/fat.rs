@@ -1,4 +1,5 @@
-//! A deterministic FAT32 writer for the EFI system partition.
+//! A deterministic FAT writer: FAT32 for the EFI system partition, FAT16/FAT12 for small
+//! volumes (the ~1–4 MiB `metal-iso` configuration partition).
 //!
 //! Why not write with the `fatfs` crate: its published release (0.3.6) writes `.`/`..`
 //! directory entries that `fsck.fat` rejects (long-name records on them, a wrong `..`
@@ -22,6 +23,14 @@
 //!   allocated contiguously from cluster 2: first every directory (root first, then a
 //!   depth-first pre-order walk), then the data of every file in the same walk order.
 //! - Every timestamp (created, written, accessed) is `FatParams::mtime`.
+//!
+//! Small volumes ([`build_fat`] below the FAT32 minimum of about 33 MiB): the FAT type follows
+//! from the cluster count, as the specification defines it (fewer than 4085 clusters: FAT12,
+//! fewer than 65525: FAT16). FAT16 is tried first, with 1, 2, 4, … sectors per cluster, the
+//! smallest cluster that gives a FAT16 cluster count; volumes too small for any FAT16 count
+//! (below about 2.1 MiB) get FAT12 with 1-sector clusters. One reserved sector (the boot
+//! sector), grown just enough that the data region starts on a cluster boundary; two FATs; a
+//! fixed root directory of 512 entries (16 KiB); no FSInfo sector, no backup boot sector.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -81,6 +90,69 @@ const ATTR_LONG_NAME: u8 = 0x0F;
 /// Sectors-per-cluster candidates in order of preference.
 const CLUSTER_CHOICES: [u32; 8] = [8, 4, 2, 1, 16, 32, 64, 128];
 
+/// Largest cluster count of a FAT12 volume (the specification's "fewer than 4085").
+pub const FAT12_MAX_CLUSTERS: u32 = 4084;
+/// Root directory entries of a FAT12/FAT16 volume (a fixed region of 16 KiB).
+pub const SMALL_ROOT_ENTRIES: u32 = 512;
+/// Sectors-per-cluster candidates of FAT12/FAT16 volumes, smallest first (at most 32 KiB).
+const SMALL_CLUSTER_CHOICES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// The FAT variant of a volume: it follows from the cluster count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FatType {
+    Fat12,
+    Fat16,
+    Fat32,
+}
+
+impl FatType {
+    /// Bits of one FAT entry.
+    pub fn bits(self) -> u64 {
+        match self {
+            FatType::Fat12 => 12,
+            FatType::Fat16 => 16,
+            FatType::Fat32 => 32,
+        }
+    }
+
+    /// "FAT12", "FAT16" or "FAT32".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FatType::Fat12 => "FAT12",
+            FatType::Fat16 => "FAT16",
+            FatType::Fat32 => "FAT32",
+        }
+    }
+
+    /// The end-of-chain marker.
+    fn end_of_chain(self) -> u32 {
+        match self {
+            FatType::Fat12 => 0x0FFF,
+            FatType::Fat16 => 0xFFFF,
+            FatType::Fat32 => END_OF_CHAIN,
+        }
+    }
+
+    /// FAT entry 0: the media byte, the other bits set.
+    fn media_entry(self) -> u32 {
+        match self {
+            FatType::Fat12 => 0x0F00 | u32::from(MEDIA),
+            FatType::Fat16 => 0xFF00 | u32::from(MEDIA),
+            FatType::Fat32 => 0x0FFF_FF00 | u32::from(MEDIA),
+        }
+    }
+}
+
+/// Which volume labels are accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelRule {
+    /// `A-Z 0-9 space _ -` (what DOS and Windows write).
+    Uppercase,
+    /// Also `a-z`, stored as given: for readers that compare labels case-sensitively (Talos
+    /// looks for a filesystem labelled exactly `metal-iso`).
+    AllowLowercase,
+}
+
 /// Where everything of a volume of a given size lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -90,6 +162,11 @@ pub struct Geometry {
     pub fat_sectors: u32,
     /// Number of data clusters (numbered 2..clusters+2).
     pub clusters: u32,
+    pub fat_type: FatType,
+    /// Sectors before the first FAT (32 for FAT32; 1, plus alignment, for FAT12/16).
+    pub reserved_sectors: u32,
+    /// Sectors of the fixed root directory region (0 for FAT32: its root is a cluster chain).
+    pub root_dir_sectors: u32,
 }
 
 impl Geometry {
@@ -161,6 +238,80 @@ impl Geometry {
             sectors_per_cluster: spc as u32,
             fat_sectors: u32::try_from(fat).ok()?,
             clusters: clusters as u32,
+            fat_type: FatType::Fat32,
+            reserved_sectors: RESERVED_SECTORS,
+            root_dir_sectors: 0,
+        })
+    }
+
+    /// The geometry of a volume of `size` bytes of any FAT type: FAT32 from [`min_size`] on
+    /// (exactly [`Geometry::for_size`]), FAT16 or FAT12 below (see the module documentation).
+    pub fn for_any_size(size: u64) -> Result<Self> {
+        if size >= min_size() {
+            return Self::for_size(size);
+        }
+        if size % SECTOR_SIZE != 0 {
+            bail!("FAT volume size {size} is not a multiple of {SECTOR_SIZE} bytes");
+        }
+        let total = (size / SECTOR_SIZE) as u32; // below 33 MiB
+        [FatType::Fat16, FatType::Fat12]
+            .iter()
+            .flat_map(|&t| SMALL_CLUSTER_CHOICES.iter().map(move |&spc| (t, spc)))
+            .find_map(|(t, spc)| Self::try_small(total, spc, t))
+            .ok_or_else(|| {
+                anyhow!(
+                    "a FAT volume of {size} bytes is too small: at least {} bytes",
+                    u64::from(1 + 2 + SMALL_ROOT_ENTRIES / 16 + 1) * SECTOR_SIZE
+                )
+            })
+    }
+
+    /// The FAT12/FAT16 geometry with `spc` sectors per cluster, if its cluster count is one
+    /// of type `t`.
+    fn try_small(total: u32, spc: u32, t: FatType) -> Option<Self> {
+        let spc64 = u64::from(spc);
+        let root = u64::from(SMALL_ROOT_ENTRIES) * DIR_ENTRY_SIZE as u64 / SECTOR_SIZE;
+        let mut reserved = 1u64;
+        let fats = u64::from(NUM_FATS);
+        let avail = u64::from(total).checked_sub(reserved + root)?;
+        let needed = |fat: u64| {
+            let clusters = avail.saturating_sub(fats * fat) / spc64;
+            ((clusters + 2) * t.bits())
+                .div_ceil(8)
+                .div_ceil(SECTOR_SIZE)
+        };
+        let (mut lo, mut hi) = (1u64, needed(0).max(1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if mid >= needed(mid) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let fat = lo;
+        // Grow the reserved region so the data region starts on a cluster boundary.
+        while (reserved + fats * fat + root) % spc64 != 0 {
+            reserved += 1;
+        }
+        let data = u64::from(total).checked_sub(reserved + fats * fat + root)?;
+        let clusters = data / spc64;
+        let range = match t {
+            FatType::Fat12 => 1..=u64::from(FAT12_MAX_CLUSTERS),
+            FatType::Fat16 => u64::from(FAT12_MAX_CLUSTERS) + 1..=u64::from(MIN_CLUSTERS) - 1,
+            FatType::Fat32 => return None,
+        };
+        if !range.contains(&clusters) || fat * SECTOR_SIZE * 8 / t.bits() < clusters + 2 {
+            return None;
+        }
+        Some(Self {
+            total_sectors: total,
+            sectors_per_cluster: spc,
+            fat_sectors: u32::try_from(fat).ok()?,
+            clusters: clusters as u32,
+            fat_type: t,
+            reserved_sectors: u32::try_from(reserved).ok()?,
+            root_dir_sectors: root as u32,
         })
     }
 
@@ -170,7 +321,8 @@ impl Geometry {
 
     /// Byte offset of FAT number `n` (0 or 1).
     pub fn fat_offset(&self, n: u32) -> u64 {
-        (u64::from(RESERVED_SECTORS) + u64::from(n) * u64::from(self.fat_sectors)) * SECTOR_SIZE
+        (u64::from(self.reserved_sectors) + u64::from(n) * u64::from(self.fat_sectors))
+            * SECTOR_SIZE
     }
 
     /// Byte size of one FAT.
@@ -178,9 +330,14 @@ impl Geometry {
         u64::from(self.fat_sectors) * SECTOR_SIZE
     }
 
+    /// Byte offset of the fixed root directory region (FAT12/16; the data region on FAT32).
+    pub fn root_dir_offset(&self) -> u64 {
+        self.fat_offset(NUM_FATS)
+    }
+
     /// Byte offset of the data region (cluster 2).
     pub fn data_offset(&self) -> u64 {
-        self.fat_offset(NUM_FATS)
+        self.root_dir_offset() + u64::from(self.root_dir_sectors) * SECTOR_SIZE
     }
 
     /// Byte offset of data cluster `cluster` (≥ 2).
@@ -584,12 +741,20 @@ fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-fn validate_label(label: &str) -> Result<[u8; 11]> {
-    if let Some(c) = label
-        .chars()
-        .find(|&c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || " _-".contains(c)))
-    {
-        bail!("invalid volume label {label:?}: character {c:?} is not one of A-Z 0-9 space _ -");
+fn validate_label(label: &str, rule: LabelRule) -> Result<[u8; 11]> {
+    let lower = rule == LabelRule::AllowLowercase;
+    if let Some(c) = label.chars().find(|&c| {
+        !(c.is_ascii_uppercase()
+            || c.is_ascii_digit()
+            || " _-".contains(c)
+            || (lower && c.is_ascii_lowercase()))
+    }) {
+        let allowed = if lower {
+            "A-Z a-z 0-9 space _ -"
+        } else {
+            "A-Z 0-9 space _ -"
+        };
+        bail!("invalid volume label {label:?}: character {c:?} is not one of {allowed}");
     }
     // Only ASCII is left, so bytes are characters.
     if label.is_empty() || label.len() > 11 {
@@ -655,7 +820,7 @@ fn long_entries(name: &str, short: &[u8; 11]) -> Vec<[u8; 32]> {
     out
 }
 
-fn boot_sector(params: &FatParams, g: &Geometry, label: &[u8; 11]) -> [u8; 512] {
+fn boot_sector32(params: &FatParams, g: &Geometry, label: &[u8; 11]) -> [u8; 512] {
     let mut b = [0u8; 512];
     b[..3].copy_from_slice(&[0xEB, 0x58, 0x90]); // jmp short 0x5A; nop
     b[3..11].copy_from_slice(b"EDGEIMG ");
@@ -697,10 +862,86 @@ fn fsinfo_sector(free: u32, next_free: u32) -> [u8; 512] {
     b
 }
 
+/// The boot sector of a FAT12/FAT16 volume.
+fn boot_sector_small(params: &FatParams, g: &Geometry, label: &[u8; 11]) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    b[..3].copy_from_slice(&[0xEB, 0x3C, 0x90]); // jmp short 0x3E; nop
+    b[3..11].copy_from_slice(b"EDGEIMG ");
+    put_u16(&mut b, 11, SECTOR_SIZE as u16);
+    b[13] = g.sectors_per_cluster as u8;
+    put_u16(&mut b, 14, g.reserved_sectors as u16);
+    b[16] = NUM_FATS as u8;
+    put_u16(&mut b, 17, SMALL_ROOT_ENTRIES as u16);
+    if let Ok(total16) = u16::try_from(g.total_sectors) {
+        put_u16(&mut b, 19, total16);
+    } else {
+        put_u32(&mut b, 32, g.total_sectors);
+    }
+    b[21] = MEDIA;
+    put_u16(&mut b, 22, g.fat_sectors as u16);
+    put_u16(&mut b, 24, 63);
+    put_u16(&mut b, 26, 255);
+    put_u32(&mut b, 28, params.hidden_sectors);
+    b[36] = 0x80; // drive number
+    b[38] = 0x29; // extended boot signature
+    put_u32(&mut b, 39, params.volume_id);
+    b[43..54].copy_from_slice(label);
+    let fs_type: &[u8; 8] = match g.fat_type {
+        FatType::Fat12 => b"FAT12   ",
+        _ => b"FAT16   ",
+    };
+    b[54..62].copy_from_slice(fs_type);
+    // Boot code at 0x3E: not bootable; ask the BIOS for the next device, then halt.
+    b[0x3E..0x43].copy_from_slice(&[0xCD, 0x18, 0xF4, 0xEB, 0xFD]);
+    b[510] = 0x55;
+    b[511] = 0xAA;
+    b
+}
+
+/// Store FAT entry `n` of a FAT of type `t`.
+fn set_fat_entry(fat: &mut [u8], t: FatType, n: usize, value: u32) {
+    match t {
+        FatType::Fat32 => put_u32(fat, n * 4, value),
+        FatType::Fat16 => put_u16(fat, n * 2, value as u16),
+        FatType::Fat12 => {
+            let at = n * 3 / 2;
+            let v = value & 0x0FFF;
+            if n % 2 == 0 {
+                fat[at] = v as u8;
+                fat[at + 1] = (fat[at + 1] & 0xF0) | (v >> 8) as u8;
+            } else {
+                fat[at] = (fat[at] & 0x0F) | ((v & 0x0F) << 4) as u8;
+                fat[at + 1] = (v >> 4) as u8;
+            }
+        }
+    }
+}
+
 /// Build the FAT32 volume holding `files`. The result is exactly `params.size` bytes.
 pub fn build_fat32(params: &FatParams, files: &[FatFile]) -> Result<Layout> {
-    let label = validate_label(&params.label)?;
+    let label = validate_label(&params.label, LabelRule::Uppercase)?;
     let g = Geometry::for_size(params.size)?;
+    build_with(params, files, &g, &label, "ESP")
+}
+
+/// Build a FAT volume of any size holding `files`: FAT32 from [`min_size`] on (the same bytes
+/// as [`build_fat32`]), FAT16 or FAT12 below. The result is exactly `params.size` bytes.
+pub fn build_fat(params: &FatParams, files: &[FatFile], rule: LabelRule) -> Result<Layout> {
+    let label = validate_label(&params.label, rule)?;
+    let g = Geometry::for_any_size(params.size)?;
+    let noun = format!("{} volume", g.fat_type.as_str());
+    build_with(params, files, &g, &label, &noun)
+}
+
+fn build_with(
+    params: &FatParams,
+    files: &[FatFile],
+    g: &Geometry,
+    label: &[u8; 11],
+    noun: &str,
+) -> Result<Layout> {
+    let t = g.fat_type;
+    let fat32 = t == FatType::Fat32;
     let cluster_size = g.cluster_size();
     let ts = fat_timestamp(params.mtime);
     let stamp = Stamp {
@@ -731,13 +972,24 @@ pub fn build_fat32(params: &FatParams, files: &[FatFile]) -> Result<Layout> {
                 if dir.path.is_empty() { "/" } else { &dir.path }
             );
         }
+        if index == 0 && !fat32 {
+            // The fixed root directory region.
+            if entries > SMALL_ROOT_ENTRIES as usize {
+                bail!(
+                    "the root directory needs {entries} directory entries, a {} root directory \
+                     holds at most {SMALL_ROOT_ENTRIES}",
+                    t.as_str()
+                );
+            }
+            continue;
+        }
         let clusters = ((entries * DIR_ENTRY_SIZE) as u64).div_ceil(cluster_size);
         dir.first_cluster = next_cluster as u32;
         dir.clusters = clusters as u32;
         next_cluster += clusters;
         if next_cluster - 2 > u64::from(g.clusters) {
             bail!(
-                "the directories alone do not fit in the {}-byte ESP",
+                "the directories alone do not fit in the {}-byte {noun}",
                 params.size
             );
         }
@@ -765,7 +1017,7 @@ pub fn build_fat32(params: &FatParams, files: &[FatFile]) -> Result<Layout> {
                     let data_bytes: u64 = files.iter().map(|f| f.content.len()).sum();
                     bail!(
                         "the files ({data_bytes} bytes, first failing at {:?}) do not fit in the \
-                         {}-byte ESP ({} clusters of {cluster_size} bytes)",
+                         {}-byte {noun} ({} clusters of {cluster_size} bytes)",
                         file.path,
                         params.size,
                         g.clusters
@@ -780,39 +1032,46 @@ pub fn build_fat32(params: &FatParams, files: &[FatFile]) -> Result<Layout> {
 
     let mut layout = Layout::new(params.size);
 
-    // Reserved region: boot sector, FSInfo, boot sector tail, and their backups.
-    let free = g.clusters - used_clusters;
-    let next_free = if free == 0 {
-        0xFFFF_FFFF
+    // Reserved region: boot sector, FSInfo, boot sector tail, and their backups (FAT32), or
+    // the boot sector alone (FAT12/16).
+    let mut reserved = vec![0u8; g.reserved_sectors as usize * SECTOR_SIZE as usize];
+    if fat32 {
+        let free = g.clusters - used_clusters;
+        let next_free = if free == 0 {
+            0xFFFF_FFFF
+        } else {
+            next_cluster as u32
+        };
+        let boot = boot_sector32(params, g, label);
+        let info = fsinfo_sector(free, next_free);
+        for base in [0usize, usize::from(BACKUP_BOOT_SECTOR)] {
+            let at = |s: usize| (base + s) * SECTOR_SIZE as usize;
+            reserved[at(0)..at(1)].copy_from_slice(&boot);
+            reserved[at(1)..at(2)].copy_from_slice(&info);
+            reserved[at(3) - 2] = 0x55;
+            reserved[at(3) - 1] = 0xAA;
+        }
     } else {
-        next_cluster as u32
-    };
-    let mut reserved = vec![0u8; RESERVED_SECTORS as usize * SECTOR_SIZE as usize];
-    let boot = boot_sector(params, &g, &label);
-    let info = fsinfo_sector(free, next_free);
-    for base in [0usize, usize::from(BACKUP_BOOT_SECTOR)] {
-        let at = |s: usize| (base + s) * SECTOR_SIZE as usize;
-        reserved[at(0)..at(1)].copy_from_slice(&boot);
-        reserved[at(1)..at(2)].copy_from_slice(&info);
-        reserved[at(3) - 2] = 0x55;
-        reserved[at(3) - 1] = 0xAA;
+        reserved[..512].copy_from_slice(&boot_sector_small(params, g, label));
     }
     layout.put_bytes(0, reserved)?;
 
     // The FATs: the used prefix as bytes, the free rest as mapped zeros.
-    let entries = next_cluster as usize;
-    let mut fat = vec![0u8; (entries * 4).div_ceil(SECTOR_SIZE as usize) * SECTOR_SIZE as usize];
-    put_u32(&mut fat, 0, 0x0FFF_FF00 | u32::from(MEDIA));
-    put_u32(&mut fat, 4, END_OF_CHAIN);
+    let entries = next_cluster;
+    let sector = SECTOR_SIZE as usize;
+    let fat_len = ((entries * t.bits()).div_ceil(8) as usize).div_ceil(sector) * sector;
+    let mut fat = vec![0u8; fat_len];
+    set_fat_entry(&mut fat, t, 0, t.media_entry());
+    set_fat_entry(&mut fat, t, 1, t.end_of_chain());
     let mut chain = |first: u32, clusters: u64| {
         for k in 0..clusters {
             let c = first as usize + k as usize;
             let next = if k + 1 == clusters {
-                END_OF_CHAIN
+                t.end_of_chain()
             } else {
                 c as u32 + 1
             };
-            put_u32(&mut fat, c * 4, next);
+            set_fat_entry(&mut fat, t, c, next);
         }
     };
     for dir in &dirs {
@@ -837,9 +1096,14 @@ pub fn build_fat32(params: &FatParams, files: &[FatFile]) -> Result<Layout> {
 
     // Directories.
     for dir in &dirs {
-        let mut buf = Vec::with_capacity((u64::from(dir.clusters) * cluster_size) as usize);
+        let region = if dir.parent.is_none() && !fat32 {
+            u64::from(g.root_dir_sectors) * SECTOR_SIZE
+        } else {
+            u64::from(dir.clusters) * cluster_size
+        };
+        let mut buf = Vec::with_capacity(region as usize);
         match dir.parent {
-            None => buf.extend_from_slice(&short_entry(&label, ATTR_VOLUME_ID, 0, 0, &stamp)),
+            None => buf.extend_from_slice(&short_entry(label, ATTR_VOLUME_ID, 0, 0, &stamp)),
             Some(parent) => {
                 let parent_cluster = if parent == 0 { 0 } else { dir_clusters[parent] };
                 let dot = short_bytes(".", "");
@@ -872,9 +1136,14 @@ pub fn build_fat32(params: &FatParams, files: &[FatFile]) -> Result<Layout> {
             };
             buf.extend_from_slice(&short_entry(&child.short, attr, cluster, size, &stamp));
         }
-        buf.resize((u64::from(dir.clusters) * cluster_size) as usize, 0);
+        buf.resize(region as usize, 0);
+        let at = if dir.parent.is_none() && !fat32 {
+            g.root_dir_offset()
+        } else {
+            g.cluster_offset(dir.first_cluster)
+        };
         layout
-            .put_bytes(g.cluster_offset(dir.first_cluster), buf)
+            .put_bytes(at, buf)
             .with_context(|| format!("placing directory {:?}", dir.path))?;
     }
 
@@ -1674,5 +1943,218 @@ mod tests {
             }
         }
         assert!(ok > 30, "only {ok} batches were valid");
+    }
+
+    // -----------------------------------------------------------------------------------
+    // FAT16 and FAT12
+
+    fn small_params(size: u64, label: &str) -> FatParams {
+        FatParams {
+            size,
+            label: label.into(),
+            volume_id: 0x0BAD_CAFE,
+            hidden_sectors: 4096,
+            mtime: MTIME,
+        }
+    }
+
+    /// Build a small volume, then check it with fsck.fat, fatfs, mtools and dosfslabel.
+    fn small_build_and_check(size: u64, label: &str, files: &[FatFile], want: FatType) -> Layout {
+        let p = small_params(size, label);
+        let layout = build_fat(&p, files, LabelRule::AllowLowercase).unwrap();
+        assert_eq!(layout.len(), size);
+        let g = Geometry::for_any_size(size).unwrap();
+        assert_eq!(g.fat_type, want, "{size}");
+        assert_eq!(g.data_offset() % g.cluster_size(), 0);
+        let img = write_sparse(&layout);
+        fsck_clean(img.path());
+        // fatfs reads it back.
+        let disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(img.path())
+            .unwrap();
+        let fs = fatfs::FileSystem::new(disk, fatfs::FsOptions::new()).unwrap();
+        let ft = match want {
+            FatType::Fat12 => fatfs::FatType::Fat12,
+            FatType::Fat16 => fatfs::FatType::Fat16,
+            FatType::Fat32 => fatfs::FatType::Fat32,
+        };
+        assert_eq!(fs.fat_type(), ft);
+        assert_eq!(fs.volume_label(), label);
+        for f in files {
+            let mut data = Vec::new();
+            fs.root_dir()
+                .open_file(&f.path)
+                .unwrap()
+                .read_to_end(&mut data)
+                .unwrap();
+            assert!(data == f.content.to_vec().unwrap(), "{}", f.path);
+        }
+        drop(fs);
+        let path = img.path().to_str().unwrap();
+        if let Some((ok, text)) = run("minfo", &["-i", path, "::"]) {
+            assert!(ok, "{text}");
+            assert!(
+                text.contains(&format!("disk type=\"{}   \"", want.as_str())),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("disk label=\"{label:<11}\"")),
+                "{text}"
+            );
+        }
+        // Text files through mtype (fatfs compared every file's bytes above).
+        for f in files.iter().filter(|f| f.content.len() < 4096) {
+            if let Some((ok, text)) = run("mtype", &["-i", path, &format!("::/{}", f.path)]) {
+                assert!(ok, "{text}");
+                assert_eq!(text.as_bytes(), f.content.to_vec().unwrap());
+            }
+        }
+        if let Some((ok, text)) = run("dosfslabel", &[path]) {
+            assert!(ok, "{text}");
+            assert_eq!(text.trim(), label);
+        }
+        // A writer can use it: add a file and a directory; still clean.
+        let data = pattern(50_000, 21);
+        let (keep, _) = shared_file(&data);
+        if let Some((ok, text)) = run(
+            "mcopy",
+            &["-i", path, keep.path().to_str().unwrap(), "::/added.bin"],
+        ) {
+            assert!(ok, "{text}");
+            let (ok, text) = run("mmd", &["-i", path, "::/new dir"]).unwrap();
+            assert!(ok, "{text}");
+            fsck_clean(img.path());
+        }
+        layout
+    }
+
+    fn metal_iso_files() -> Vec<FatFile> {
+        vec![file(
+            "config.yaml",
+            b"version: v1alpha1\nmachine:\n  type: worker\n",
+        )]
+    }
+
+    #[test]
+    fn small_volumes_pick_fat12_or_fat16_by_cluster_count() {
+        for (size, t, spc) in [
+            (64 * 1024, FatType::Fat12, 1),
+            (MIB, FatType::Fat12, 1),
+            (2 * MIB, FatType::Fat12, 1),
+            (3 * MIB, FatType::Fat16, 1),
+            (4 * MIB, FatType::Fat16, 1),
+            (32 * MIB, FatType::Fat16, 1),
+            (min_size() - 512, FatType::Fat16, 2),
+        ] {
+            let g = Geometry::for_any_size(size).unwrap();
+            assert_eq!((g.fat_type, g.sectors_per_cluster), (t, spc), "{size}");
+            match t {
+                FatType::Fat12 => assert!(g.clusters <= FAT12_MAX_CLUSTERS),
+                _ => assert!(g.clusters > FAT12_MAX_CLUSTERS && g.clusters < MIN_CLUSTERS),
+            }
+            assert!(u64::from(g.fat_sectors) * 512 * 8 / t.bits() >= u64::from(g.clusters) + 2);
+            assert_eq!(g.data_offset() % g.cluster_size(), 0);
+            assert_eq!(g.root_dir_sectors, 32);
+        }
+        // From the FAT32 minimum on, exactly the FAT32 geometry.
+        assert_eq!(
+            Geometry::for_any_size(min_size()).unwrap(),
+            Geometry::for_size(min_size()).unwrap()
+        );
+        let e = Geometry::for_any_size(8 * 1024).unwrap_err().to_string();
+        assert!(e.contains("too small"), "{e}");
+        let e = Geometry::for_any_size(MIB + 100).unwrap_err().to_string();
+        assert!(e.contains("not a multiple of 512"), "{e}");
+    }
+
+    #[test]
+    fn fat12_metal_iso_volume() {
+        let layout = small_build_and_check(MIB, "metal-iso", &metal_iso_files(), FatType::Fat12);
+        let boot = layout.to_vec().unwrap();
+        assert_eq!(&boot[43..54], b"metal-iso  ");
+        assert_eq!(&boot[54..62], b"FAT12   ");
+        assert_eq!(u16::from_le_bytes([boot[19], boot[20]]), 2048);
+        // Both FATs start with F8 FF FF, then the file's one-cluster chain.
+        let g = Geometry::for_any_size(MIB).unwrap();
+        let fat = g.fat_offset(0) as usize;
+        assert_eq!(&boot[fat..fat + 6], &[0xF8, 0xFF, 0xFF, 0xFF, 0x0F, 0x00]);
+        let fat2 = g.fat_offset(1) as usize;
+        assert_eq!(&boot[fat..fat + 512], &boot[fat2..fat2 + 512]);
+        // The root directory region holds the label, then config.yaml.
+        let root = g.root_dir_offset() as usize;
+        assert_eq!(&boot[root..root + 11], b"metal-iso  ");
+        assert_eq!(boot[root + 11], ATTR_VOLUME_ID);
+    }
+
+    #[test]
+    fn fat16_volumes_with_trees() {
+        let mut files = metal_iso_files();
+        files.push(file("deep/er/tree/file with a long name.txt", b"leaf"));
+        for i in 0..40 {
+            files.push(file(
+                &format!("many/entry {i:03} with a long name.conf"),
+                b"x",
+            ));
+        }
+        let data = pattern(700_000, 3);
+        files.push(file("big.bin", &data));
+        small_build_and_check(4 * MIB, "metal-iso", &files, FatType::Fat16);
+        small_build_and_check(3 * MIB, "CONFIG", &files, FatType::Fat16);
+        // FAT12 with a multi-cluster FAT chain crossing odd/even entries.
+        small_build_and_check(2 * MIB, "metal-iso", &files, FatType::Fat12);
+    }
+
+    #[test]
+    fn small_volume_limits_are_errors() {
+        let big = file("big.bin", &pattern(2 * MIB as usize, 4));
+        let e = build_fat(
+            &small_params(MIB, "metal-iso"),
+            &[big],
+            LabelRule::AllowLowercase,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("do not fit in the 1048576-byte FAT12 volume"),
+            "{e}"
+        );
+        let files: Vec<FatFile> = (0..300)
+            .map(|i| file(&format!("root entry {i:03} with a long name"), b""))
+            .collect();
+        let e = build_fat(
+            &small_params(4 * MIB, "X"),
+            &files,
+            LabelRule::AllowLowercase,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("a FAT16 root directory holds at most 512"),
+            "{e}"
+        );
+        // Lowercase labels only when asked for; the FAT32 writer stays strict.
+        let e = build_fat(&small_params(MIB, "metal-iso"), &[], LabelRule::Uppercase)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("character 'm' is not one of A-Z 0-9"), "{e}");
+        let e = build_fat(
+            &small_params(MIB, "metal.iso"),
+            &[],
+            LabelRule::AllowLowercase,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not one of A-Z a-z 0-9 space _ -"), "{e}");
+    }
+
+    #[test]
+    fn build_fat_is_build_fat32_from_the_minimum_on() {
+        let files = metal_iso_files();
+        let p = params(min_size());
+        let a = build_fat(&p, &files, LabelRule::Uppercase).unwrap();
+        let b = build_fat32(&p, &files).unwrap();
+        assert_eq!(describe(&a), describe(&b));
     }
 }

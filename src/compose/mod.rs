@@ -31,8 +31,7 @@ use crate::profile::{Profile, META_SIZE};
 /// First usable offset: partitions start at 1 MiB.
 pub const FIRST_OFFSET: u64 = 1 << 20;
 
-/// Label of the configuration partition (Talos looks for this filesystem label).
-pub const METAL_ISO_LABEL: &str = "metal-iso";
+use crate::config::delivery::METAL_ISO_LABEL;
 
 /// GPT type of the configuration partition: Microsoft basic data (a FAT filesystem).
 pub const TYPE_BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
