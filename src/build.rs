@@ -97,6 +97,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         &opts.out_dir,
         &profile.name,
         opts.raw,
+        plan.config.is_some(),
         &mut |done, total| progress.bytes(done, total),
     )?;
     progress.finish();

@@ -82,6 +82,10 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
         }
     }
 
+    if let Some(s) = &schematic {
+        extensions.push(s.extension());
+    }
+
     // META: the schematic's values, then the profile's, then the network file.
     let mut meta: Vec<MetaValue> = Vec::new();
     let mut put = |m: MetaValue, source: &str| -> Result<()> {

@@ -151,9 +151,20 @@ pub fn asset_set(arch: Arch, sizes: Sizes) -> Result<Vec<(&'static str, Vec<u8>)
         &[(".text", filler(&format!("kernel-{arch}"), sizes.kernel))],
         (arch == Arch::Amd64).then_some(KERNEL_RELEASE),
     );
-    // A zstd frame (the format Talos ≥ 1.8 uses) around incompressible filler.
-    let initramfs = zstd::bulk::compress(&filler(&format!("initramfs-{arch}"), sizes.initramfs), 1)
-        .context("compressing the synthetic initramfs")?;
+    // A zstd-compressed newc cpio (the format Talos >= 1.8 uses) holding an `init` that only
+    // says it is synthetic and a `rootfs.sqsh` of incompressible filler.
+    let mut cpio_bytes = Vec::new();
+    {
+        use crate::compose::cpio::{Entry, Writer};
+        let init = b"#!/bin/sh\necho 'edgeimage synthetic initramfs: NOT BOOTABLE'\n";
+        let rootfs = filler(&format!("initramfs-{arch}"), sizes.initramfs);
+        let mut w = Writer::new(&mut cpio_bytes);
+        w.append(Entry::file_bytes("init", 0o755, init))?;
+        w.append(Entry::file_bytes("rootfs.sqsh", 0o644, &rootfs))?;
+        w.finish()?;
+    }
+    let initramfs =
+        zstd::bulk::compress(&cpio_bytes, 1).context("compressing the synthetic initramfs")?;
     Ok(vec![
         ("vmlinuz", kernel),
         ("initramfs.xz", initramfs),

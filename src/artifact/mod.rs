@@ -78,14 +78,17 @@ pub fn zstd_encoder<W: Write>(
 }
 
 /// Stream `layout` into `<out_dir>/<name>.raw.zst` (and `<name>.raw` when `raw`).
+/// `secret` makes the files mode 0600 (the image carries a machine configuration).
 /// `progress(done, total)` is called as bytes are consumed.
 pub fn write_image(
     layout: &Layout,
     out_dir: &Path,
     name: &str,
     raw: bool,
+    secret: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Outputs> {
+    let mode = if secret { 0o600 } else { 0o644 };
     std::fs::create_dir_all(out_dir).with_context(|| {
         format!(
             "cannot create the output directory {}; choose a writable one with --out DIR",
@@ -94,9 +97,9 @@ pub fn write_image(
     })?;
     let zst_path = out_dir.join(format!("{name}.raw.zst"));
     let raw_path = out_dir.join(format!("{name}.raw"));
-    let mut zst_file = AtomicFile::create(&zst_path, 0o644)?;
+    let mut zst_file = AtomicFile::create(&zst_path, mode)?;
     let mut raw_file = if raw {
-        Some(AtomicFile::create(&raw_path, 0o644)?)
+        Some(AtomicFile::create(&raw_path, mode)?)
     } else {
         None
     };
@@ -239,7 +242,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let l = sample();
         let mut calls = 0;
-        let a = write_image(&l, d.path(), "x", true, &mut |_, _| calls += 1).unwrap();
+        let a = write_image(&l, d.path(), "x", true, false, &mut |_, _| calls += 1).unwrap();
         assert!(calls >= 40);
         let zst1 = std::fs::read(&a.zst).unwrap();
         let raw = std::fs::read(a.raw.as_ref().unwrap()).unwrap();
@@ -252,8 +255,11 @@ mod tests {
             zstd::zstd_safe::get_frame_content_size(&zst1).unwrap(),
             Some(l.len())
         );
-        let b = write_image(&l, d.path(), "x", false, &mut |_, _| {}).unwrap();
+        let b = write_image(&l, d.path(), "x", false, true, &mut |_, _| {}).unwrap();
         assert_eq!(std::fs::read(&b.zst).unwrap(), zst1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&b.zst), 0o600, "a secret-bearing image is private");
         let names: Vec<_> = std::fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -267,6 +273,7 @@ mod tests {
             &sample(),
             Path::new("/proc/self/nope"),
             "x",
+            false,
             false,
             &mut |_, _| {},
         )

@@ -6,6 +6,7 @@
 //! value; [`machine::MachineConfig`]'s `Debug` shows its digest and machine type only.
 
 pub mod delivery;
+pub mod fixtures;
 pub mod machine;
 pub mod network;
 pub mod schematic;

@@ -35,6 +35,9 @@ use sha2::{Digest, Sha256};
 
 use super::{parse_yaml_documents, type_name};
 
+/// Name of the layer that carries the schematic ID (the Image Factory's name for it).
+pub const SCHEMATIC_EXTENSION: &str = "schematic";
+
 /// A parsed schematic.
 #[derive(Clone, Default, PartialEq)]
 pub struct Schematic {
@@ -205,6 +208,27 @@ impl Schematic {
     }
 
     /// The schematic ID: lowercase hex SHA-256 of the canonical YAML.
+    /// The virtual extension that records the schematic ID in the image, as the Image
+    /// Factory does (a layer named `schematic` whose version is the ID, with an empty root
+    /// filesystem), so `talosctl get extensions` on the host shows it. No `extraInfo`: the
+    /// schematic may embed a machine configuration.
+    pub fn extension(&self) -> crate::extension::Extension {
+        let id = self.id();
+        crate::extension::Extension {
+            metadata: crate::extension::Metadata {
+                name: SCHEMATIC_EXTENSION.to_string(),
+                version: id.clone(),
+                author: "edgeimage".to_string(),
+                description: "Virtual extension which specifies the schematic of the image built with edgeimage.".to_string(),
+                compatibility: Some(">= 1.0.0".to_string()),
+                extra_info: None,
+            },
+            origin: "virtual (schematic)".to_string(),
+            sha256: id,
+            rootfs: crate::tree::Tree::new(),
+        }
+    }
+
     pub fn id(&self) -> String {
         let yaml = self
             .canonical_yaml()

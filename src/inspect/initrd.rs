@@ -103,23 +103,32 @@ pub fn walk<R: Read>(section: R) -> Result<InitrdInfo> {
             ));
             return Ok(info);
         };
-        let entries = match compression {
+        let parsed = match compression {
             "zstd" => {
                 let mut d = zstd::stream::read::Decoder::with_buffer(&mut r)?.single_frame();
-                let n = read_cpio(&mut d, &mut info)
-                    .with_context(|| format!("initrd archive at offset {offset}"))?;
-                io::copy(&mut d, &mut io::sink())?;
-                n
+                read_cpio(&mut d, &mut info).and_then(|n| {
+                    io::copy(&mut d, &mut io::sink())?;
+                    Ok(n)
+                })
             }
             "gzip" => {
                 let mut d = flate2::bufread::GzDecoder::new(&mut r);
-                let n = read_cpio(&mut d, &mut info)
-                    .with_context(|| format!("initrd archive at offset {offset}"))?;
-                io::copy(&mut d, &mut io::sink())?;
-                n
+                read_cpio(&mut d, &mut info).and_then(|n| {
+                    io::copy(&mut d, &mut io::sink())?;
+                    Ok(n)
+                })
             }
-            _ => read_cpio(&mut r, &mut info)
-                .with_context(|| format!("initrd archive at offset {offset}"))?,
+            _ => read_cpio(&mut r, &mut info),
+        };
+        let entries = match parsed {
+            Ok(n) => n,
+            Err(e) => {
+                // Not fatal: report what could be read and say where it stopped.
+                info.note = Some(format!(
+                    "stopped at the {compression} archive at offset {offset}: {e:#}"
+                ));
+                return Ok(info);
+            }
         };
         info.archives.push(ArchiveInfo {
             offset,
@@ -245,6 +254,14 @@ mod tests {
         );
         assert_eq!(info.firmware_files, 1);
         assert!(info.note.is_none());
+    }
+
+    #[test]
+    fn compressed_non_cpio_is_noted_not_fatal() {
+        let data = zstd::encode_all(&b"not a cpio at all, just bytes"[..], 3).unwrap();
+        let info = walk(&data[..]).unwrap();
+        assert!(info.archives.is_empty());
+        assert!(info.note.unwrap().contains("not a newc cpio header"));
     }
 
     #[test]
