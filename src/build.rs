@@ -107,7 +107,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         talos_version: profile.talos.tag.clone(),
         arch: profile.arch.to_string(),
         source_date_epoch: opts.epoch,
-        cmdline: plan.cmdline.clone(),
+        cmdline: crate::config::delivery::redact_cmdline(&plan.cmdline),
         uki_size: comp.uki_size,
         assets: a
             .all()

@@ -27,6 +27,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::machine::MachineConfig;
+use sha2::Digest;
+
 use crate::compose::fat::{self, FatFile, FatParams, LabelRule};
 use crate::extension::{Extension, Metadata};
 use crate::layout::Layout;
@@ -105,6 +107,23 @@ pub fn embedded_extension(cfg: &MachineConfig, talos: &TalosVersion) -> Result<E
         sha256: cfg.sha256().to_string(),
         rootfs,
     })
+}
+
+/// A command line safe to show: each `talos.config.inline=` value (the machine configuration,
+/// compressed) is replaced by `<redacted:sha256=HEX>`, HEX being the SHA-256 of the value.
+pub fn redact_cmdline(cmdline: &str) -> String {
+    let prefix = format!("{INLINE_PARAM}=");
+    cmdline
+        .split(' ')
+        .map(|a| match a.strip_prefix(&prefix) {
+            Some(v) => format!(
+                "{prefix}<redacted:sha256={}>",
+                hex::encode(sha2::Sha256::digest(v.as_bytes()))
+            ),
+            None => a.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The kernel arguments of inline delivery: one `talos.config.inline=<base64(zstd(cfg))>`.

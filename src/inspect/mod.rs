@@ -25,6 +25,36 @@ pub struct Inspection {
     pub esp: Option<EspInfo>,
     pub uki: Option<UkiReport>,
     pub meta: Option<MetaInfo>,
+    /// System extension layers in the UKI's initrd, in mount order.
+    pub layers: Vec<LayerReport>,
+    /// The Image Factory schematic ID (from the `schematic` layer).
+    pub schematic_id: Option<String>,
+    /// How the machine configuration is delivered, and what is safe to show of it.
+    pub config: Option<ConfigReport>,
+}
+
+/// One extension layer.
+#[derive(Debug, Serialize)]
+pub struct LayerReport {
+    pub image: String,
+    pub name: String,
+    pub version: String,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+/// The machine configuration as `inspect` shows it: never its content.
+#[derive(Debug, Serialize)]
+pub struct ConfigReport {
+    pub delivery: String,
+    pub sha256: String,
+    /// Machine type and non-secret fields, when the configuration could be read.
+    pub machine_type: Option<String>,
+    #[serde(flatten)]
+    pub info: Option<crate::config::machine::ConfigInfo>,
+    /// Whether `security.selinux` is set on the embedded file (squashfs xattrs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -198,6 +228,26 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         }
         None => None,
     };
+    let layers = uki
+        .as_ref()
+        .and_then(|u| u.initrd.as_ref())
+        .map(layers_of)
+        .unwrap_or_default();
+    let schematic_id = layers
+        .iter()
+        .find(|l| l.name == crate::config::schematic::SCHEMATIC_EXTENSION)
+        .map(|l| l.version.clone());
+    let config = config_of(&file, &partitions, uki.as_ref(), &layers)
+        .with_context(|| format!("{}: reading the machine configuration", path.display()))?;
+    // The inline configuration is the configuration itself: never shown.
+    let mut uki = uki;
+    if let Some(u) = uki.as_mut() {
+        u.info.cmdline = u
+            .info
+            .cmdline
+            .as_deref()
+            .map(crate::config::delivery::redact_cmdline);
+    }
     Ok(Inspection {
         path: path.to_path_buf(),
         format,
@@ -207,7 +257,132 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         esp,
         uki,
         meta,
+        layers,
+        schematic_id,
+        config,
     })
+}
+
+/// Layers listed by `extensions.yaml`, with the digests of their squashfs images.
+fn layers_of(i: &initrd::InitrdInfo) -> Vec<LayerReport> {
+    let Some(yaml) = &i.extensions_yaml else {
+        return Vec::new();
+    };
+    let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(yaml) else {
+        return Vec::new();
+    };
+    let text = |v: &serde_norway::Value, k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    doc.get("layers")
+        .and_then(|l| l.as_sequence())
+        .map(|seq| {
+            seq.iter()
+                .map(|l| {
+                    let image = text(l, "image");
+                    let md = l.get("metadata").cloned().unwrap_or_default();
+                    let member = i.layers.iter().find(|m| m.name == image);
+                    LayerReport {
+                        name: text(&md, "name"),
+                        version: text(&md, "version"),
+                        size: member.map(|m| m.size),
+                        sha256: member.map(|m| m.sha256.clone()),
+                        image,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Find the machine configuration: the `embedded-config` layer, `talos.config.inline` on the
+/// command line, or `config.yaml` on the `metal-iso` partition.
+fn config_of(
+    file: &File,
+    partitions: &[PartitionInfo],
+    uki: Option<&UkiReport>,
+    layers: &[LayerReport],
+) -> Result<Option<ConfigReport>> {
+    use crate::config::delivery::{EMBEDDED_NAME, INLINE_PARAM, METAL_ISO_LABEL};
+    use crate::config::machine::MachineConfig;
+    let describe = |delivery: &str, bytes: Vec<u8>| -> ConfigReport {
+        use sha2::Digest;
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        match MachineConfig::from_bytes(bytes, delivery) {
+            Ok(c) => ConfigReport {
+                delivery: delivery.to_string(),
+                sha256,
+                machine_type: Some(c.machine_type().as_str().to_string()),
+                info: Some(c.info().clone()),
+                note: None,
+            },
+            Err(e) => ConfigReport {
+                delivery: delivery.to_string(),
+                sha256,
+                machine_type: None,
+                info: None,
+                note: Some(format!("not a valid machine configuration: {e:#}")),
+            },
+        }
+    };
+    if let Some(l) = layers.iter().find(|l| l.name == EMBEDDED_NAME) {
+        return Ok(Some(ConfigReport {
+            delivery: "embedded".into(),
+            sha256: l.version.clone(),
+            machine_type: None,
+            info: None,
+            note: Some(format!(
+                "inside layer {} (file mode 0000, security.selinux={})",
+                l.image,
+                crate::config::delivery::STATE_SELINUX_LABEL
+            )),
+        }));
+    }
+    let cmdline = uki.and_then(|u| u.info.cmdline.clone()).unwrap_or_default();
+    let prefix = format!("{INLINE_PARAM}=");
+    let inline: String = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix(&prefix))
+        .collect();
+    if !inline.is_empty() {
+        use base64::Engine;
+        let packed = base64::engine::general_purpose::STANDARD
+            .decode(inline.as_bytes())
+            .context("talos.config.inline is not base64")?;
+        let bytes =
+            zstd::decode_all(&packed[..]).context("talos.config.inline is not zstd data")?;
+        return Ok(Some(describe("inline", bytes)));
+    }
+    if let Some(p) = partitions.iter().find(|p| p.label == METAL_ISO_LABEL) {
+        let win = Window {
+            file,
+            start: p.offset,
+            len: p.size,
+            pos: 0,
+        };
+        let fs = fatfs::FileSystem::new(win, fatfs::FsOptions::new()).map_err(|e| {
+            anyhow!(
+                "partition {} ({METAL_ISO_LABEL}): not a FAT filesystem: {e}",
+                p.number
+            )
+        })?;
+        let mut bytes = Vec::new();
+        fs.root_dir()
+            .open_file("config.yaml")
+            .map_err(|e| {
+                anyhow!(
+                    "partition {} ({METAL_ISO_LABEL}): no config.yaml: {e}",
+                    p.number
+                )
+            })?
+            .take(4 << 20)
+            .read_to_end(&mut bytes)?;
+        return Ok(Some(describe("metal-iso", bytes)));
+    }
+    Ok(None)
 }
 
 fn read_esp(file: &File, p: &PartitionInfo) -> Result<(EspInfo, Option<UkiReport>)> {
@@ -361,6 +536,54 @@ pub fn render(i: &Inspection) -> Result<String> {
             if let Some(line) = o.lines().find(|l| l.starts_with("PRETTY_NAME=")) {
                 writeln!(s, "  osrel    {line}")?;
             }
+        }
+    }
+    if !i.layers.is_empty() {
+        writeln!(s, "extensions (mount order, last on top)")?;
+        for l in &i.layers {
+            writeln!(
+                s,
+                "  {:<7} {:<16} {:<20} {}",
+                l.image,
+                l.name,
+                if l.version.len() > 20 {
+                    format!("{}…", &l.version[..16])
+                } else {
+                    l.version.clone()
+                },
+                l.sha256
+                    .as_deref()
+                    .map(|d| format!("sha256 {d}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    if let Some(id) = &i.schematic_id {
+        writeln!(s, "schematic  {id}")?;
+    }
+    if let Some(c) = &i.config {
+        writeln!(
+            s,
+            "machine configuration ({}), sha256 {}",
+            c.delivery, c.sha256
+        )?;
+        if let Some(t) = &c.machine_type {
+            writeln!(s, "  type     {t}")?;
+        }
+        if let Some(info) = &c.info {
+            for (k, v) in [
+                ("cluster", &info.cluster_name),
+                ("endpoint", &info.control_plane_endpoint),
+                ("hostname", &info.hostname),
+                ("install", &info.install_disk),
+            ] {
+                if let Some(v) = v {
+                    writeln!(s, "  {k:<8} {v}")?;
+                }
+            }
+        }
+        if let Some(n) = &c.note {
+            writeln!(s, "  note     {n}")?;
         }
     }
     if let Some(m) = &i.meta {
