@@ -79,6 +79,26 @@ fn write_assets(dir: &Path) -> Result<()> {
             initramfs: 80 << 20,
         },
     )?;
+    // A 50 MiB extension: the edgehostlet fixture plus 25 MiB of incompressible and 25 MiB of
+    // compressible (repetitive text) payload, as a plain directory.
+    use edgeimage::extension::fixtures::{self as xf, Entry};
+    let text: Vec<u8> = (0..)
+        .flat_map(|i: u32| format!("line {i} of an agent's bundled data file\n").into_bytes())
+        .take(25 << 20)
+        .collect();
+    let entries = xf::edgehostlet_with(vec![
+        Entry::file(
+            "rootfs/usr/local/lib/containers/edgehostlet/payload.bin",
+            synthetic::filler("bench-extension", 25 << 20),
+            0o644,
+        ),
+        Entry::file(
+            "rootfs/usr/local/lib/containers/edgehostlet/data.txt",
+            text,
+            0o644,
+        ),
+    ]);
+    xf::write_dir(&entries, &dir.join("ext"))?;
     Ok(())
 }
 
@@ -128,18 +148,28 @@ pub fn main(args: &[String]) -> Result<()> {
             "name = \"bench\"\narch = \"amd64\"\ntalos_version = \"v1.12.5\"\ndisk_size = \"2110MiB\"\n\
              [assets]\nsource = \"assets\"\nkernel = {{ sha256 = \"{}\" }}\ninitramfs = {{ sha256 = \"{}\" }}\n\
              systemd_boot = {{ sha256 = \"{}\" }}\nsystemd_stub = {{ sha256 = \"{}\" }}\n\
-             [meta]\n\"0x0c\" = \"bench\"\n",
+             [meta]\n\"0x0c\" = \"bench\"\n{}",
             pin("vmlinuz"),
             pin("initramfs.xz"),
             pin("systemd-boot.efi"),
-            pin("systemd-stub.efi")
+            pin("systemd-stub.efi"),
+            ""
         ),
+    )?;
+    let ext_dir = assets.join("ext");
+    let ext_pin = edgeimage::extension::input_sha256(&ext_dir)?;
+    let profile_ext = work.join("bench-ext.toml");
+    fs::write(
+        &profile_ext,
+        fs::read_to_string(&profile)?
+            + &format!("[[extensions]]\npath = \"assets/ext\"\nsha256 = \"{ext_pin}\"\n"),
     )?;
     let bin = util::edgeimage_bin()?;
     let mut results: Vec<(String, Usage, u64)> = Vec::new();
-    for (label, raw) in [
-        ("edgeimage build (.raw.zst)", false),
-        ("edgeimage build --raw (.raw.zst + .raw)", true),
+    for (label, raw, profile) in [
+        ("edgeimage build (.raw.zst)", false, &profile),
+        ("edgeimage build --raw (.raw.zst + .raw)", true, &profile),
+        ("edgeimage build + 50 MiB extension", false, &profile_ext),
     ] {
         let mut best: Option<Usage> = None;
         for _ in 0..runs {
@@ -161,6 +191,13 @@ pub fn main(args: &[String]) -> Result<()> {
         }
         let size = fs::metadata(work.join("out-edgeimage/bench.raw.zst"))?.len();
         results.push((label.to_string(), best.unwrap_or_default(), size));
+    }
+    let mut ext_peer: Option<Usage> = None;
+    for _ in 0..runs {
+        let u = peer_extension(&work, &ext_dir)?;
+        if ext_peer.is_none_or(|b| u.wall < b.wall) {
+            ext_peer = Some(u);
+        }
     }
     let mut best: Option<(Usage, Vec<(String, Usage)>)> = None;
     for _ in 0..runs {
@@ -190,6 +227,20 @@ pub fn main(args: &[String]) -> Result<()> {
         "| sgdisk + mkfs.fat + mcopy + objcopy + dd + zstd -T0 | {:.2} | {:.2} | {:.0} | {peer_size} | {:.2}x |",
         peer.wall, peer.cpu, peer.max_rss_kib as f64 / 1024.0, peer.wall / ed.wall
     );
+    let ext = results[2].1;
+    let ext_peer = ext_peer.unwrap_or_default();
+    println!("\nA 50 MiB extension (25 MiB incompressible, 25 MiB text): what it adds to a build, against\nmksquashfs -comp zstd -Xcompression-level 18 + cpio -o -H newc + zstd -T0 -18 alone:\n");
+    println!("| packing the extension | wall s | CPU s |");
+    println!("|---|---:|---:|");
+    println!(
+        "| edgeimage (build with it minus build without) | {:.2} | {:.2} |",
+        ext.wall - ed.wall,
+        ext.cpu - ed.cpu
+    );
+    println!(
+        "| mksquashfs + cpio + zstd | {:.2} | {:.2} |",
+        ext_peer.wall, ext_peer.cpu
+    );
     println!("\nPeer pipeline steps:\n");
     println!("| step | wall s | CPU s | peak RSS MiB |");
     println!("|---|---:|---:|---:|");
@@ -209,6 +260,40 @@ fn sha256_file(p: &Path) -> Result<String> {
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut fs::File::open(p)?, &mut h)?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// Squashfs + cpio + zstd of the extension with the usual tools (what Talos's imager runs).
+fn peer_extension(work: &Path, ext: &Path) -> Result<Usage> {
+    let dir = work.join("peer-ext");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let mut total = Usage::default();
+    total.add(measure(
+        tool("mksquashfs")?
+            .arg(ext.join("rootfs"))
+            .arg(dir.join("0.sqsh"))
+            .args([
+                "-comp",
+                "zstd",
+                "-Xcompression-level",
+                "18",
+                "-all-root",
+                "-noappend",
+                "-quiet",
+            ])
+            .args(["-mkfs-time", "1700000000", "-all-time", "1700000000"]),
+    )?);
+    fs::write(dir.join("extensions.yaml"), "layers: []\n")?;
+    total.add(measure(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && printf '0.sqsh\\nextensions.yaml\\n' | cpio -o -H newc --owner 0:0 --quiet > ext.cpio",
+        dir.display()
+    )))?);
+    total.add(measure(
+        tool("zstd")?
+            .args(["-q", "-T0", "-18", "-f"])
+            .arg(dir.join("ext.cpio")),
+    )?);
+    Ok(total)
 }
 
 /// The same image with the usual tools. Returns the total and each step.
