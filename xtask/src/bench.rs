@@ -177,7 +177,7 @@ pub fn main(args: &[String]) -> Result<()> {
             let _ = fs::remove_dir_all(&out);
             let mut c = Command::new(&bin);
             c.args(["build", "-q", "--profile"])
-                .arg(&profile)
+                .arg(profile)
                 .arg("--out")
                 .arg(&out);
             if raw {
