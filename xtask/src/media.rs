@@ -12,10 +12,24 @@ use crate::util;
 /// SOURCE_DATE_EPOCH for builds that do not set one: fixed, so the demo is reproducible.
 const DEFAULT_EPOCH: &str = "1700000000";
 
-/// Generate the synthetic (NOT BOOTABLE) asset set the demo profile pins.
+/// Generate the synthetic (NOT BOOTABLE) asset set the demo profile pins, the `edgehostlet`
+/// fixture extension (a directory) and a machine configuration with fake secrets.
 pub fn demo_assets() -> Result<PathBuf> {
-    let dir = util::target_dir().join("demo-assets/amd64");
+    let root = util::target_dir().join("demo-assets");
+    let dir = root.join("amd64");
     synthetic::write_asset_set(&dir, Arch::Amd64, Sizes::default())?;
+    let ext = root.join("edgehostlet");
+    if ext.exists() {
+        std::fs::remove_dir_all(&ext).with_context(|| format!("removing {}", ext.display()))?;
+    }
+    edgeimage::extension::fixtures::write_dir(
+        &edgeimage::extension::fixtures::edgehostlet(),
+        &ext,
+    )?;
+    let cfg = root.join("machine.yaml");
+    std::fs::write(&cfg, edgeimage::config::fixtures::controlplane_yaml())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))?;
     Ok(dir)
 }
 
