@@ -325,6 +325,20 @@ impl Read for LayoutReader<'_> {
     }
 }
 
+/// Read until `buf` is full or the reader ends; returns the bytes read.
+pub fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// The position a `Seek` on an object of `len` bytes, now at `pos`, moves to.
 pub fn seek_target(pos: u64, len: u64, to: io::SeekFrom) -> io::Result<u64> {
     match to {

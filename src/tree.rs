@@ -160,6 +160,31 @@ pub fn normalize(path: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// Lexically resolve a symlink `target` relative to the directory `base` (or against the
+/// root when it is absolute, as a layer mounted at `/` sees it). `None` when it climbs above
+/// the root.
+pub fn resolve_within(base: &str, target: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    if !target.starts_with('/') {
+        parts.extend(base.split('/').filter(|c| !c.is_empty()));
+    }
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// The directory part of a normalized path (`""` for a top-level entry).
+pub fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +197,12 @@ mod tests {
         );
         assert_eq!(normalize("/abs/path").as_deref(), Some("abs/path"));
         assert_eq!(normalize("a/../b"), None);
+        assert_eq!(
+            resolve_within("usr/lib", "../bin/x").as_deref(),
+            Some("usr/bin/x")
+        );
+        assert_eq!(resolve_within("usr", "/etc/x").as_deref(), Some("etc/x"));
+        assert_eq!(resolve_within("usr", "../../x"), None);
         let mut t = Tree::new();
         t.insert(
             "rootfs/usr/local/bin/x",

@@ -595,28 +595,7 @@ fn index_tar(name: &str, file: &SharedFile) -> Result<BTreeMap<String, Member>> 
     Ok(files)
 }
 
-fn parent_of(path: &str) -> &str {
-    path.rsplit_once('/').map_or("", |(p, _)| p)
-}
-
-/// Lexically resolve `target` relative to directory `base` (or the root if absolute); `None`
-/// if it climbs above the root.
-fn resolve_within(base: &str, target: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    if !target.starts_with('/') {
-        parts.extend(base.split('/').filter(|c| !c.is_empty()));
-    }
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            c => parts.push(c),
-        }
-    }
-    Some(parts.join("/"))
-}
+use crate::tree::{parent_of, resolve_within};
 
 /// Normalize a path from a tar header: UTF-8, leading "/" and "./" stripped, empty and "."
 /// components dropped, no ".." components. The root itself normalizes to "".
@@ -1351,18 +1330,7 @@ fn verify_raw(mut raw: RawReader, layer: &LayerRef, label: &str) -> Verify {
     Verify::Ok
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
+use crate::layout::read_up_to;
 
 fn pax_mtime<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Option<u64>> {
     let Some(exts) = entry.pax_extensions()? else {

@@ -384,21 +384,7 @@ fn parse_manifest(bytes: &[u8], talos: &TalosVersion, sink: &mut Sink) -> Option
 /// Resolve a symlink target lexically: relative to the link's directory, or absolute against
 /// the rootfs root (the layer is mounted at `/`). `None` when it climbs above the root.
 fn resolve_link(link: &str, target: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    if !target.starts_with('/') {
-        parts.extend(link.split('/'));
-        parts.pop(); // the link's own name
-    }
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            c => parts.push(c),
-        }
-    }
-    Some(parts.join("/"))
+    crate::tree::resolve_within(crate::tree::parent_of(link), target)
 }
 
 fn check_rootfs(rootfs: &Tree, talos: &TalosVersion, problems: &mut Vec<Problem>) {
