@@ -113,16 +113,8 @@ pub fn write_image(
             let mut r = layout.reader();
             loop {
                 let mut buf = vec![0u8; CHUNK];
-                let mut filled = 0;
-                while filled < CHUNK {
-                    let n = r
-                        .read(&mut buf[filled..])
-                        .context("reading the image inputs")?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
+                let filled = crate::layout::read_up_to(&mut r, &mut buf)
+                    .context("reading the image inputs")?;
                 if filled == 0 {
                     return Ok(());
                 }

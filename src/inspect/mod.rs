@@ -108,20 +108,12 @@ pub fn open_image(path: &Path) -> Result<(File, String)> {
         let mut buf = vec![0u8; 1 << 20];
         let mut pos = 0u64;
         loop {
-            let mut filled = 0;
-            while filled < buf.len() {
-                let k = dec.read(&mut buf[filled..]).with_context(|| {
-                    format!(
-                        "{}: corrupt or truncated zstd data at image byte {}",
-                        path.display(),
-                        pos + filled as u64
-                    )
-                })?;
-                if k == 0 {
-                    break;
-                }
-                filled += k;
-            }
+            let filled = crate::layout::read_up_to(&mut dec, &mut buf).with_context(|| {
+                format!(
+                    "{}: corrupt or truncated zstd data after image byte {pos}",
+                    path.display()
+                )
+            })?;
             if filled == 0 {
                 break;
             }
