@@ -261,7 +261,10 @@ mod tests {
         let data = zstd::encode_all(&b"not a cpio at all, just bytes"[..], 3).unwrap();
         let info = walk(&data[..]).unwrap();
         assert!(info.archives.is_empty());
-        assert!(info.note.unwrap().contains("stopped at the zstd archive at offset 0"));
+        assert!(info
+            .note
+            .unwrap()
+            .contains("stopped at the zstd archive at offset 0"));
     }
 
     #[test]
