@@ -1,7 +1,13 @@
 #!/bin/sh
 # Stand-in for Talos's init in edgeimage's end-to-end boot test (`cargo xtask e2e` packs it
 # into the initramfs as /init). It reads what Talos's init would read from the disk image and
-# prints one "EDGEIMAGE-E2E ..." line per fact on the console, then powers the VM off.
+# prints one "EDGEIMAGE-E2E ..." line per fact on the console, then powers the VM off:
+# the command line, the ESP, META; the system extensions listed in /extensions.yaml, mounted
+# as Talos's machined mounts them (loop + squashfs, one overlay over a stand-in for
+# rootfs.sqsh, the last listed on top); the machine configuration from each offline source
+# (embedded extension, a filesystem labelled metal-iso, talos.config.inline=); and finally
+# the edgehostlet extension service's entrypoint, if an extension put it there.
+# Anything that goes wrong prints "EDGEIMAGE-E2E error: ...", which fails the test.
 
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -52,15 +58,19 @@ rd_u32() {
   echo $((0x${v:-0}))
 }
 
+# fat_label DEV: the volume label in a FAT boot sector (0x47 in FAT32, 0x2b in FAT12/16).
+fat_label() {
+  if [ "$(dd if="$1" bs=1 skip=82 count=5 2>/dev/null)" = "FAT32" ]; then
+    dd if="$1" bs=1 skip=71 count=11 2>/dev/null | tr -d ' '
+  else
+    dd if="$1" bs=1 skip=43 count=11 2>/dev/null | tr -d ' '
+  fi
+}
+
 if [ -z "$esp" ]; then
   m "esp: none (no partition named EFI)"
 else
-  # FAT volume label: at 0x47 in a FAT32 boot sector, 0x2b in FAT12/16.
-  if [ "$(dd if=/dev/$esp bs=1 skip=82 count=5 2>/dev/null)" = "FAT32" ]; then
-    lab=$(dd if=/dev/$esp bs=1 skip=71 count=11 2>/dev/null | tr -d ' ')
-  else
-    lab=$(dd if=/dev/$esp bs=1 skip=43 count=11 2>/dev/null | tr -d ' ')
-  fi
+  lab=$(fat_label /dev/$esp)
   mkdir -p /mnt/esp
   if mount -t vfat -o ro "/dev/$esp" /mnt/esp; then
     m "esp: $esp label=EFI fslabel=$lab files=$(ls /mnt/esp/EFI/Linux | tr '\n' ',' | sed 's/,$//')"
@@ -111,6 +121,102 @@ if [ -d /sys/firmware/efi ] && mount -t efivarfs efivarfs $ev 2>/dev/null; then
     f=$(ls $ev/$v-* 2>/dev/null | head -n 1)
     [ -n "$f" ] && m "efivar $v=$(dd if="$f" bs=1 skip=4 2>/dev/null | tr -d '\000')"
   done
+fi
+
+# --- System extensions, mounted as machined's mountRootFS does ---------------------------
+# /extensions.yaml (yaml.v3 layout: "    - image: N.sqsh", metadata keys at 8 spaces) lists
+# the layers; each is loop-mounted read-only, and one overlay stacks them over the base
+# (standing in for rootfs.sqsh), the last listed on top: overlayfs takes the leftmost
+# lowerdir as the top layer.
+if [ -f /extensions.yaml ]; then
+  awk '
+    function flush() { if (img != "") print img "|" name "|" ver }
+    /^    - image: / { flush(); img = $0; sub(/^    - image: /, "", img); name = ""; ver = ""; next }
+    /^        name: / { name = $0; sub(/^        name: /, "", name); next }
+    /^        version: / { ver = $0; sub(/^        version: /, "", ver); next }
+    END { flush() }
+  ' /extensions.yaml | tr -d "\"'" >/tmp/layers
+  lower=/base
+  n=0
+  while IFS='|' read -r img name ver; do
+    m "extension: name=$name version=$ver"
+    d=/layers/$n
+    mkdir -p "$d"
+    if [ ! -f "/$img" ]; then
+      m "error: /extensions.yaml lists $img, which the initramfs does not hold"
+    elif mount -t squashfs -o ro,loop "/$img" "$d" 2>/tmp/err; then
+      m "layer: $n image=$img files=$(find "$d" -type f | wc -l)"
+      lower="$d:$lower"
+    else
+      m "error: mount-failed: squashfs /$img ($name): $(cat /tmp/err)"
+    fi
+    n=$((n + 1))
+  done </tmp/layers
+  m "extensions: layers=$n"
+  mkdir -p /sysroot /usr/local
+  if mount -t overlay overlay -o "ro,nosuid,nodev,lowerdir=$lower" /sysroot 2>/tmp/err; then
+    svc=$(sed -n 's/^name: *//p' /sysroot/usr/local/etc/containers/edgehostlet.yaml 2>/dev/null)
+    m "overlay: lowerdir=$lower service-definition=${svc:-none} base=$(cat /sysroot/usr/local/etc/e2e-base 2>/dev/null)"
+    mount -o bind /sysroot/usr/local /usr/local 2>/tmp/err ||
+      m "error: mount-failed: bind /sysroot/usr/local: $(cat /tmp/err)"
+  else
+    m "error: mount-failed: overlay lowerdir=$lower: $(cat /tmp/err)"
+  fi
+fi
+
+# --- Machine configuration from each offline source ----------------------------------------
+# set_hostname FILE: what Talos does with machine.network.hostname: /etc/hostname, which the
+# edgehostlet service definition bind-mounts into its container.
+set_hostname() {
+  h=$(sed -n 's/^ *hostname: *//p' "$1" | head -n 1 | tr -d "\"' ")
+  [ -n "$h" ] && echo "$h" >/etc/hostname
+}
+
+cfg=/usr/local/etc/talos/config.yaml
+if [ -f "$cfg" ]; then
+  m "config sha256=$(sha256sum "$cfg" | cut -d ' ' -f 1)"
+  set_hostname "$cfg"
+fi
+
+iso=$(find_part metal-iso)
+if [ -n "$iso" ]; then
+  lab=$(fat_label /dev/$iso)
+  mkdir -p /mnt/metal-iso
+  if mount -t vfat -o ro "/dev/$iso" /mnt/metal-iso 2>/tmp/err; then
+    if [ -f /mnt/metal-iso/config.yaml ]; then
+      m "metal-iso config sha256=$(sha256sum /mnt/metal-iso/config.yaml | cut -d ' ' -f 1) fslabel=$lab partition=$iso bylabel=$(findfs LABEL=metal-iso 2>/dev/null)"
+      set_hostname /mnt/metal-iso/config.yaml
+    else
+      m "error: metal-iso: no config.yaml at the root of $iso (files: $(ls /mnt/metal-iso | tr '\n' ' '))"
+    fi
+  else
+    m "error: mount-failed: vfat /dev/$iso (metal-iso): $(cat /tmp/err)"
+  fi
+elif grep -q 'talos.config=metal-iso' /proc/cmdline; then
+  m "error: talos.config=metal-iso on the command line, but no partition named metal-iso"
+fi
+
+# talos.config.inline: every occurrence, concatenated (busybox has no zstd: report the digest
+# of the base64 text and the first bytes it decodes to).
+set -f
+inl=
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    talos.config.inline=*) inl="$inl${a#talos.config.inline=}" ;;
+  esac
+done
+set +f
+if [ -n "$inl" ]; then
+  m "inline sha256=$(printf %s "$inl" | sha256sum | cut -d ' ' -f 1) chars=${#inl} magic=$(printf %s "$inl" | base64 -d 2>/dev/null | head -c 4 | hexof)"
+fi
+
+[ -f /etc/hostname ] && m "hostname: $(cat /etc/hostname)"
+
+# --- The extension service ------------------------------------------------------------------
+# Its entrypoint is relative to the container root; busybox sh stands in for the container's.
+svc=/usr/local/lib/containers/edgehostlet
+if [ -f "$svc/edgehostlet" ]; then
+  (cd "$svc" && sh ./edgehostlet) || m "error: edgehostlet exited with $?"
 fi
 
 m "done"

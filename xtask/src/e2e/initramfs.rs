@@ -1,6 +1,8 @@
-//! The stand-in initramfs: busybox, `/dev/console`, the kernel modules the boot needs and a
-//! busybox `/init` that prints what it finds, packed with edgeimage's own cpio writer and
-//! compressed with zstd (as Talos's `initramfs.xz` is since 1.8).
+//! The stand-in initramfs: busybox, `/dev/console`, the kernel modules the boot needs (disk,
+//! FAT, and loop + squashfs + overlay for system extensions), `/base` standing in for Talos's
+//! `rootfs.sqsh` (the bottom of the extensions' overlay), and a busybox `/init` that prints
+//! what it finds, packed with edgeimage's own cpio writer and compressed with zstd (as Talos's
+//! `initramfs.xz` is since 1.8).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -20,10 +22,18 @@ const WANTED: &[(&str, bool)] = &[
     ("vfat", true),
     ("nls_cp437", true),
     ("nls_ascii", true),
+    ("loop", true),
+    ("squashfs", true),
+    ("overlay", true),
     ("efivarfs", false),
 ];
 
 const INIT: &str = include_str!("init.sh");
+
+/// In `/base`, under the overlay: read back through it to show the base is the bottom layer.
+pub const BASE_MARK: &str = "rootfs.sqsh stand-in";
+/// `/base`'s own `edgehostlet.yaml`, which the extension's must hide (it is on top).
+pub const BASE_SERVICE: &str = "name: base-placeholder\n";
 
 /// Writes the zstd-compressed newc initramfs to `out`; returns the modules in load order.
 pub fn build(root: &Root, out: &Path) -> Result<Vec<String>> {
@@ -63,7 +73,27 @@ pub fn build(root: &Root, out: &Path) -> Result<Vec<String>> {
         Entry::dir("proc", 0o755),
         Entry::dir("sys", 0o755),
         Entry::dir("tmp", 0o1777),
+        Entry::dir("layers", 0o755),
+        Entry::dir("sysroot", 0o755),
+        Entry::dir("usr", 0o755),
+        Entry::dir("usr/local", 0o755),
     ];
+    let mut dir = String::from("base");
+    entries.push(Entry::dir(dir.clone(), 0o755));
+    for part in ["usr", "local", "etc", "containers"] {
+        dir = format!("{dir}/{part}");
+        entries.push(Entry::dir(dir.clone(), 0o755));
+    }
+    entries.push(Entry::file_bytes(
+        "base/usr/local/etc/e2e-base",
+        0o644,
+        BASE_MARK.as_bytes(),
+    ));
+    entries.push(Entry::file_bytes(
+        "base/usr/local/etc/containers/edgehostlet.yaml",
+        0o644,
+        BASE_SERVICE.as_bytes(),
+    ));
     for m in &order {
         let p = &index[m.as_str()];
         let f = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;

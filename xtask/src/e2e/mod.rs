@@ -3,12 +3,25 @@
 //! 1. Fetch Debian's kernel, systemd-boot, OVMF, busybox and QEMU with `apt-get download` into
 //!    `target/e2e/debs/`, unpack them into `target/e2e/root/` (cached; the host is not changed).
 //! 2. Make a stand-in asset set in `target/e2e/assets/`: Debian's kernel, a busybox initramfs
-//!    (edgeimage's cpio writer + zstd) whose `/init` prints what it finds, systemd-boot and the
-//!    stub.
-//! 3. Write `target/e2e/e2e.toml` pinning those assets, run `edgeimage build` and
-//!    `edgeimage inspect --json`.
-//! 4. Boot the image under OVMF in QEMU and check the `EDGEIMAGE-E2E` lines on the serial
-//!    console against the profile and the inspect output.
+//!    (edgeimage's cpio writer + zstd; modules for virtio, FAT, loop, squashfs and overlay) whose
+//!    `/init` prints what it finds, systemd-boot and the stub.
+//! 3. For each of three images ([`VARIANTS`]), write the inputs into `target/e2e/inputs/<name>/`
+//!    (the `edgehostlet` extension fixture in one of the forms edgeimage reads, a machine
+//!    configuration and a merge patch setting the host name) and `target/e2e/<name>.toml`
+//!    pinning assets and extension, run `edgeimage build --json` and
+//!    `edgeimage inspect --json`:
+//!    - `e2e`: embedded configuration, edgehostlet as an OCI archive;
+//!    - `e2e-metal-iso`: configuration on a `metal-iso` FAT partition, edgehostlet as a plain
+//!      directory;
+//!    - `e2e-inline`: a small (worker) configuration in `talos.config.inline=`, no extension.
+//! 4. Boot each image under OVMF in QEMU, one after another, and check the `EDGEIMAGE-E2E`
+//!    lines on the serial console against the profile, the build report and the inspect
+//!    output: the command line, the ESP, META; the layers of `/extensions.yaml` (name and
+//!    version, in order, mounted with loop + squashfs and stacked by one overlay over a
+//!    stand-in for `rootfs.sqsh`, the last listed on top); the SHA-256 of the configuration
+//!    each delivery brings (embedded `/usr/local/etc/talos/config.yaml`, `config.yaml` on the
+//!    filesystem labelled `metal-iso`, the `talos.config.inline=` text); and the host name the
+//!    edgehostlet entrypoint prints (the patched one).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +29,11 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use edgeimage::config::delivery::{
+    Delivery, EMBEDDED_NAME, INLINE_PARAM, METAL_ISO_ARG, METAL_ISO_LABEL,
+};
+use edgeimage::extension::fixtures::{self as ext_fixtures, Form};
+use sha2::{Digest, Sha256};
 
 mod fetch;
 mod initramfs;
@@ -27,20 +45,67 @@ use qemu::Accel;
 const HELP: &str = "\
 usage: cargo xtask e2e [options]
 
-Boots the disk image `edgeimage build` makes from a stand-in asset set (Debian kernel,
-systemd-boot, busybox initramfs) under OVMF in QEMU and checks what the guest reports.
+Builds three disk images with `edgeimage build` from a stand-in asset set (Debian kernel,
+systemd-boot, busybox initramfs), boots each under OVMF in QEMU, one after another, and checks
+what the guest reports:
+  e2e            embedded machine configuration + the edgehostlet extension (OCI archive)
+  e2e-metal-iso  configuration on a `metal-iso` partition + edgehostlet (plain directory)
+  e2e-inline     a small configuration in talos.config.inline=, no extension
+Checked: command line, ESP, META; /extensions.yaml's layers (name, version, order), mounted
+with loop + squashfs + overlay over a base directory; the configuration's SHA-256 against the
+build report (or the inline text against the built command line); the patched host name
+that the edgehostlet entrypoint prints. Serial logs: target/e2e/run/serial-<image>-<accel>.log.
 
 options:
   --check-tools          say whether the test can run here (package cache present, or apt can
                          download); exit 0 if so, 3 if not (1 when CI=true)
   --skip-if-unavailable  when the tools cannot be had, print \"E2E SKIPPED: <why>\" and exit 0
                          (never skips when CI=true: fails instead)
-  --scratch              boot an image assembled with sgdisk/mkfs.fat/mtools/objcopy instead of
-                         `edgeimage build` (checks the harness itself)
+  --scratch              boot one image assembled with sgdisk/mkfs.fat/mtools/objcopy instead of
+                         `edgeimage build` (checks the harness itself; no extensions or
+                         configuration)
   --refresh              download and unpack the packages again
   --accel auto|tcg|kvm   accelerator (default auto: KVM only if a probe boot works)
   --timeout SECS         per boot (default 300)
 ";
+
+/// One image of the run: its profile name, how the machine configuration reaches the node,
+/// and the form the `edgehostlet` extension is given in (none: no extension).
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    pub name: &'static str,
+    pub delivery: Delivery,
+    pub extension: Option<Form>,
+    /// The small worker configuration (fits the command line) instead of the control plane one.
+    pub small_config: bool,
+}
+
+/// The images built and booted, in this order.
+pub const VARIANTS: [Variant; 3] = [
+    Variant {
+        name: NAME,
+        delivery: Delivery::Embedded,
+        extension: Some(Form::OciTar),
+        small_config: false,
+    },
+    Variant {
+        name: "e2e-metal-iso",
+        delivery: Delivery::MetalIso,
+        extension: Some(Form::Dir),
+        small_config: false,
+    },
+    Variant {
+        name: "e2e-inline",
+        delivery: Delivery::Inline,
+        extension: None,
+        small_config: true,
+    },
+];
+
+/// The host name the configuration patch sets (the fixture configurations say `edge-01` or
+/// nothing).
+pub const PATCHED_HOSTNAME: &str = "e2e-host";
+const HOSTNAME_PATCH: &str = "machine:\n  network:\n    hostname: e2e-host\n";
 
 const MARK: &str = "EDGEIMAGE-E2E ";
 const TALOS_VERSION: &str = "v1.12.5";
@@ -189,12 +254,11 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn run(paths: &Paths, opts: &Opts) -> Result<()> {
-    let root = fetch::ensure(paths, opts.refresh)?;
-    let setup = Setup {
-        name: NAME.to_string(),
+fn setup_for(name: &str, kver: &str) -> Setup {
+    Setup {
+        name: name.to_string(),
         talos_version: TALOS_VERSION.to_string(),
-        kver: root.kver.clone(),
+        kver: kver.to_string(),
         disk_mib: 256,
         esp_mib: 100,
         extra_args: EXTRA_ARGS.to_vec(),
@@ -202,34 +266,227 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
             (0x0c, b"e2e-meta-value-1".to_vec()),
             (0x0d, b"e2e-meta-value-2 (from meta-0d.txt)".to_vec()),
         ],
-    };
+    }
+}
+
+fn run(paths: &Paths, opts: &Opts) -> Result<()> {
+    let root = fetch::ensure(paths, opts.refresh)?;
     make_assets(paths, &root)?;
 
-    let (disk, expect) = if opts.scratch {
+    if opts.scratch {
+        let setup = setup_for(NAME, &root.kver);
         println!("e2e: --scratch: assembling the image with host tools");
         let (disk, cmdline) = scratch::build(paths, &setup)?;
         let expect = Expect {
             cmdline,
-            esp_guid: None,
+            ..Expect::default()
         };
-        (disk, expect)
-    } else {
-        let profile = write_profile(paths, &setup)?;
-        build_with_edgeimage(paths, &setup, &profile)?
-    };
-    println!("e2e: image {}", disk.display());
-    println!("e2e: expected /proc/cmdline: {}", expect.cmdline);
+        println!("e2e: image {}", disk.display());
+        println!("e2e: expected /proc/cmdline: {}", expect.cmdline);
+        let (boot, _) = boot_with_accel(&root, paths, &disk, NAME, opts.accel, opts)?;
+        return check(&boot, &setup, &expect);
+    }
 
-    let boot = boot_with_accel(&root, paths, &disk, opts)?;
-    check(&boot, &setup, &expect)
+    let bin = build_edgeimage(paths)?;
+    let mut accel = opts.accel;
+    let mut failed = Vec::new();
+    let mut summary = Vec::new();
+    for v in VARIANTS {
+        println!(
+            "\ne2e: ===== image {} ({} configuration) =====",
+            v.name,
+            v.delivery.as_str()
+        );
+        let setup = setup_for(v.name, &root.kver);
+        let r = (|| -> Result<f64> {
+            let inputs = write_inputs(paths, &v)?;
+            let profile = write_profile(paths, &setup, Some(&inputs))?;
+            let (disk, expect) = build_with_edgeimage(paths, &bin, &setup, &profile, Some(&v))?;
+            println!("e2e: image {}", disk.display());
+            println!("e2e: expected /proc/cmdline: {}", expect.cmdline);
+            let (boot, a) = boot_with_accel(&root, paths, &disk, v.name, accel, opts)?;
+            accel = Some(a);
+            check(&boot, &setup, &expect)?;
+            Ok(boot.wall.as_secs_f64())
+        })();
+        match r {
+            Ok(wall) => summary.push(format!("{}: passed ({wall:.1} s boot)", v.name)),
+            Err(e) => {
+                eprintln!("e2e: image {} FAILED: {e:#}", v.name);
+                summary.push(format!("{}: FAILED", v.name));
+                failed.push(format!("{}: {e:#}", v.name));
+            }
+        }
+    }
+    println!("\ne2e: summary:");
+    for l in &summary {
+        println!("  {l}");
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} images failed:\n{}",
+            failed.len(),
+            VARIANTS.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
 }
 
-/// What the image's own description (`edgeimage inspect`) says the guest must see.
+/// What the image's own description (`edgeimage inspect`), its build report and its profile
+/// say the guest must see.
+#[derive(Default)]
 pub struct Expect {
     /// The UKI's `.cmdline`.
     pub cmdline: String,
     /// GUID of the EFI partition, which systemd-boot reports as `LoaderDevicePartUUID`.
     pub esp_guid: Option<String>,
+    /// `(name, version)` of each layer of `/extensions.yaml`, in order; empty: no
+    /// `/extensions.yaml`.
+    pub extensions: Vec<(String, String)>,
+    /// How the configuration is delivered and what the guest must find.
+    pub config: Option<ExpectConfig>,
+    /// The host name the edgehostlet entrypoint must print (`None`: it is not in the image).
+    pub edgehostlet_hostname: Option<String>,
+}
+
+pub struct ExpectConfig {
+    pub delivery: Delivery,
+    /// The build report's `.config.sha256`: SHA-256 of the delivered configuration bytes.
+    pub sha256: String,
+    /// Inline delivery: SHA-256 of the concatenated `talos.config.inline=` values of the
+    /// built command line.
+    pub inline_sha256: Option<String>,
+    /// The host name the init must set from the configuration (not for inline: busybox has
+    /// no zstd).
+    pub hostname: Option<String>,
+}
+
+/// The inputs a variant's profile names, relative to the profile's directory.
+pub struct Inputs {
+    /// The extension fixture and its pin.
+    pub extension: Option<(String, String)>,
+    pub config: String,
+    pub patches: Vec<String>,
+    pub delivery: Delivery,
+}
+
+/// Writes the variant's extension fixture, configuration and patch into
+/// `target/e2e/inputs/<name>/` (recreated on every run).
+fn write_inputs(paths: &Paths, v: &Variant) -> Result<Inputs> {
+    let dir = paths.e2e.join("inputs").join(v.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let rel = |p: &Path| -> Result<String> {
+        Ok(p.strip_prefix(&paths.e2e)
+            .with_context(|| format!("{} is not under {}", p.display(), paths.e2e.display()))?
+            .to_string_lossy()
+            .into_owned())
+    };
+    let extension = match v.extension {
+        None => None,
+        Some(form) => {
+            let p = ext_fixtures::write(
+                &ext_fixtures::edgehostlet(),
+                form,
+                &dir,
+                edgeimage::talos::Arch::Amd64,
+            )
+            .with_context(|| {
+                format!(
+                    "writing the edgehostlet fixture ({form:?}) in {}",
+                    dir.display()
+                )
+            })?;
+            let pin = edgeimage::extension::input_sha256(&p)
+                .with_context(|| format!("pinning {}", p.display()))?;
+            println!(
+                "e2e: extension edgehostlet ({form:?}) {} sha256 {pin}",
+                p.display()
+            );
+            Some((rel(&p)?, pin))
+        }
+    };
+    let yaml = if v.small_config {
+        edgeimage::config::fixtures::worker_yaml()
+    } else {
+        edgeimage::config::fixtures::controlplane_yaml()
+    };
+    let cfg = dir.join("machine.yaml");
+    fs::write(&cfg, yaml).with_context(|| format!("writing {}", cfg.display()))?;
+    let patch = dir.join("hostname-patch.yaml");
+    fs::write(&patch, HOSTNAME_PATCH).with_context(|| format!("writing {}", patch.display()))?;
+    Ok(Inputs {
+        extension,
+        config: rel(&cfg)?,
+        patches: vec![rel(&patch)?],
+        delivery: v.delivery,
+    })
+}
+
+/// `(name, version)` of the edgehostlet fixture's manifest.
+fn edgehostlet_meta() -> (String, String) {
+    let field = |k: &str| {
+        ext_fixtures::EDGEHOSTLET_MANIFEST
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("  {k}: ")))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    (field("name"), field("version"))
+}
+
+/// The values of every `talos.config.inline=` argument, concatenated (as Talos reads them).
+fn inline_values(cmdline: &str) -> String {
+    let key = format!("{INLINE_PARAM}=");
+    cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix(key.as_str()))
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Standard base64 with padding (what Talos decodes with `StdEncoding`).
+fn base64_decode(s: &str) -> Result<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(4) {
+        bail!(
+            "base64 text of {} characters is not a multiple of 4",
+            b.len()
+        );
+    }
+    let mut out = Vec::with_capacity(b.len() / 4 * 3);
+    for (i, q) in b.chunks(4).enumerate() {
+        let last = i == b.len() / 4 - 1;
+        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            bail!("misplaced base64 padding");
+        }
+        let mut n = 0u32;
+        for &c in &q[..4 - pad] {
+            n = n << 6 | val(c).with_context(|| format!("{:?} is not base64", c as char))?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    Ok(out)
 }
 
 fn make_assets(paths: &Paths, root: &fetch::Root) -> Result<()> {
@@ -271,8 +528,9 @@ fn toml_str(s: &str) -> String {
     o
 }
 
-/// `target/e2e/e2e.toml`; META key 0x0c inline, every other key from a file.
-fn write_profile(paths: &Paths, setup: &Setup) -> Result<PathBuf> {
+/// `target/e2e/<name>.toml`; META key 0x0c inline, every other key from a file; the
+/// extension and configuration of `inputs`.
+fn write_profile(paths: &Paths, setup: &Setup, inputs: Option<&Inputs>) -> Result<PathBuf> {
     let mut t = String::new();
     t.push_str("# Written by `cargo xtask e2e`; regenerated on every run.\n");
     t.push_str(&format!("name = {}\n", toml_str(&setup.name)));
@@ -313,15 +571,29 @@ fn write_profile(paths: &Paths, setup: &Setup) -> Result<PathBuf> {
             ));
         }
     }
+    if let Some(inputs) = inputs {
+        if let Some((path, pin)) = &inputs.extension {
+            t.push_str(&format!(
+                "\n[[extensions]]\npath = {}\nsha256 = \"{pin}\"\n",
+                toml_str(path)
+            ));
+        }
+        let patches: Vec<String> = inputs.patches.iter().map(|p| toml_str(p)).collect();
+        t.push_str(&format!(
+            "\n[config]\npath = {}\npatches = [{}]\ndelivery = \"{}\"\n",
+            toml_str(&inputs.config),
+            patches.join(", "),
+            inputs.delivery.as_str()
+        ));
+    }
     let p = paths.e2e.join(format!("{}.toml", setup.name));
     fs::write(&p, t).with_context(|| format!("writing {}", p.display()))?;
     println!("e2e: profile {}", p.display());
     Ok(p)
 }
 
-/// Builds edgeimage (release), runs `build` and `inspect --json`; returns the raw image and
-/// what inspect reports about it.
-fn build_with_edgeimage(paths: &Paths, setup: &Setup, profile: &Path) -> Result<(PathBuf, Expect)> {
+/// Builds edgeimage (release); returns the binary.
+fn build_edgeimage(paths: &Paths) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let st = Command::new(&cargo)
         .args(["build", "--release", "-p", "edgeimage"])
@@ -331,28 +603,47 @@ fn build_with_edgeimage(paths: &Paths, setup: &Setup, profile: &Path) -> Result<
     if !st.success() {
         bail!("cargo build --release -p edgeimage failed ({st})");
     }
-    let bin = paths.target.join("release/edgeimage");
+    Ok(paths.target.join("release/edgeimage"))
+}
+
+fn json_str<'a>(v: &'a serde_json::Value, ptr: &str, what: &str) -> Result<&'a str> {
+    v.pointer(ptr)
+        .and_then(|v| v.as_str())
+        .with_context(|| format!("{what} has no string at {ptr}"))
+}
+
+/// Runs `build --json` and `inspect --json`; returns the raw image and what the report,
+/// inspect and the variant say the guest must see. Checks the report against the variant
+/// (extensions, delivery, the inline value decoding to the reported configuration).
+fn build_with_edgeimage(
+    paths: &Paths,
+    bin: &Path,
+    setup: &Setup,
+    profile: &Path,
+    variant: Option<&Variant>,
+) -> Result<(PathBuf, Expect)> {
     let raw = paths.out.join(format!("{}.raw", setup.name));
     let zst = paths.out.join(format!("{}.raw.zst", setup.name));
     for p in [&raw, &zst] {
         let _ = fs::remove_file(p);
     }
     let t = Instant::now();
-    let out = Command::new(&bin)
+    let out = Command::new(bin)
         .arg("build")
         .arg("--profile")
         .arg(profile)
         .arg("--out")
         .arg(&paths.out)
         .arg("--raw")
+        .arg("--json")
         .current_dir(&paths.workspace)
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
+        print!("{}", String::from_utf8_lossy(&out.stdout));
         bail!(
-            "`{} build --profile {} --out {} --raw` failed ({})",
+            "`{} build --profile {} --out {} --raw --json` failed ({})",
             bin.display(),
             profile.display(),
             paths.out.display(),
@@ -373,8 +664,17 @@ fn build_with_edgeimage(paths: &Paths, setup: &Setup, profile: &Path) -> Result<
         "e2e: edgeimage build took {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    let report_path = paths.e2e.join(format!("{}.report.json", setup.name));
+    let _ = fs::write(&report_path, &out.stdout);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "`edgeimage build --json` printed no valid JSON (see {})",
+            report_path.display()
+        )
+    })?;
+    let report_what = format!("the build report ({})", report_path.display());
 
-    let out = Command::new(&bin)
+    let out = Command::new(bin)
         .arg("inspect")
         .arg(&raw)
         .arg("--json")
@@ -394,18 +694,10 @@ fn build_with_edgeimage(paths: &Paths, setup: &Setup, profile: &Path) -> Result<
             String::from_utf8_lossy(&out.stdout)
         )
     })?;
-    let inspect_path = paths.e2e.join("inspect.json");
+    let inspect_path = paths.e2e.join(format!("{}.inspect.json", setup.name));
     let _ = fs::write(&inspect_path, &out.stdout);
-    let cmdline = json
-        .pointer("/uki/cmdline")
-        .and_then(|v| v.as_str())
-        .with_context(|| {
-            format!(
-                "`edgeimage inspect --json` has no string at .uki.cmdline (see {})",
-                inspect_path.display()
-            )
-        })?
-        .to_string();
+    let inspect_what = format!("`edgeimage inspect --json` ({})", inspect_path.display());
+    let cmdline = json_str(&json, "/uki/cmdline", &inspect_what)?.to_string();
     let esp_guid = json
         .pointer("/partitions")
         .and_then(|v| v.as_array())
@@ -417,16 +709,138 @@ fn build_with_edgeimage(paths: &Paths, setup: &Setup, profile: &Path) -> Result<
         .and_then(|p| p.pointer("/guid"))
         .and_then(|g| g.as_str())
         .map(str::to_string);
-    Ok((raw, Expect { cmdline, esp_guid }))
+    let mut expect = Expect {
+        cmdline,
+        esp_guid,
+        ..Expect::default()
+    };
+    let Some(v) = variant else {
+        return Ok((raw, expect));
+    };
+
+    // The report against the profile.
+    let mut bad = Vec::new();
+    let report_cmdline = json_str(&report, "/cmdline", &report_what)?;
+    if report_cmdline != expect.cmdline {
+        bad.push(format!(
+            "the report's .cmdline differs from the image's:\n  report: {report_cmdline}\n  image:  {}",
+            expect.cmdline
+        ));
+    }
+    let delivery = json_str(&report, "/config/delivery", &report_what)?;
+    if delivery != v.delivery.as_str() {
+        bad.push(format!(
+            "the report's .config.delivery is {delivery:?}, the profile says {:?}",
+            v.delivery.as_str()
+        ));
+    }
+    let sha256 = json_str(&report, "/config/sha256", &report_what)?.to_string();
+    let mut want_ext = Vec::new();
+    if v.extension.is_some() {
+        want_ext.push(edgehostlet_meta());
+    }
+    if v.delivery == Delivery::Embedded {
+        want_ext.push((EMBEDDED_NAME.to_string(), sha256.clone()));
+    }
+    let got_ext: Vec<(String, String)> = report
+        .pointer("/extensions")
+        .and_then(|e| e.as_array())
+        .with_context(|| format!("{report_what} has no array at .extensions"))?
+        .iter()
+        .map(|e| {
+            let f = |k: &str| e.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+            (f("name"), f("version"))
+        })
+        .collect();
+    if got_ext != want_ext {
+        bad.push(format!(
+            "the report's .extensions (name, version) are {got_ext:?}, expected {want_ext:?}"
+        ));
+    }
+    let toks: Vec<&str> = expect.cmdline.split_whitespace().collect();
+    let inline = inline_values(&expect.cmdline);
+    match v.delivery {
+        Delivery::MetalIso if !toks.contains(&METAL_ISO_ARG) => {
+            bad.push(format!("the command line lacks {METAL_ISO_ARG}"))
+        }
+        Delivery::Inline if inline.is_empty() => {
+            bad.push(format!("the command line has no {INLINE_PARAM}="))
+        }
+        Delivery::Inline => {
+            // What Talos does with it: base64, then zstd.
+            match base64_decode(&inline)
+                .and_then(|z| zstd::decode_all(&z[..]).context("zstd-decoding it"))
+            {
+                Err(e) => bad.push(format!("{INLINE_PARAM}= does not decode: {e:#}")),
+                Ok(cfg) => {
+                    let got = sha256_hex(&cfg);
+                    if got != sha256 {
+                        bad.push(format!(
+                            "{INLINE_PARAM}= decodes to a configuration with sha256 {got}, \
+                             the report says {sha256}"
+                        ));
+                    }
+                    let text = String::from_utf8_lossy(&cfg);
+                    if !text
+                        .lines()
+                        .any(|l| l.trim() == format!("hostname: {PATCHED_HOSTNAME}"))
+                    {
+                        bad.push(format!(
+                            "the inline configuration does not set hostname: {PATCHED_HOSTNAME} \
+                             (the patch was not applied?)"
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    if v.delivery != Delivery::Inline && !inline.is_empty() {
+        bad.push(format!(
+            "{INLINE_PARAM}= on the command line of a {} build",
+            v.delivery.as_str()
+        ));
+    }
+    if v.delivery != Delivery::MetalIso && toks.contains(&METAL_ISO_ARG) {
+        bad.push(format!(
+            "{METAL_ISO_ARG} on the command line of a {} build",
+            v.delivery.as_str()
+        ));
+    }
+    if !bad.is_empty() {
+        bail!(
+            "the build does not match the profile:\n  - {}",
+            bad.join("\n  - ")
+        );
+    }
+    println!(
+        "e2e: report: extensions {:?}, config {} sha256 {sha256}",
+        want_ext,
+        v.delivery.as_str()
+    );
+    expect.config = Some(ExpectConfig {
+        delivery: v.delivery,
+        inline_sha256: (v.delivery == Delivery::Inline).then(|| sha256_hex(inline.as_bytes())),
+        hostname: (v.delivery != Delivery::Inline).then(|| PATCHED_HOSTNAME.to_string()),
+        sha256,
+    });
+    expect.edgehostlet_hostname = v.extension.map(|_| PATCHED_HOSTNAME.to_string());
+    expect.extensions = want_ext;
+    Ok((raw, expect))
 }
 
+/// Boots `disk` (serial log `serial-<tag>-<accel>.log`) with `accel`, or, when that is
+/// `None`, with KVM if a probe boot proves it works and TCG otherwise; returns the boot and
+/// the accelerator used, for the next boots.
 fn boot_with_accel(
     root: &fetch::Root,
     paths: &Paths,
     disk: &Path,
+    tag: &str,
+    accel: Option<Accel>,
     opts: &Opts,
-) -> Result<qemu::Boot> {
-    let accel = match opts.accel {
+) -> Result<(qemu::Boot, Accel)> {
+    let accel = match accel {
         Some(a) => a,
         None => match qemu::kvm_candidate() {
             Err(why) => {
@@ -437,10 +851,17 @@ fn boot_with_accel(
                 // Probe: a full boot under KVM with a short timeout; fall back to TCG unless
                 // it reaches the done marker.
                 println!("e2e: probing KVM with a 90 s boot");
-                let b = qemu::boot(root, &paths.run, disk, Accel::Kvm, Duration::from_secs(90))?;
+                let b = qemu::boot(
+                    root,
+                    &paths.run,
+                    disk,
+                    tag,
+                    Accel::Kvm,
+                    Duration::from_secs(90),
+                )?;
                 if b.log.contains(&format!("{MARK}done")) {
                     println!("e2e: KVM works ({:.1} s)", b.wall.as_secs_f64());
-                    return Ok(b);
+                    return Ok((b, Accel::Kvm));
                 }
                 println!(
                     "e2e: KVM probe did not finish the boot ({}); using TCG (log {})",
@@ -452,18 +873,18 @@ fn boot_with_accel(
         },
     };
     println!(
-        "e2e: booting under OVMF with {} (timeout {} s) …",
+        "e2e: booting {tag} under OVMF with {} (timeout {} s) …",
         accel.name(),
         opts.timeout.as_secs()
     );
-    let b = qemu::boot(root, &paths.run, disk, accel, opts.timeout)?;
+    let b = qemu::boot(root, &paths.run, disk, tag, accel, opts.timeout)?;
     println!(
         "e2e: QEMU ended after {:.1} s wall ({}); serial log {}",
         b.wall.as_secs_f64(),
         b.status,
         b.serial.display()
     );
-    Ok(b)
+    Ok((b, accel))
 }
 
 /// The value of the first marker line `EDGEIMAGE-E2E <key>` (text after the key).
@@ -487,7 +908,10 @@ fn check(boot: &qemu::Boot, setup: &Setup, expect: &Expect) -> Result<()> {
     if boot.timed_out {
         failures.push(format!("QEMU did not end: {}", boot.status));
     }
-    for l in marks.iter().filter(|l| l.starts_with("insmod-failed")) {
+    for l in marks
+        .iter()
+        .filter(|l| l.starts_with("insmod-failed") || l.starts_with("error"))
+    {
         failures.push(format!("guest: {l}"));
     }
 
@@ -558,6 +982,9 @@ fn check(boot: &qemu::Boot, setup: &Setup, expect: &Expect) -> Result<()> {
             ));
         }
     }
+    check_extensions(&marks, expect, &mut failures);
+    check_config(&marks, expect, &mut failures);
+
     if !marks.contains(&"done") {
         failures.push("no `EDGEIMAGE-E2E done` marker: /init did not finish".into());
     }
@@ -608,6 +1035,175 @@ fn check(boot: &qemu::Boot, setup: &Setup, expect: &Expect) -> Result<()> {
     )
 }
 
+/// Every marker line `EDGEIMAGE-E2E <key>…` (text after the key).
+fn markers<'a>(lines: &[&'a str], key: &str) -> Vec<&'a str> {
+    lines.iter().filter_map(|l| l.strip_prefix(key)).collect()
+}
+
+/// `key=value` out of a marker's space-separated fields.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The layers of `/extensions.yaml`, as mounted, and the edgehostlet entrypoint's output.
+fn check_extensions(marks: &[&str], expect: &Expect, failures: &mut Vec<String>) {
+    let got: Vec<(String, String)> = markers(marks, "extension: ")
+        .iter()
+        .map(|l| {
+            let f = |k| field(l, k).unwrap_or("").to_string();
+            (f("name"), f("version"))
+        })
+        .collect();
+    if got != expect.extensions {
+        failures.push(format!(
+            "extensions: the guest listed (name, version) {got:?} from /extensions.yaml, \
+             expected {:?}",
+            expect.extensions
+        ));
+    }
+    let n = expect.extensions.len();
+    if n > 0 {
+        for i in 0..n {
+            let want = format!("{i} image={i}.sqsh ");
+            if !markers(marks, "layer: ")
+                .iter()
+                .any(|l| l.starts_with(&want))
+            {
+                failures.push(format!("extensions: layer {i} ({i}.sqsh) was not mounted"));
+            }
+        }
+        if marker(marks, "extensions: ") != Some(format!("layers={n}").as_str()) {
+            failures.push(format!(
+                "extensions: expected layers={n}, guest: {:?}",
+                marker(marks, "extensions: ")
+            ));
+        }
+        // Talos's order: the last listed on top, overlayfs's leftmost lowerdir is the top.
+        let mut lower: Vec<String> = (0..n).rev().map(|i| format!("/layers/{i}")).collect();
+        lower.push("/base".into());
+        let lower = lower.join(":");
+        match marker(marks, "overlay: ") {
+            None => failures.push("extensions: no overlay marker".into()),
+            Some(o) => {
+                if field(o, "lowerdir") != Some(lower.as_str()) {
+                    failures.push(format!("overlay: expected lowerdir={lower}, guest: {o}"));
+                }
+                if o.split_once(" base=").map(|(_, b)| b) != Some(initramfs::BASE_MARK) {
+                    failures.push(format!(
+                        "overlay: the base (rootfs.sqsh stand-in) does not show through: {o}"
+                    ));
+                }
+                if let Some(want) = expect.extensions.iter().find(|e| e.0 == "edgehostlet") {
+                    if field(o, "service-definition") != Some(want.0.as_str()) {
+                        failures.push(format!(
+                            "overlay: the edgehostlet layer does not hide the base's service \
+                             definition: {o}"
+                        ));
+                    }
+                }
+            }
+        }
+    } else if marker(marks, "overlay: ").is_some() {
+        failures.push("extensions: an overlay was mounted, but no extension was expected".into());
+    }
+    let host = marker(marks, "edgehostlet: hostname=");
+    match (&expect.edgehostlet_hostname, host) {
+        (None, None) => {}
+        (Some(want), Some(got)) if got == want => {}
+        (Some(want), got) => failures.push(format!(
+            "edgehostlet: expected it to print hostname={want}, guest: {got:?}"
+        )),
+        (None, Some(got)) => failures.push(format!(
+            "edgehostlet ran (hostname={got}), but the image should not hold it"
+        )),
+    }
+}
+
+/// What each configuration source yielded.
+fn check_config(marks: &[&str], expect: &Expect, failures: &mut Vec<String>) {
+    let embedded = marker(marks, "config sha256=");
+    let iso = marker(marks, "metal-iso config sha256=");
+    let inline = marker(marks, "inline sha256=");
+    let Some(c) = &expect.config else {
+        for (what, m) in [
+            ("embedded", embedded),
+            ("metal-iso", iso),
+            ("inline", inline),
+        ] {
+            if let Some(m) = m {
+                failures.push(format!(
+                    "config: the guest found an unexpected {what} configuration: {m}"
+                ));
+            }
+        }
+        return;
+    };
+    let first = |m: Option<&str>| m.map(|m| m.split(' ').next().unwrap_or("").to_string());
+    match c.delivery {
+        Delivery::Embedded => match first(embedded) {
+            Some(got) if got == c.sha256 => {}
+            got => failures.push(format!(
+                "config: /usr/local/etc/talos/config.yaml sha256 {got:?}, the report says {}",
+                c.sha256
+            )),
+        },
+        Delivery::MetalIso => match iso {
+            None => failures.push("config: the guest found no config.yaml on a metal-iso partition".into()),
+            Some(m) => {
+                if first(Some(m)).as_deref() != Some(c.sha256.as_str()) {
+                    failures.push(format!(
+                        "config: metal-iso config.yaml: {m}; the report says sha256 {}",
+                        c.sha256
+                    ));
+                }
+                if field(m, "fslabel") != Some(METAL_ISO_LABEL) {
+                    failures.push(format!("config: the metal-iso FAT label is not {METAL_ISO_LABEL}: {m}"));
+                }
+                if let Some(part) = field(m, "partition") {
+                    if field(m, "bylabel") != Some(format!("/dev/{part}").as_str()) {
+                        failures.push(format!(
+                            "config: `findfs LABEL={METAL_ISO_LABEL}` does not find the partition: {m}"
+                        ));
+                    }
+                }
+            }
+        },
+        Delivery::Inline => match (inline, &c.inline_sha256) {
+            (Some(m), Some(want)) if first(Some(m)).as_deref() == Some(want.as_str()) => {
+                if field(m, "magic") != Some("28b52ffd") {
+                    failures.push(format!("config: the inline value is not base64 of zstd data: {m}"));
+                }
+            }
+            (m, want) => failures.push(format!(
+                "config: sha256 of the booted {INLINE_PARAM}= text: {m:?}, of the built one: {want:?}"
+            )),
+        },
+    }
+    for (d, what, m) in [
+        (Delivery::Embedded, "embedded", embedded),
+        (Delivery::MetalIso, "metal-iso", iso),
+        (Delivery::Inline, "inline", inline),
+    ] {
+        if d != c.delivery {
+            if let Some(m) = m {
+                failures.push(format!(
+                    "config: {} delivery, but the guest also found a {what} configuration: {m}",
+                    c.delivery.as_str()
+                ));
+            }
+        }
+    }
+    if let Some(want) = &c.hostname {
+        match marker(marks, "hostname: ") {
+            Some(got) if got == want => {}
+            got => failures.push(format!(
+                "config: the configuration's host name is {got:?}, expected {want} (patched)"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,7 +1224,202 @@ mod tests {
         Expect {
             cmdline: "talos.platform=metal console=ttyS0 panic=-1".into(),
             esp_guid: Some("b53f94ad-f2d2-885b-8fe4-7de5001158b2".into()),
+            ..Expect::default()
         }
+    }
+
+    const CFG_SHA: &str = "a3850e6464bea76eb1b3b1e294c6ac88b2e91ddf5e1c954e76365dadf9182daf";
+
+    fn expect_embedded() -> Expect {
+        Expect {
+            extensions: vec![
+                ("edgehostlet".into(), "1.7.1".into()),
+                (EMBEDDED_NAME.into(), CFG_SHA.into()),
+            ],
+            config: Some(ExpectConfig {
+                delivery: Delivery::Embedded,
+                sha256: CFG_SHA.into(),
+                inline_sha256: None,
+                hostname: Some(PATCHED_HOSTNAME.into()),
+            }),
+            edgehostlet_hostname: Some(PATCHED_HOSTNAME.into()),
+            ..expect()
+        }
+    }
+
+    fn embedded_log() -> String {
+        good_log().replace(
+            "EDGEIMAGE-E2E done\r\n",
+            &format!(
+                "EDGEIMAGE-E2E extension: name=edgehostlet version=1.7.1\r\n\
+                 EDGEIMAGE-E2E layer: 0 image=0.sqsh files=2\r\n\
+                 EDGEIMAGE-E2E extension: name=embedded-config version={CFG_SHA}\r\n\
+                 EDGEIMAGE-E2E layer: 1 image=1.sqsh files=1\r\n\
+                 EDGEIMAGE-E2E extensions: layers=2\r\n\
+                 EDGEIMAGE-E2E overlay: lowerdir=/layers/1:/layers/0:/base \
+                 service-definition=edgehostlet base=rootfs.sqsh stand-in\r\n\
+                 EDGEIMAGE-E2E config sha256={CFG_SHA}\r\n\
+                 EDGEIMAGE-E2E hostname: e2e-host\r\n\
+                 EDGEIMAGE-E2E edgehostlet: hostname=e2e-host\r\n\
+                 EDGEIMAGE-E2E done\r\n"
+            ),
+        )
+    }
+
+    fn expect_metal_iso() -> Expect {
+        Expect {
+            extensions: vec![("edgehostlet".into(), "1.7.1".into())],
+            config: Some(ExpectConfig {
+                delivery: Delivery::MetalIso,
+                sha256: CFG_SHA.into(),
+                inline_sha256: None,
+                hostname: Some(PATCHED_HOSTNAME.into()),
+            }),
+            edgehostlet_hostname: Some(PATCHED_HOSTNAME.into()),
+            ..expect()
+        }
+    }
+
+    fn metal_iso_log() -> String {
+        good_log().replace(
+            "EDGEIMAGE-E2E done\r\n",
+            &format!(
+                "EDGEIMAGE-E2E extension: name=edgehostlet version=1.7.1\r\n\
+                 EDGEIMAGE-E2E layer: 0 image=0.sqsh files=2\r\n\
+                 EDGEIMAGE-E2E extensions: layers=1\r\n\
+                 EDGEIMAGE-E2E overlay: lowerdir=/layers/0:/base \
+                 service-definition=edgehostlet base=rootfs.sqsh stand-in\r\n\
+                 EDGEIMAGE-E2E metal-iso config sha256={CFG_SHA} fslabel=metal-iso \
+                 partition=vda3 bylabel=/dev/vda3\r\n\
+                 EDGEIMAGE-E2E hostname: e2e-host\r\n\
+                 EDGEIMAGE-E2E edgehostlet: hostname=e2e-host\r\n\
+                 EDGEIMAGE-E2E done\r\n"
+            ),
+        )
+    }
+
+    fn expect_inline() -> Expect {
+        Expect {
+            config: Some(ExpectConfig {
+                delivery: Delivery::Inline,
+                sha256: CFG_SHA.into(),
+                inline_sha256: Some(sha256_hex(b"KLUv/Q==")),
+                hostname: None,
+            }),
+            ..expect()
+        }
+    }
+
+    fn inline_log() -> String {
+        good_log().replace(
+            "EDGEIMAGE-E2E done\r\n",
+            &format!(
+                "EDGEIMAGE-E2E inline sha256={} chars=8 magic=28b52ffd\r\n\
+                 EDGEIMAGE-E2E done\r\n",
+                sha256_hex(b"KLUv/Q==")
+            ),
+        )
+    }
+
+    #[test]
+    fn passes_with_extensions_and_each_delivery() {
+        check(&boot(&embedded_log()), &setup(), &expect_embedded()).expect("embedded");
+        check(&boot(&metal_iso_log()), &setup(), &expect_metal_iso()).expect("metal-iso");
+        check(&boot(&inline_log()), &setup(), &expect_inline()).expect("inline");
+        // A log with extensions does not pass where none are expected, nor the reverse.
+        let e = check(&boot(&embedded_log()), &setup(), &expect()).expect_err("unexpected");
+        assert!(format!("{e:#}").contains("extensions"), "{e:#}");
+        let e = check(&boot(&good_log()), &setup(), &expect_embedded()).expect_err("missing");
+        assert!(format!("{e:#}").contains("overlay"), "{e:#}");
+    }
+
+    #[test]
+    fn fails_on_each_extension_or_config_deviation() {
+        let embedded = [
+            // Order of the layers as listed.
+            (
+                "name=edgehostlet version=1.7.1",
+                "name=edgehostlet version=1.7.2",
+                "extensions: the guest listed",
+            ),
+            (
+                "lowerdir=/layers/1:/layers/0:/base",
+                "lowerdir=/layers/0:/layers/1:/base",
+                "lowerdir",
+            ),
+            (
+                "service-definition=edgehostlet",
+                "service-definition=base-placeholder",
+                "hide",
+            ),
+            ("base=rootfs.sqsh stand-in", "base=", "show through"),
+            (
+                "layer: 1 image=1.sqsh",
+                "error: mount-failed: squashfs /1.sqsh",
+                "mount-failed",
+            ),
+            (
+                "EDGEIMAGE-E2E config sha256=a",
+                "EDGEIMAGE-E2E config sha256=b",
+                "the report says",
+            ),
+            (
+                "edgehostlet: hostname=e2e-host",
+                "edgehostlet: hostname=edge-01",
+                "edgehostlet",
+            ),
+            ("hostname: e2e-host", "hostname: edge-01", "patched"),
+            ("extensions: layers=2", "extensions: layers=1", "layers=2"),
+        ];
+        for (from, to, want) in embedded {
+            let log = embedded_log().replace(from, to);
+            assert_ne!(log, embedded_log(), "{from}");
+            let e = check(&boot(&log), &setup(), &expect_embedded()).expect_err(want);
+            assert!(format!("{e:#}").contains(want), "{want}: {e:#}");
+        }
+        let iso = [
+            ("fslabel=metal-iso", "fslabel=METAL-ISO", "FAT label"),
+            ("bylabel=/dev/vda3", "bylabel=", "findfs"),
+            (
+                "metal-iso config sha256=a",
+                "metal-iso config sha256=b",
+                "the report says",
+            ),
+            (
+                "EDGEIMAGE-E2E metal-iso config",
+                "EDGEIMAGE-E2E config",
+                "also found",
+            ),
+        ];
+        for (from, to, want) in iso {
+            let log = metal_iso_log().replace(from, to);
+            assert_ne!(log, metal_iso_log(), "{from}");
+            let e = check(&boot(&log), &setup(), &expect_metal_iso()).expect_err(want);
+            assert!(format!("{e:#}").contains(want), "{want}: {e:#}");
+        }
+        let inline = [
+            ("inline sha256=", "inline sha256=0", "inline= text"),
+            ("magic=28b52ffd", "magic=7b0a", "zstd"),
+        ];
+        for (from, to, want) in inline {
+            let log = inline_log().replace(from, to);
+            let e = check(&boot(&log), &setup(), &expect_inline()).expect_err(want);
+            assert!(format!("{e:#}").contains(want), "{want}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn inline_values_and_base64() {
+        let c = "a=1 talos.config.inline=KLUv talos.config.inlinex=no talos.config.inline=/Q== b";
+        assert_eq!(inline_values(c), "KLUv/Q==");
+        assert_eq!(base64_decode("KLUv/Q==").unwrap(), [0x28, 0xb5, 0x2f, 0xfd]);
+        assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
+        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert!(base64_decode("YW=j").is_err());
+        assert!(base64_decode("YWJ").is_err());
+        assert!(base64_decode("YW-j").is_err());
+        assert_eq!(edgehostlet_meta(), ("edgehostlet".into(), "1.7.1".into()));
     }
 
     fn boot(log: &str) -> qemu::Boot {
@@ -716,7 +1507,7 @@ mod tests {
         ] {
             fs::write(paths.assets.join(f), f).expect("write asset");
         }
-        let p = write_profile(&paths, &setup()).expect("profile");
+        let p = write_profile(&paths, &setup(), None).expect("profile");
         let t = fs::read_to_string(p).expect("read");
         assert!(
             t.contains("extra = [\"console=ttyS0\", \"panic=-1\"]"),
@@ -733,6 +1524,36 @@ mod tests {
             fs::read(dir.join("meta-0d.txt")).expect("meta file"),
             b"v 2"
         );
+        assert!(
+            !t.contains("[config]") && !t.contains("[[extensions]]"),
+            "{t}"
+        );
+
+        // With a variant's inputs: the extension pinned, the configuration and its patch.
+        let inputs = write_inputs(&paths, &VARIANTS[0]).expect("inputs");
+        let p = write_profile(&paths, &setup(), Some(&inputs)).expect("profile");
+        let t = fs::read_to_string(p).expect("read");
+        let ext = dir.join("inputs/e2e/extension.oci.tar");
+        let pin = edgeimage::extension::input_sha256(&ext).expect("pin");
+        assert!(
+            t.contains(&format!(
+                "[[extensions]]\npath = \"inputs/e2e/extension.oci.tar\"\nsha256 = \"{pin}\"\n"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "[config]\npath = \"inputs/e2e/machine.yaml\"\n\
+                 patches = [\"inputs/e2e/hostname-patch.yaml\"]\ndelivery = \"embedded\"\n"
+            ),
+            "{t}"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("inputs/e2e/hostname-patch.yaml")).expect("patch"),
+            HOSTNAME_PATCH
+        );
+        // Written again from scratch on the next run.
+        write_inputs(&paths, &VARIANTS[0]).expect("inputs again");
         let _ = fs::remove_dir_all(dir);
     }
 

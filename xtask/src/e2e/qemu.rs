@@ -49,16 +49,18 @@ pub fn kvm_candidate() -> Result<(), String> {
     }
 }
 
-/// Boots `disk` (read-only: snapshot=on) and waits for QEMU to end or `timeout`.
+/// Boots `disk` (read-only: snapshot=on) and waits for QEMU to end or `timeout`. `tag` names
+/// the run's files (`serial-<tag>-<accel>.log`).
 pub fn boot(
     root: &Root,
     run_dir: &Path,
     disk: &Path,
+    tag: &str,
     accel: Accel,
     timeout: Duration,
 ) -> Result<Boot> {
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let vars = run_dir.join(format!("OVMF_VARS_4M-{}.fd", accel.name()));
+    let vars = run_dir.join(format!("OVMF_VARS_4M-{tag}-{}.fd", accel.name()));
     fs::copy(root.ovmf_vars(), &vars).with_context(|| {
         format!(
             "copying {} to {}",
@@ -66,9 +68,9 @@ pub fn boot(
             vars.display()
         )
     })?;
-    let serial = run_dir.join(format!("serial-{}.log", accel.name()));
+    let serial = run_dir.join(format!("serial-{tag}-{}.log", accel.name()));
     let _ = fs::remove_file(&serial);
-    let stderr_path = run_dir.join(format!("qemu-{}.stderr", accel.name()));
+    let stderr_path = run_dir.join(format!("qemu-{tag}-{}.stderr", accel.name()));
     let stderr_file = fs::File::create(&stderr_path)
         .with_context(|| format!("creating {}", stderr_path.display()))?;
 
