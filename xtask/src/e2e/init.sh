@@ -21,7 +21,20 @@ m() { echo "EDGEIMAGE-E2E $*"; }
 hexof() { od -An -tx1 -v | tr -d ' \n'; }
 
 m "start: $(uname -r)"
-m "cmdline: $(cat /proc/cmdline)"
+# The command line as `edgeimage inspect` shows it: each talos.config.inline= value (a machine
+# configuration) replaced by its SHA-256, so the log never holds the configuration.
+shown=
+set -f
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    talos.config.inline=*)
+      a="talos.config.inline=<redacted:sha256=$(printf %s "${a#talos.config.inline=}" | sha256sum | cut -d ' ' -f 1)>"
+      ;;
+  esac
+  shown="$shown${shown:+ }$a"
+done
+set +f
+m "cmdline: $shown"
 
 while read -r mod; do
   [ -n "$mod" ] || continue
