@@ -1,10 +1,13 @@
-//! `edgeimage build`: profile → checked assets → composed layout → written artifacts.
+//! `edgeimage build`: profile → checked assets → composed layout → written artifacts:
+//! `<name>.raw.zst` (and `<name>.raw`), `<name>.manifest.json`, its signature
+//! `<name>.manifest.json.minisig` when a key is given, and `<name>.bmap`.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
-use crate::artifact::{self, Outputs};
+use crate::artifact::manifest::{self, Manifest};
+use crate::artifact::{self, Measured, Outputs};
 use crate::assets;
 use crate::compose::{self, Placed};
 use crate::profile::Profile;
@@ -21,6 +24,11 @@ pub struct BuildOptions {
     pub raw: bool,
     /// `SOURCE_DATE_EPOCH`: every timestamp in the image.
     pub epoch: u64,
+    /// Sign with this secret key (overrides the profile's `[signing] key`).
+    pub sign_key: Option<PathBuf>,
+    /// Where the key's passphrase comes from (overrides the profile's `passphrase_env`;
+    /// default: ask on the terminal, only if the key is encrypted).
+    pub passphrase_env: Option<String>,
 }
 
 /// What was built.
@@ -38,7 +46,14 @@ pub struct BuildReport {
     pub config: Option<ConfigReport>,
     pub schematic: Option<crate::plan::SchematicPlan>,
     pub partitions: Vec<Placed>,
+    pub build_number: u64,
     pub outputs: Outputs,
+    pub manifest: PathBuf,
+    /// The manifest's signature, when the build was signed.
+    pub signature: Option<PathBuf>,
+    /// Key ID of the signing key.
+    pub key_id: Option<String>,
+    pub bmap: PathBuf,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -85,22 +100,187 @@ pub fn source_date_epoch() -> Result<u64> {
 pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildReport> {
     progress.phase("reading profile");
     let profile = Profile::load(&opts.profile)?;
+    // The key first: a wrong passphrase should not cost a whole build.
+    let key = signing_key(opts, &profile)?;
     progress.phase("checking assets");
     let a = assets::load(&profile, opts.assets.as_deref())?;
     progress.phase("checking extensions and configuration");
     let plan = crate::plan::plan(&profile, opts.epoch)?;
     progress.phase("composing");
     let comp = compose::compose(&profile, &a, &plan, opts.epoch)?;
+    let described: Vec<&Placed> = comp
+        .partitions
+        .iter()
+        .filter(|p| p.number != comp.manifest_partition.number)
+        .collect();
+    let mp = &comp.manifest_partition;
+    let spec = artifact::ImageSpec {
+        layout: &comp.layout,
+        partitions: described.iter().map(|p| (p.offset, p.size)).collect(),
+        late: (mp.offset, mp.size),
+    };
+    let provenance = manifest::Provenance {
+        edgeimage_version: env!("CARGO_PKG_VERSION").to_string(),
+        source_date_epoch: opts.epoch,
+        profile_sha256: profile.sha256.clone(),
+        assets: a
+            .all()
+            .iter()
+            .map(|x| manifest::InputDigest {
+                field: x.field.to_string(),
+                size: x.len,
+                sha256: x.sha256.clone(),
+            })
+            .collect(),
+        extensions: plan
+            .extensions
+            .iter()
+            .map(|e| manifest::ExtensionDigest {
+                name: e.metadata.name.clone(),
+                version: e.metadata.version.clone(),
+                sha256: e.sha256.clone(),
+            })
+            .collect(),
+        schematic: plan
+            .schematic
+            .as_ref()
+            .map(|s| manifest::SchematicDigest { id: s.id.clone() }),
+        machine_config: plan.config.as_ref().map(|c| manifest::ConfigDigest {
+            delivery: c.delivery.as_str().to_string(),
+            machine_type: c.config.machine_type().as_str().to_string(),
+            sha256: c.config.sha256().to_string(),
+        }),
+    };
+    let make_manifest = |m: &Measured, artifact: Option<manifest::Artifact>| Manifest {
+        format: manifest::FORMAT.to_string(),
+        version: manifest::VERSION,
+        name: profile.name.clone(),
+        build_number: profile.build_number,
+        talos_version: profile.talos.tag.clone(),
+        arch: profile.arch.to_string(),
+        image: manifest::ImageInfo {
+            size: comp.layout.len(),
+            sha256: m.image_sha256.clone(),
+            disk_guid: comp.disk_guid.clone(),
+        },
+        partitions: described
+            .iter()
+            .zip(&m.partitions)
+            .map(|(p, sha)| manifest::PartitionInfo {
+                number: p.number,
+                label: p.label.clone(),
+                type_guid: p.type_guid.clone(),
+                guid: p.guid.clone(),
+                offset: p.offset,
+                size: p.size,
+                sha256: sha.clone(),
+            })
+            .collect(),
+        manifest_partition: manifest::PartitionRef {
+            number: mp.number,
+            label: mp.label.clone(),
+            type_guid: mp.type_guid.clone(),
+            guid: mp.guid.clone(),
+            offset: mp.offset,
+            size: mp.size,
+        },
+        block_map: manifest::BlockMap {
+            block_size: manifest::BLOCK_SIZE,
+            mapped_blocks: m.ranges.iter().map(|r| r.last - r.first + 1).sum(),
+            ranges: m.ranges.clone(),
+        },
+        artifact,
+        provenance: provenance.clone(),
+    };
+    let sign = |doc: &Manifest, bytes: &[u8]| -> Result<Option<String>> {
+        key.as_ref()
+            .map(|k| sign_manifest(doc, bytes, k))
+            .transpose()
+    };
+
     progress.phase("writing image");
-    let outputs = artifact::write_image(
-        &comp.layout,
+    let mut late = Vec::new();
+    let (outputs, measured) = artifact::write_image(
+        &spec,
         &opts.out_dir,
         &profile.name,
         opts.raw,
         plan.config.is_some(),
+        &mut |m| {
+            let doc = make_manifest(m, None);
+            let bytes = doc.to_canonical()?;
+            let sig = sign(&doc, &bytes)?;
+            late = manifest::encode_partition(&bytes, sig.as_deref(), mp.size)?;
+            Ok(late.clone())
+        },
         &mut |done, total| progress.bytes(done, total),
     )?;
+
+    progress.phase("writing manifest and block map");
+    let zst_name = outputs
+        .zst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doc = make_manifest(
+        &measured,
+        Some(manifest::Artifact {
+            file: zst_name,
+            compression: "zstd".to_string(),
+            size: outputs.zst_size,
+            sha256: outputs.zst_sha256.clone(),
+        }),
+    );
+    let bytes = doc.to_canonical()?;
+    let manifest_path = opts.out_dir.join(format!("{}.manifest.json", profile.name));
+    let sig_path = opts
+        .out_dir
+        .join(format!("{}.manifest.json.minisig", profile.name));
+    artifact::atomic::write(&manifest_path, &bytes, 0o644)?;
+    let signature = match sign(&doc, &bytes)? {
+        Some(text) => Some(artifact::atomic::write(&sig_path, text.as_bytes(), 0o644)?),
+        None => {
+            // A signature left from an earlier build would not match this manifest.
+            match std::fs::remove_file(&sig_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("removing the stale signature {}", sig_path.display())
+                    })
+                }
+            }
+            None
+        }
+    };
+    // The block map of the written image: what the manifest maps, plus the manifest
+    // partition (bmaptool must write it too).
+    let mut ranges: Vec<artifact::bmap::Range> = measured
+        .ranges
+        .iter()
+        .map(|r| artifact::bmap::Range {
+            first: r.first,
+            last: r.last,
+            sha256: r.sha256.clone(),
+        })
+        .collect();
+    {
+        use sha2::Digest;
+        let bs = manifest::BLOCK_SIZE;
+        ranges.push(artifact::bmap::Range {
+            first: mp.offset / bs,
+            last: (mp.offset + mp.size) / bs - 1,
+            sha256: hex::encode(sha2::Sha256::digest(&late)),
+        });
+        ranges.sort_by_key(|r| r.first);
+    }
+    let bmap_path = opts.out_dir.join(format!("{}.bmap", profile.name));
+    let raw_name = format!("{}.raw", profile.name);
+    let bmap_text =
+        artifact::bmap::render(&raw_name, comp.layout.len(), manifest::BLOCK_SIZE, &ranges)?;
+    artifact::atomic::write(&bmap_path, bmap_text.as_bytes(), 0o644)?;
     progress.finish();
+
     Ok(BuildReport {
         profile: profile.name.clone(),
         profile_sha256: profile.sha256.clone(),
@@ -137,8 +317,66 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         }),
         schematic: plan.schematic.clone(),
         partitions: comp.partitions,
+        build_number: profile.build_number,
         outputs,
+        manifest: manifest_path,
+        key_id: key.as_ref().map(|k| k.key_id_hex()),
+        signature,
+        bmap: bmap_path,
     })
+}
+
+/// The minisign signature of manifest `bytes` (the canonical form of `doc`); the trusted
+/// comment binds the profile name, Talos version and build number.
+pub fn sign_manifest(doc: &Manifest, bytes: &[u8], key: &crate::sign::SecretKey) -> Result<String> {
+    Ok(key
+        .sign(
+            bytes,
+            &doc.trusted_comment(),
+            &format!("signature from edgeimage key {}", key.key_id_hex()),
+        )?
+        .to_file_text())
+}
+
+/// `edgeimage sign`: sign an existing manifest, writing `<manifest>.minisig` next to it.
+pub fn sign_manifest_file(path: &Path, key: &crate::sign::SecretKey) -> Result<PathBuf> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    let doc = Manifest::parse(&bytes, &path.display().to_string())?;
+    let text = sign_manifest(&doc, &bytes, key)?;
+    let sig = PathBuf::from(format!("{}.minisig", path.display()));
+    artifact::atomic::write(&sig, text.as_bytes(), 0o644)
+}
+
+/// The secret key a build signs with: `--sign-key`, else the profile's `[signing] key`, else
+/// none. The passphrase comes from the environment variable named by `--passphrase-env` or
+/// the profile's `passphrase_env`, else from the terminal.
+fn signing_key(opts: &BuildOptions, profile: &Profile) -> Result<Option<crate::sign::SecretKey>> {
+    let (path, env) = match (&opts.sign_key, &profile.signing) {
+        (Some(k), s) => (
+            k.clone(),
+            opts.passphrase_env
+                .clone()
+                .or_else(|| s.as_ref().and_then(|s| s.passphrase_env.clone())),
+        ),
+        (None, Some(s)) => (
+            s.key.clone(),
+            opts.passphrase_env.clone().or(s.passphrase_env.clone()),
+        ),
+        (None, None) => return Ok(None),
+    };
+    let source = match env {
+        Some(v) => crate::sign::PassphraseSource::Env(v),
+        None => crate::sign::PassphraseSource::Prompt,
+    };
+    let key = crate::sign::SecretKey::load(&path, &mut || {
+        crate::sign::read_passphrase(
+            &source,
+            &format!("passphrase for {}", path.display()),
+            false,
+        )
+    })?;
+    Ok(Some(key))
 }
 
 /// The profile file for a name (`profiles/<name>.toml` under `root`), or the path itself.

@@ -1,8 +1,10 @@
 //! edgeimage: signed, byte-reproducible Talos Linux boot media for bare-metal edge hosts.
 //!
-//! Data flows one way: [`profile`] → [`assets`] → [`compose`] → [`artifact`]. [`build`] runs
-//! that chain; [`inspect`] reads an image back. The binary (`src/main.rs`) only parses
-//! arguments and calls these.
+//! Data flows one way: [`profile`] → [`assets`] → [`compose`] → [`artifact`] (image,
+//! manifest, block map) → [`sign`] / [`trust`] → [`verify`]. [`build`] runs the chain up to
+//! signing; [`inspect`] reads an image back; [`verify`] proves an image, a compressed image or
+//! a written disk against a trust store. The binary (`src/main.rs`) only parses arguments and
+//! calls these.
 
 pub mod artifact;
 pub mod assets;
@@ -16,6 +18,9 @@ pub mod pe;
 pub mod plan;
 pub mod profile;
 pub mod progress;
+pub mod sign;
 pub mod synthetic;
 pub mod talos;
 pub mod tree;
+pub mod trust;
+pub mod verify;

@@ -36,7 +36,54 @@ enum Command {
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
+        /// Sign the manifest with this minisign secret key (default: the profile's
+        /// `[signing] key`; without either the build is unsigned).
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
+        /// Read the key's passphrase from this environment variable (never from the command
+        /// line); default: the profile's `passphrase_env`, else ask on the terminal.
+        #[arg(long, value_name = "VAR")]
+        passphrase_env: Option<String>,
     },
+    /// Sign an existing manifest (`<name>.manifest.json` → `<name>.manifest.json.minisig`).
+    Sign {
+        /// The manifest written by `edgeimage build`.
+        manifest: PathBuf,
+        /// The minisign secret key (mode 0600).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Read the key's passphrase from this environment variable; default: ask on the
+        /// terminal.
+        #[arg(long, value_name = "VAR")]
+        passphrase_env: Option<String>,
+    },
+    /// Prove that an image, a compressed image, a manifest or a written disk holds exactly
+    /// what a trusted key signed. Exit codes: 0 verified, 3 unsigned, 4 unknown key,
+    /// 5 revoked key, 6 bad signature, 7 content mismatch, 8 unreadable target,
+    /// 9 older than --min-build, 1 other errors.
+    Verify {
+        /// `<name>.raw`, `<name>.raw.zst`, `<name>.manifest.json`, or a block device.
+        target: PathBuf,
+        /// The trust store: a directory with trusted/*.pub and an optional revoked list
+        /// (default: $EDGEIMAGE_TRUST).
+        #[arg(long, value_name = "DIR", env = "EDGEIMAGE_TRUST")]
+        trust: PathBuf,
+        /// Refuse builds of the profile older than this build number.
+        #[arg(long, value_name = "N")]
+        min_build: Option<u64>,
+        /// Use this manifest (and its .minisig) instead of the one inside or next to TARGET.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Show what an image holds: partitions, ESP files, UKI sections and command line, META.
     Inspect {
         /// The image: `<name>.raw` or `<name>.raw.zst`.
@@ -47,7 +94,38 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Write a minisign key pair: `<DIR>/<NAME>.pub` and `<DIR>/<NAME>.key` (mode 0600,
+    /// passphrase-encrypted unless --unencrypted).
+    Generate {
+        /// Name of the key files.
+        #[arg(long)]
+        name: String,
+        /// Directory for the key files (created if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// Read the passphrase from this environment variable; default: ask on the terminal
+        /// (twice).
+        #[arg(long, value_name = "VAR")]
+        passphrase_env: Option<String>,
+        /// Store the secret key unencrypted (for automation that keeps it in a vault).
+        #[arg(long, conflicts_with = "passphrase_env")]
+        unencrypted: bool,
+        /// Replace existing key files of that name.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn passphrase_source(env: Option<String>) -> edgeimage::sign::PassphraseSource {
+    match env {
+        Some(v) => edgeimage::sign::PassphraseSource::Env(v),
+        None => edgeimage::sign::PassphraseSource::Prompt,
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Build {
             profile,
@@ -56,6 +134,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             raw,
             json,
             quiet,
+            sign_key,
+            passphrase_env,
         } => {
             let opts = edgeimage::build::BuildOptions {
                 profile,
@@ -63,6 +143,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out_dir: out,
                 raw,
                 epoch: edgeimage::build::source_date_epoch()?,
+                sign_key,
+                passphrase_env,
             };
             let mut reporter = edgeimage::progress::Reporter::stderr(quiet);
             let report = edgeimage::build::build(&opts, &mut reporter)?;
@@ -78,7 +160,93 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(r) = &report.outputs.raw {
                     println!("built {}", r.display());
                 }
+                println!("built {}", report.manifest.display());
+                match (&report.signature, &report.key_id) {
+                    (Some(s), Some(k)) => println!("signed {} with key {k}", s.display()),
+                    _ => println!("not signed (no --sign-key and no [signing] key in the profile)"),
+                }
+                println!("built {}", report.bmap.display());
             }
+        }
+        Command::Sign {
+            manifest,
+            key,
+            passphrase_env,
+        } => {
+            let source = passphrase_source(passphrase_env);
+            let key = edgeimage::sign::SecretKey::load(&key, &mut || {
+                edgeimage::sign::read_passphrase(
+                    &source,
+                    &format!("passphrase for {}", key.display()),
+                    false,
+                )
+            })?;
+            let sig = edgeimage::build::sign_manifest_file(&manifest, &key)?;
+            println!("signed {} with key {}", sig.display(), key.key_id_hex());
+        }
+        Command::Verify {
+            target,
+            trust,
+            min_build,
+            manifest,
+            json,
+            quiet,
+        } => {
+            let opts = edgeimage::verify::VerifyOptions {
+                trust,
+                min_build,
+                manifest,
+            };
+            let mut reporter = edgeimage::progress::Reporter::stderr(quiet || json);
+            let report = edgeimage::verify::verify(&target, &opts, &mut reporter);
+            drop(reporter);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.verdict);
+                for l in report.details() {
+                    println!("{l}");
+                }
+            }
+            return Ok(report.exit_code);
+        }
+        Command::Key(KeyCommand::Generate {
+            name,
+            out,
+            passphrase_env,
+            unencrypted,
+            force,
+        }) => {
+            let pass = if unencrypted {
+                None
+            } else {
+                Some(edgeimage::sign::read_passphrase(
+                    &passphrase_source(passphrase_env),
+                    "passphrase for the new secret key",
+                    true,
+                )?)
+            };
+            let (pub_path, key_path, pk) = edgeimage::sign::generate_key_pair(
+                &out,
+                &name,
+                pass.as_deref().map(|p| &p[..]),
+                edgeimage::sign::Kdf::Sensitive,
+                force,
+            )?;
+            println!(
+                "public key {} (key ID {})",
+                pub_path.display(),
+                pk.key_id_hex()
+            );
+            println!(
+                "secret key {} (mode 0600{}): keep it out of any repository",
+                key_path.display(),
+                if unencrypted {
+                    ", NOT encrypted"
+                } else {
+                    ", encrypted"
+                }
+            );
         }
         Command::Inspect { image, json } => {
             edgeimage::inspect::check_target(&image)?;
@@ -90,13 +258,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

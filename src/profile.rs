@@ -33,6 +33,16 @@ struct RawProfile {
     config: Option<RawConfig>,
     network: Option<PathBuf>,
     schematic: Option<PathBuf>,
+    #[serde(default)]
+    build_number: u64,
+    signing: Option<RawSigning>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    key: PathBuf,
+    passphrase_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,11 +212,27 @@ pub struct Profile {
     pub network: Option<PathBuf>,
     /// Image Factory schematic YAML.
     pub schematic: Option<PathBuf>,
+    /// Release counter, raised for every release of this profile; signed into the manifest
+    /// so that `verify --min-build` can refuse older media.
+    pub build_number: u64,
+    /// The secret key `edgeimage build` signs with when no `--sign-key` is given.
+    pub signing: Option<Signing>,
 }
 
-/// The fixed partitions besides the ESP: the first MiB (MBR + primary GPT), META, and the
-/// last MiB (backup GPT; the image end is kept 1 MiB-aligned).
+/// `[signing]`: which key signs the profile's builds.
+#[derive(Clone, Debug)]
+pub struct Signing {
+    /// A minisign secret key file (never inside the repository).
+    pub key: PathBuf,
+    /// Name of the environment variable holding its passphrase.
+    pub passphrase_env: Option<String>,
+}
+
+/// The fixed partitions besides the ESP: the first MiB (MBR + primary GPT), META, the
+/// manifest partition, and the last MiB (backup GPT; the image end is kept 1 MiB-aligned).
 pub const META_SIZE: u64 = 1 << 20;
+/// Size of the partition that carries the signed manifest.
+pub const MANIFEST_PART_SIZE: u64 = 1 << 20;
 const ALIGN: u64 = 1 << 20;
 
 impl Profile {
@@ -253,12 +279,12 @@ impl Profile {
                 ));
             }
         }
-        let needed = ALIGN + esp_size + META_SIZE + ALIGN;
+        let needed = ALIGN + esp_size + META_SIZE + MANIFEST_PART_SIZE + ALIGN;
         if disk_size < needed {
             return Err(field_err(
                 "disk_size",
                 format!(
-                    "the partitions do not fit: {} MiB needed (1 MiB GPT + {} MiB ESP + 1 MiB META + 1 MiB backup GPT) but disk_size is {} MiB; raise disk_size or lower esp_size",
+                    "the partitions do not fit: {} MiB needed (1 MiB GPT + {} MiB ESP + 1 MiB META + 1 MiB manifest + 1 MiB backup GPT) but disk_size is {} MiB; raise disk_size or lower esp_size",
                     needed >> 20,
                     esp_size >> 20,
                     disk_size >> 20
@@ -426,6 +452,29 @@ impl Profile {
             }
         }
 
+        let signing = match raw.signing {
+            None => None,
+            Some(sg) => {
+                if let Some(v) = &sg.passphrase_env {
+                    let ok = !v.is_empty()
+                        && !v.starts_with(|c: char| c.is_ascii_digit())
+                        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    if !ok {
+                        return Err(field_err(
+                            "signing.passphrase_env",
+                            format!(
+                                "{v:?} is not an environment variable name (letters, digits, '_'; not starting with a digit)"
+                            ),
+                        ));
+                    }
+                }
+                Some(Signing {
+                    key: base.join(sg.key),
+                    passphrase_env: sg.passphrase_env,
+                })
+            }
+        };
+
         use sha2::Digest;
         Ok(Profile {
             path: path.to_path_buf(),
@@ -445,6 +494,8 @@ impl Profile {
             config,
             network: raw.network.map(|n| base.join(n)),
             schematic: raw.schematic.map(|n| base.join(n)),
+            build_number: raw.build_number,
+            signing,
         })
     }
 
@@ -643,10 +694,12 @@ mod tests {
     fn partitions_must_fit_disk() {
         let e = err(&profile("").replace("3GiB", "2GiB"));
         assert!(
-            e.contains("`disk_size`") && e.contains("do not fit") && e.contains("2104 MiB needed"),
+            e.contains("`disk_size`") && e.contains("do not fit") && e.contains("2105 MiB needed"),
             "{e}"
         );
-        let ok = profile("esp_size = \"100MiB\"").replace("3GiB", "103MiB");
+        let ok = profile("esp_size = \"100MiB\"").replace("3GiB", "104MiB");
+        let e = err(&profile("esp_size = \"100MiB\"").replace("3GiB", "103MiB"));
+        assert!(e.contains("104 MiB needed"), "{e}");
         Profile::parse(Path::new("x.toml"), ok.as_bytes()).unwrap();
     }
 

@@ -198,6 +198,8 @@ fn failed_build_leaves_previous_output_intact() {
     let out = f.dir.path().join("out");
     build(&f, &out, &[]);
     let before = fs::read(out.join("t.raw.zst")).unwrap();
+    let files = fs::read_dir(&out).unwrap().count();
+    assert_eq!(files, 3, "image, manifest, block map");
     fs::write(f.dir.path().join("assets/vmlinuz"), b"x").unwrap();
     let o = run(&[
         "build",
@@ -208,5 +210,5 @@ fn failed_build_leaves_previous_output_intact() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(fs::read(out.join("t.raw.zst")).unwrap(), before);
-    assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+    assert_eq!(fs::read_dir(&out).unwrap().count(), files);
 }

@@ -53,11 +53,13 @@ fn image_passes_sgdisk_fsck_objdump_zstd() {
     }
     let j = inspect_json(&zst);
     let parts = j["partitions"].as_array().unwrap();
-    assert_eq!(parts.len(), 2);
+    assert_eq!(parts.len(), 3);
     assert_eq!(parts[0]["label"], "EFI");
     assert_eq!(parts[0]["offset"], 1 << 20);
     assert_eq!(parts[1]["label"], "META");
     assert_eq!(parts[1]["size"], 1 << 20);
+    assert_eq!(parts[2]["label"], "edgeimage-manifest");
+    assert_eq!(parts[2]["size"], 1 << 20);
     assert_eq!(j["esp"]["label"], "EFI");
     assert_eq!(
         j["uki"]["cmdline"],

@@ -18,9 +18,12 @@ fn extension(f: &Fixture, entries: &[Entry], form: Form, name: &str) -> String {
     fs::create_dir_all(&dir).unwrap();
     let path = xf::write(entries, form, &dir, Arch::Amd64).unwrap();
     let pin = edgeimage::extension::input_sha256(&path).unwrap();
+    // Relative to the profile, so the profile's bytes (and digest) do not depend on where
+    // the test runs.
+    let rel = path.strip_prefix(f.profile.parent().unwrap()).unwrap();
     format!(
         "[[extensions]]\npath = \"{}\"\nsha256 = \"{pin}\"\n",
-        path.display()
+        rel.display()
     )
 }
 

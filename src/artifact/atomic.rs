@@ -115,6 +115,16 @@ impl AtomicFile {
     }
 }
 
+/// Write `bytes` to `target` atomically with permission bits `mode`.
+pub fn write(target: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf> {
+    use std::io::Write;
+    let mut f = AtomicFile::create(target, mode)?;
+    f.file()
+        .write_all(bytes)
+        .with_context(|| format!("writing {}", target.display()))?;
+    f.commit()
+}
+
 fn mode_perm(mode: u32) -> fs::Permissions {
     use std::os::unix::fs::PermissionsExt;
     fs::Permissions::from_mode(mode)

@@ -1,25 +1,38 @@
 //! Build outputs: `<name>.raw.zst` (always) and `<name>.raw` (on request), streamed from the
-//! composed [`Layout`] in one pass.
+//! composed [`Layout`] in one pass, with everything the manifest says about them measured on
+//! the way.
 //!
-//! A reader thread walks the layout in 1 MiB chunks; a hashing thread computes the image's
-//! SHA-256; the calling thread feeds zstd (which compresses on its own worker threads) and
-//! writes the raw image sparsely. Channels are bounded, so memory stays at a few tens of MiB
-//! whatever the image size. The zstd frame carries the content size and a checksum.
+//! A reader thread walks the layout in 1 MiB chunks. Two hashing threads measure it: one the
+//! image's SHA-256, one each partition's and each block-map range's SHA-256 (see
+//! [`manifest`]). The calling thread feeds zstd (which compresses on its own worker threads)
+//! and writes the raw image sparsely. Channels are bounded, so memory stays at a few tens of
+//! MiB whatever the image size. The zstd frame carries the content size and a checksum;
 //! zstd's multithreaded output does not depend on the number of workers (a test checks it),
 //! so the bytes are the same on any machine.
+//!
+//! One region, the manifest partition, is *late*: its content (the signed manifest) depends on
+//! the digests of everything else. The writer stops writing at its start, lets the hashers
+//! finish the whole image (reading the late region as zeros), asks the caller for the late
+//! content, writes it, and then writes the rest of the image again from the layout (only the
+//! backup GPT and unmapped space follow it).
 
 pub mod atomic;
+pub mod bmap;
+pub mod manifest;
+pub mod windows;
 
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::layout::Layout;
 use atomic::AtomicFile;
+use manifest::{BlockRange, BLOCK_SIZE, MAX_RANGE_BLOCKS};
+use windows::WindowHasher;
 
 /// zstd compression level of `.raw.zst` (kernel and initramfs are compressed already, so
 /// higher levels gain little and cost much time).
@@ -31,11 +44,32 @@ const CHUNK: usize = 1 << 20;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Outputs {
     pub image_size: u64,
+    /// SHA-256 of the image with the late (manifest) region read as zeros.
     pub image_sha256: String,
     pub zst: PathBuf,
     pub zst_size: u64,
     pub zst_sha256: String,
     pub raw: Option<PathBuf>,
+}
+
+/// What the stream measured, before the late region was written.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// SHA-256 of the image with the late region read as zeros.
+    pub image_sha256: String,
+    /// SHA-256 of each described partition, in the order given.
+    pub partitions: Vec<String>,
+    /// The block map of what the builder wrote (the late region excluded).
+    pub ranges: Vec<BlockRange>,
+}
+
+/// What to write: the layout, the partitions to measure, and the late region.
+pub struct ImageSpec<'a> {
+    pub layout: &'a Layout,
+    /// `(offset, size)` of each partition whose digest the manifest carries.
+    pub partitions: Vec<(u64, u64)>,
+    /// `(offset, size)` of the late region (unmapped in `layout`).
+    pub late: (u64, u64),
 }
 
 /// A writer that hashes and counts what passes through.
@@ -77,17 +111,62 @@ pub fn zstd_encoder<W: Write>(
     Ok(enc)
 }
 
-/// Stream `layout` into `<out_dir>/<name>.raw.zst` (and `<name>.raw` when `raw`).
+/// The block map of a layout: blocks holding mapped bytes, outside the late region, split at
+/// every partition boundary and at [`MAX_RANGE_BLOCKS`].
+pub fn block_ranges(spec: &ImageSpec) -> Vec<(u64, u64)> {
+    let (ls, ll) = spec.late;
+    let mut extents = Vec::new();
+    for e in spec.layout.extents() {
+        // Cut the late region out (it is unmapped; this only guards against misuse).
+        let (a, b) = (e.offset, e.end());
+        if b <= ls || a >= ls + ll {
+            extents.push((a, b - a));
+        } else {
+            if a < ls {
+                extents.push((a, ls - a));
+            }
+            if b > ls + ll {
+                extents.push((ls + ll, b - (ls + ll)));
+            }
+        }
+    }
+    let mut boundaries: Vec<u64> = spec
+        .partitions
+        .iter()
+        .flat_map(|&(o, s)| [o, o + s])
+        .chain([ls, ls + ll])
+        .collect();
+    boundaries.sort_unstable();
+    boundaries.dedup();
+    bmap::ranges_from_extents(
+        &extents,
+        spec.layout.len(),
+        BLOCK_SIZE,
+        MAX_RANGE_BLOCKS,
+        &boundaries,
+    )
+}
+
+/// Stream the image into `<out_dir>/<name>.raw.zst` (and `<name>.raw` when `raw`).
 /// `secret` makes the files mode 0600 (the image carries a machine configuration).
-/// `progress(done, total)` is called as bytes are consumed.
+/// `late_content` receives what was measured and returns the late region's bytes (exactly
+/// its size). `progress(done, total)` is called as bytes are consumed.
 pub fn write_image(
-    layout: &Layout,
+    spec: &ImageSpec,
     out_dir: &Path,
     name: &str,
     raw: bool,
     secret: bool,
+    late_content: &mut dyn FnMut(&Measured) -> Result<Vec<u8>>,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Outputs> {
+) -> Result<(Outputs, Measured)> {
+    let layout = spec.layout;
+    let total = layout.len();
+    let (late_start, late_len) = spec.late;
+    let late_end = late_start + late_len;
+    if late_end > total {
+        bail!("the late region {late_start}+{late_len} lies past the image's {total} bytes");
+    }
     let mode = if secret { 0o600 } else { 0o644 };
     std::fs::create_dir_all(out_dir).with_context(|| {
         format!(
@@ -103,14 +182,22 @@ pub fn write_image(
     } else {
         None
     };
-    let total = layout.len();
 
-    let (tx_main, rx_main) = sync_channel::<Arc<Vec<u8>>>(8);
-    let (tx_hash, rx_hash) = sync_channel::<Arc<Vec<u8>>>(8);
+    let block_ranges = block_ranges(spec);
+    let range_windows: Vec<(u64, u64)> = block_ranges
+        .iter()
+        .map(|&(a, b)| (a * BLOCK_SIZE, ((b + 1) * BLOCK_SIZE).min(total)))
+        .collect();
+    let part_windows: Vec<(u64, u64)> = spec.partitions.iter().map(|&(o, s)| (o, o + s)).collect();
 
-    let result: Result<(String, u64, String)> = std::thread::scope(|s| {
+    let (tx_main, rx_main) = sync_channel::<(u64, Arc<Vec<u8>>)>(8);
+    let (tx_image, rx_image) = sync_channel::<Arc<Vec<u8>>>(8);
+    let (tx_parts, rx_parts) = sync_channel::<(u64, Arc<Vec<u8>>)>(8);
+
+    let result: Result<(Measured, u64, String)> = std::thread::scope(|s| {
         let reader = s.spawn(move || -> Result<()> {
             let mut r = layout.reader();
+            let mut pos = 0u64;
             loop {
                 let mut buf = vec![0u8; CHUNK];
                 let filled = crate::layout::read_up_to(&mut r, &mut buf)
@@ -120,21 +207,34 @@ pub fn write_image(
                 }
                 buf.truncate(filled);
                 let chunk = Arc::new(buf);
-                // A closed channel means the consumer failed; it reports the error.
-                if tx_hash.send(chunk.clone()).is_err() || tx_main.send(chunk).is_err() {
+                // A closed channel means a consumer failed; it reports the error.
+                if tx_image.send(chunk.clone()).is_err()
+                    || tx_parts.send((pos, chunk.clone())).is_err()
+                    || tx_main.send((pos, chunk)).is_err()
+                {
                     return Ok(());
                 }
+                pos += filled as u64;
             }
         });
-        let hasher = s.spawn(move || {
+        let image_hasher = s.spawn(move || {
             let mut h = Sha256::new();
-            for chunk in rx_hash {
+            for chunk in rx_image {
                 h.update(&chunk[..]);
             }
             hex::encode(h.finalize())
         });
+        let window_hasher = s.spawn(move || {
+            let mut parts = WindowHasher::new(part_windows);
+            let mut ranges = WindowHasher::new(range_windows);
+            for (pos, chunk) in rx_parts {
+                parts.update(pos, &chunk);
+                ranges.update(pos, &chunk);
+            }
+            (parts.finish(), ranges.finish())
+        });
 
-        let mut consume = || -> Result<(u64, String)> {
+        let consume = || -> Result<(Measured, u64, String)> {
             let tee = Tee {
                 inner: io::BufWriter::with_capacity(CHUNK, zst_file.file()),
                 hash: Sha256::new(),
@@ -142,44 +242,88 @@ pub fn write_image(
             };
             let mut enc = zstd_encoder(tee, total, zstd_workers())
                 .with_context(|| format!("starting zstd for {}", zst_path.display()))?;
-            let mut pos = 0u64;
-            for chunk in rx_main.iter() {
-                enc.write_all(&chunk)
+            let mut put = |pos: u64, data: &[u8], enc: &mut dyn Write| -> Result<()> {
+                enc.write_all(data)
                     .with_context(|| format!("writing {}", zst_path.display()))?;
                 if let Some(f) = raw_file.as_mut() {
-                    if chunk.iter().any(|&b| b != 0) {
+                    if data.iter().any(|&b| b != 0) {
                         let f = f.file();
                         f.seek(SeekFrom::Start(pos))?;
-                        f.write_all(&chunk)
+                        f.write_all(data)
                             .with_context(|| format!("writing {}", raw_path.display()))?;
                     }
                 }
-                pos += chunk.len() as u64;
-                progress(pos, total);
+                Ok(())
+            };
+            // Everything before the late region, as it streams.
+            let mut seen = 0u64;
+            for (pos, chunk) in rx_main.iter() {
+                let end = pos + chunk.len() as u64;
+                if pos < late_start {
+                    let upto = (late_start.min(end) - pos) as usize;
+                    put(pos, &chunk[..upto], &mut enc)?;
+                }
+                seen = end;
+                progress(seen.min(late_start), total);
             }
+            if seen != total {
+                return Err(anyhow!("the image stream ended at {seen} of {total} bytes"));
+            }
+            // The rest once the whole image has been measured.
+            let image_sha256 = image_hasher
+                .join()
+                .map_err(|_| anyhow!("the image hashing thread failed"))?;
+            let (partitions, range_sums) = window_hasher
+                .join()
+                .map_err(|_| anyhow!("the range hashing thread failed"))?;
+            let measured = Measured {
+                image_sha256,
+                partitions,
+                ranges: block_ranges
+                    .iter()
+                    .zip(range_sums)
+                    .map(|(&(first, last), sha256)| BlockRange {
+                        first,
+                        last,
+                        sha256,
+                    })
+                    .collect(),
+            };
+            let late = late_content(&measured)?;
+            if late.len() as u64 != late_len {
+                bail!(
+                    "the late region is {late_len} bytes, its content {} bytes",
+                    late.len()
+                );
+            }
+            put(late_start, &late, &mut enc)?;
+            let mut pos = late_end;
+            let mut buf = vec![0u8; CHUNK];
+            while pos < total {
+                let n = (total - pos).min(CHUNK as u64) as usize;
+                layout
+                    .read_at(pos, &mut buf[..n])
+                    .context("reading the image's tail")?;
+                put(pos, &buf[..n], &mut enc)?;
+                pos += n as u64;
+            }
+            progress(total, total);
             let tee = enc
                 .finish()
                 .with_context(|| format!("finishing {}", zst_path.display()))?;
             let mut inner = tee.inner;
             inner.flush()?;
-            if pos != total {
-                return Err(anyhow!("the image stream ended at {pos} of {total} bytes"));
-            }
-            Ok((tee.count, hex::encode(tee.hash.finalize())))
+            Ok((measured, tee.count, hex::encode(tee.hash.finalize())))
         };
         let consumed = consume();
         drop(rx_main);
         let read = reader
             .join()
             .map_err(|_| anyhow!("the image reader thread failed"))?;
-        let image_sha = hasher
-            .join()
-            .map_err(|_| anyhow!("the hashing thread failed"))?;
         read?;
-        let (zst_size, zst_sha) = consumed?;
-        Ok((image_sha, zst_size, zst_sha))
+        consumed
     });
-    let (image_sha256, zst_size, zst_sha256) = result?;
+    let (measured, zst_size, zst_sha256) = result?;
 
     let zst = zst_file.commit()?;
     let raw = match raw_file {
@@ -191,14 +335,17 @@ pub fn write_image(
         }
         None => None,
     };
-    Ok(Outputs {
-        image_size: total,
-        image_sha256,
-        zst,
-        zst_size,
-        zst_sha256,
-        raw,
-    })
+    Ok((
+        Outputs {
+            image_size: total,
+            image_sha256: measured.image_sha256.clone(),
+            zst,
+            zst_size,
+            zst_sha256,
+            raw,
+        },
+        measured,
+    ))
 }
 
 #[cfg(test)]
@@ -229,17 +376,69 @@ mod tests {
         assert_eq!(zstd::decode_all(&one[..]).unwrap(), data);
     }
 
+    /// Partitions at 1-20 MiB and 20-35 MiB, the late region at 35-36 MiB.
+    fn spec(l: &Layout) -> ImageSpec<'_> {
+        ImageSpec {
+            layout: l,
+            partitions: vec![(1 << 20, 19 << 20), (20 << 20, 15 << 20)],
+            late: (35 << 20, 1 << 20),
+        }
+    }
+
+    fn late_bytes() -> Vec<u8> {
+        let mut v = vec![0u8; 1 << 20];
+        v[..5].copy_from_slice(b"late!");
+        v
+    }
+
     #[test]
     fn writes_zst_and_sparse_raw_identically_twice() {
         let d = tempfile::tempdir().unwrap();
         let l = sample();
         let mut calls = 0;
-        let a = write_image(&l, d.path(), "x", true, false, &mut |_, _| calls += 1).unwrap();
-        assert!(calls >= 40);
+        let mut seen = None;
+        let (a, m) = write_image(
+            &spec(&l),
+            d.path(),
+            "x",
+            true,
+            false,
+            &mut |m| {
+                seen = Some(m.clone());
+                Ok(late_bytes())
+            },
+            &mut |_, _| calls += 1,
+        )
+        .unwrap();
+        assert!(calls >= 35);
         let zst1 = std::fs::read(&a.zst).unwrap();
         let raw = std::fs::read(a.raw.as_ref().unwrap()).unwrap();
-        assert_eq!(raw, l.to_vec().unwrap());
-        assert_eq!(a.image_sha256, hex::encode(Sha256::digest(&raw)));
+        let described = l.to_vec().unwrap();
+        let mut want = described.clone();
+        want[35 << 20..36 << 20].copy_from_slice(&late_bytes());
+        assert_eq!(raw, want);
+        // The image digest is of the image with the late region as zeros.
+        assert_eq!(a.image_sha256, hex::encode(Sha256::digest(&described)));
+        assert_eq!(seen.unwrap().image_sha256, a.image_sha256);
+        assert_eq!(
+            m.partitions,
+            [
+                hex::encode(Sha256::digest(&described[1 << 20..20 << 20])),
+                hex::encode(Sha256::digest(&described[20 << 20..35 << 20])),
+            ]
+        );
+        // Block map: the noise (3-9 MiB) split at 4 MiB and at the 20 MiB boundary is not
+        // crossed; the tail's block; each digest is of those bytes.
+        let blocks: Vec<(u64, u64)> = m.ranges.iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(
+            blocks,
+            [(768, 1791), (1792, 2303), (7680, 7680)],
+            "{blocks:?}"
+        );
+        for r in &m.ranges {
+            let (s, e) = (r.first as usize * 4096, (r.last as usize + 1) * 4096);
+            assert_eq!(r.sha256, hex::encode(Sha256::digest(&described[s..e])));
+        }
         assert_eq!(a.zst_sha256, hex::encode(Sha256::digest(&zst1)));
         assert_eq!(zstd::decode_all(&zst1[..]).unwrap(), raw);
         // Content size is in the frame header.
@@ -247,7 +446,16 @@ mod tests {
             zstd::zstd_safe::get_frame_content_size(&zst1).unwrap(),
             Some(l.len())
         );
-        let b = write_image(&l, d.path(), "x", false, true, &mut |_, _| {}).unwrap();
+        let (b, _) = write_image(
+            &spec(&l),
+            d.path(),
+            "x",
+            false,
+            true,
+            &mut |_| Ok(late_bytes()),
+            &mut |_, _| {},
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&b.zst).unwrap(), zst1);
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -260,13 +468,44 @@ mod tests {
     }
 
     #[test]
-    fn unwritable_output_directory_is_an_error_without_files() {
+    fn late_content_of_the_wrong_size_or_failing_leaves_no_files() {
+        let d = tempfile::tempdir().unwrap();
+        let l = sample();
         let e = write_image(
-            &sample(),
+            &spec(&l),
+            d.path(),
+            "x",
+            true,
+            false,
+            &mut |_| Ok(vec![1u8; 10]),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("late region"), "{e:#}");
+        let e = write_image(
+            &spec(&l),
+            d.path(),
+            "x",
+            true,
+            false,
+            &mut |_| Err(anyhow!("no key")),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("no key"), "{e:#}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn unwritable_output_directory_is_an_error_without_files() {
+        let l = sample();
+        let e = write_image(
+            &spec(&l),
             Path::new("/proc/self/nope"),
             "x",
             false,
             false,
+            &mut |_| Ok(late_bytes()),
             &mut |_, _| {},
         )
         .unwrap_err();

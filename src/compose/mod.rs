@@ -10,6 +10,7 @@
 //! | 2048 – …         | `EFI`: FAT32 ESP (profile `esp_size`)     |
 //! | …                | `META`: 1 MiB Talos ADV                   |
 //! | …                | `metal-iso`: FAT with `config.yaml` (only with metal-iso delivery) |
+//! | …                | `edgeimage-manifest`: 1 MiB, the signed manifest (written last, see [`crate::artifact::manifest`]) |
 //! | last 33          | backup GPT                                |
 
 pub mod cpio;
@@ -36,6 +37,14 @@ use crate::config::delivery::METAL_ISO_LABEL;
 /// GPT type of the configuration partition: Microsoft basic data (a FAT filesystem).
 pub const TYPE_BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
 
+/// GPT type of the partition that carries the signed manifest: edgeimage's own type (UUID
+/// version 8 from SHA-256 of "edgeimage: signed manifest partition"), so that nothing mounts
+/// or claims it.
+pub const TYPE_MANIFEST: &str = "3258B288-CCD2-850D-9B84-E87EF83EC735";
+/// Label of that partition.
+pub const MANIFEST_LABEL: &str = "edgeimage-manifest";
+pub use crate::profile::MANIFEST_PART_SIZE;
+
 /// Where the metal-iso partition starts: after the ESP and META.
 pub fn metal_iso_offset(profile: &Profile) -> u64 {
     FIRST_OFFSET + profile.esp_size + META_SIZE
@@ -44,6 +53,8 @@ pub fn metal_iso_offset(profile: &Profile) -> u64 {
 /// A partition as placed in the image.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Placed {
+    /// GPT entry number (1-based).
+    pub number: u32,
     pub label: String,
     pub type_guid: String,
     pub guid: String,
@@ -53,8 +64,15 @@ pub struct Placed {
 
 /// The composed image.
 pub struct Composition {
+    /// The image, with the manifest partition unmapped (its content is made after the rest
+    /// has been hashed).
     pub layout: Layout,
+    /// Every partition in GPT order; the last is the manifest partition.
     pub partitions: Vec<Placed>,
+    /// The manifest partition (also the last of `partitions`).
+    pub manifest_partition: Placed,
+    /// The GPT disk GUID.
+    pub disk_guid: String,
     pub uki_size: u64,
     /// The extension layers packed into the initrd.
     pub layers: Vec<initramfs::LayerInfo>,
@@ -115,6 +133,13 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     if let Some(iso) = metal_iso {
         specs.push((METAL_ISO_LABEL, TYPE_BASIC_DATA, iso.len(), iso));
     }
+    let manifest_layout = Layout::new(MANIFEST_PART_SIZE);
+    specs.push((
+        MANIFEST_LABEL,
+        TYPE_MANIFEST,
+        MANIFEST_PART_SIZE,
+        &manifest_layout,
+    ));
     let mut parts = Vec::new();
     let mut placed = Vec::new();
     let mut offset = FIRST_OFFSET;
@@ -128,6 +153,7 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
             sectors: size / gpt::SECTOR,
         });
         placed.push(Placed {
+            number: placed.len() as u32 + 1,
             label: label.to_string(),
             type_guid: ty.to_string(),
             guid: gpt::guid_v8(&ns, label).to_string(),
@@ -140,8 +166,11 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     for (p, (_, _, _, content)) in placed.iter().zip(&specs) {
         layout.put_layout(p.offset, content)?;
     }
+    let manifest_partition = placed[placed.len() - 1].clone();
     Ok(Composition {
         layout,
+        manifest_partition,
+        disk_guid: gpt::guid_v8(&ns, gpt::DISK_LABEL).to_string(),
         partitions: placed,
         uki_size,
         layers,

@@ -1,0 +1,194 @@
+//! The trust store: which keys may sign the media a site accepts.
+//!
+//! A directory (the repository's `signing/`, or any copy of it on an installer stick):
+//!
+//! - `trusted/*.pub`: minisign public keys; every one is trusted.
+//! - `revoked` (optional): key IDs that are no longer trusted, one per line as minisign
+//!   prints them (16 hex digits); `#` starts a comment. A revoked key is refused even when
+//!   its `.pub` is still under `trusted/`, so revoking is one line and needs no deletion.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::sign::PublicKey;
+
+/// What the trust store says about a key ID.
+pub enum Lookup<'a> {
+    Trusted(&'a TrustedKey),
+    /// Listed in `revoked` (line number).
+    Revoked(usize),
+    Unknown,
+}
+
+pub struct TrustedKey {
+    pub key: PublicKey,
+    pub path: PathBuf,
+}
+
+pub struct TrustStore {
+    pub dir: PathBuf,
+    /// By key ID (uppercase hex).
+    keys: BTreeMap<String, TrustedKey>,
+    /// Key ID (uppercase hex) → line in `revoked`.
+    revoked: BTreeMap<String, usize>,
+}
+
+impl TrustStore {
+    /// Load `dir/trusted/*.pub` and `dir/revoked`. A store without keys is an error: nothing
+    /// could ever verify against it.
+    pub fn load(dir: &Path) -> Result<TrustStore> {
+        let trusted = dir.join("trusted");
+        let entries = fs::read_dir(&trusted).with_context(|| {
+            format!(
+                "cannot read the trust store's key directory {}: pass the directory that holds trusted/*.pub (and revoked) with --trust DIR",
+                trusted.display()
+            )
+        })?;
+        let mut paths = Vec::new();
+        for e in entries {
+            let e = e.with_context(|| format!("listing {}", trusted.display()))?;
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pub") {
+                paths.push(p);
+            }
+        }
+        paths.sort();
+        let mut keys: BTreeMap<String, TrustedKey> = BTreeMap::new();
+        for p in paths {
+            let key = PublicKey::load(&p)?;
+            let id = key.key_id_hex();
+            if let Some(other) = keys.get(&id) {
+                if other.key.key != key.key {
+                    bail!(
+                        "{} and {} both claim key ID {id} with different keys: remove the wrong one",
+                        other.path.display(),
+                        p.display()
+                    );
+                }
+                continue;
+            }
+            keys.insert(id, TrustedKey { key, path: p });
+        }
+        if keys.is_empty() {
+            bail!(
+                "the trust store {} holds no public keys (trusted/*.pub): add the release key's .pub file",
+                dir.display()
+            );
+        }
+        let revoked_path = dir.join("revoked");
+        let revoked = match fs::read_to_string(&revoked_path) {
+            Ok(text) => {
+                parse_revoked(&text).map_err(|e| anyhow!("{}: {e}", revoked_path.display()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", revoked_path.display())),
+        };
+        Ok(TrustStore {
+            dir: dir.to_path_buf(),
+            keys,
+            revoked,
+        })
+    }
+
+    /// What the store says about a key ID (as [`PublicKey::key_id_hex`] prints it).
+    pub fn lookup(&self, key_id: &str) -> Lookup<'_> {
+        let id = key_id.to_ascii_uppercase();
+        if let Some(line) = self.revoked.get(&id) {
+            return Lookup::Revoked(*line);
+        }
+        match self.keys.get(&id) {
+            Some(k) => Lookup::Trusted(k),
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Key IDs of the trusted keys (for messages).
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.keys().cloned().collect()
+    }
+}
+
+fn parse_revoked(text: &str) -> Result<BTreeMap<String, usize>> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.split('#').next().unwrap_or("").trim();
+        if t.is_empty() {
+            continue;
+        }
+        if t.len() != 16 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!(
+                "line {}: {t:?} is not a key ID (16 hex digits, as in the public key's comment line)",
+                i + 1
+            );
+        }
+        out.insert(t.to_ascii_uppercase(), i + 1);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::SecretKey;
+
+    fn store_with(keys: &[&SecretKey], revoked: Option<&str>) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("trusted")).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            fs::write(
+                d.path().join(format!("trusted/k{i}.pub")),
+                k.public().to_file_text(),
+            )
+            .unwrap();
+        }
+        if let Some(r) = revoked {
+            fs::write(d.path().join("revoked"), r).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn trusted_revoked_unknown() {
+        let (a, b, c) = (
+            SecretKey::generate().unwrap(),
+            SecretKey::generate().unwrap(),
+            SecretKey::generate().unwrap(),
+        );
+        let d = store_with(
+            &[&a, &b],
+            Some(&format!(
+                "# rotated out\n\n{}  # old\n",
+                b.key_id_hex().to_lowercase()
+            )),
+        );
+        let s = TrustStore::load(d.path()).unwrap();
+        assert!(matches!(s.lookup(&a.key_id_hex()), Lookup::Trusted(_)));
+        assert!(matches!(s.lookup(&b.key_id_hex()), Lookup::Revoked(3)));
+        assert!(matches!(s.lookup(&c.key_id_hex()), Lookup::Unknown));
+        assert_eq!(s.key_ids().len(), 2);
+    }
+
+    #[test]
+    fn bad_stores_are_refused_with_reasons() {
+        let d = tempfile::tempdir().unwrap();
+        let e = TrustStore::load(d.path()).err().unwrap().to_string();
+        assert!(e.contains("--trust DIR") && e.contains("trusted"), "{e}");
+        fs::create_dir(d.path().join("trusted")).unwrap();
+        let e = TrustStore::load(d.path()).err().unwrap().to_string();
+        assert!(e.contains("holds no public keys"), "{e}");
+        let a = SecretKey::generate().unwrap();
+        let d = store_with(&[&a], Some("not-a-key-id\n"));
+        let e = format!("{:#}", TrustStore::load(d.path()).err().unwrap());
+        assert!(
+            e.contains("revoked: line 1") && e.contains("16 hex digits"),
+            "{e}"
+        );
+        let d = store_with(&[&a], None);
+        fs::write(d.path().join("trusted/bad.pub"), "garbage\n").unwrap();
+        let e = format!("{:#}", TrustStore::load(d.path()).err().unwrap());
+        assert!(e.contains("bad.pub"), "{e}");
+    }
+}

@@ -1,0 +1,747 @@
+//! `edgeimage verify`: prove that an image, a compressed image, a manifest or a written disk
+//! holds exactly what a trusted key signed.
+//!
+//! Order of the checks, each with its own [`Outcome`] (and exit code):
+//!
+//! 1. find the manifest and its signature: inside the target (the manifest partition) for
+//!    images and disks, next to it (`<name>.manifest.json` + `.minisig`) for compressed images
+//!    and manifests, or the file given with `--manifest`; none, or no signature: *unsigned*;
+//! 2. the signing key: revoked in the trust store: *revoked key*; not in it: *unknown key*;
+//! 3. the signature (strict Ed25519 over the manifest's BLAKE2b-512, then the global
+//!    signature over the trusted comment), and the trusted comment naming the manifest's
+//!    profile, Talos version and build number: else *bad signature*;
+//! 4. `--min-build`: an older build number: *rollback*;
+//! 5. the content: every range of the block map read from the target and its SHA-256
+//!    compared (for compressed images also the compressed file's digest): *content mismatch*,
+//!    with partition, byte range, expected and actual digests; a target that cannot be read:
+//!    *unreadable target*.
+//!
+//! Only described ranges are read; a reader thread reads while the calling thread hashes.
+
+pub mod target;
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::artifact::manifest::{self, Manifest};
+use crate::artifact::windows::WindowHasher;
+use crate::progress::Progress;
+use crate::sign::Signature;
+use crate::trust::{Lookup, TrustStore};
+use target::{AlignedBuf, Kind, Source};
+
+/// How a verification ended. Each has its own exit code (see [`Outcome::exit_code`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Verified,
+    /// Something else went wrong (the trust store, a manifest this version cannot read).
+    Error,
+    Unsigned,
+    UnknownKey,
+    RevokedKey,
+    BadSignature,
+    ContentMismatch,
+    UnreadableTarget,
+    Rollback,
+}
+
+impl Outcome {
+    /// The process exit code `edgeimage verify` ends with.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Verified => 0,
+            Outcome::Error => 1,
+            Outcome::Unsigned => 3,
+            Outcome::UnknownKey => 4,
+            Outcome::RevokedKey => 5,
+            Outcome::BadSignature => 6,
+            Outcome::ContentMismatch => 7,
+            Outcome::UnreadableTarget => 8,
+            Outcome::Rollback => 9,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Outcome::Verified => "VERIFIED",
+            Outcome::Error => "ERROR",
+            Outcome::Unsigned => "UNSIGNED",
+            Outcome::UnknownKey => "UNKNOWN KEY",
+            Outcome::RevokedKey => "REVOKED KEY",
+            Outcome::BadSignature => "BAD SIGNATURE",
+            Outcome::ContentMismatch => "CONTENT MISMATCH",
+            Outcome::UnreadableTarget => "UNREADABLE",
+            Outcome::Rollback => "ROLLBACK",
+        }
+    }
+}
+
+/// What to verify against.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// The trust store directory (`trusted/*.pub`, `revoked`).
+    pub trust: PathBuf,
+    /// Refuse builds with a smaller build number.
+    pub min_build: Option<u64>,
+    /// Use this manifest (its signature next to it) instead of looking for one.
+    pub manifest: Option<PathBuf>,
+}
+
+/// One range whose bytes differ from the manifest's.
+#[derive(Clone, Debug, Serialize)]
+pub struct Mismatch {
+    /// `partition 1 (EFI)`, `the backup GPT`, …
+    pub place: String,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    pub expected: String,
+    /// `None`: the bytes are missing (the target is too short).
+    pub actual: Option<String>,
+}
+
+/// The result, for people (`verdict`, `details`) and machines (`--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub target: PathBuf,
+    pub kind: Option<Kind>,
+    pub outcome: Outcome,
+    pub exit_code: u8,
+    /// One line saying what was proven or what failed.
+    pub verdict: String,
+    /// Where the manifest came from.
+    pub manifest_source: Option<String>,
+    pub name: Option<String>,
+    pub build_number: Option<u64>,
+    pub talos_version: Option<String>,
+    pub key_id: Option<String>,
+    pub key_file: Option<PathBuf>,
+    /// Block-map ranges compared.
+    pub ranges_checked: u64,
+    /// Bytes read from the target for the comparison.
+    pub bytes_read: u64,
+    pub mismatches: Vec<Mismatch>,
+    pub seconds: f64,
+}
+
+impl Report {
+    /// Lines to print after the verdict (each mismatch).
+    pub fn details(&self) -> Vec<String> {
+        self.mismatches
+            .iter()
+            .map(|m| match &m.actual {
+                Some(a) => format!(
+                    "  {}: bytes {}-{}: expected sha256 {}, found {}",
+                    m.place,
+                    m.start,
+                    m.end - 1,
+                    m.expected,
+                    a
+                ),
+                None => format!(
+                    "  {}: bytes {}-{}: missing (expected sha256 {})",
+                    m.place,
+                    m.start,
+                    m.end - 1,
+                    m.expected
+                ),
+            })
+            .collect()
+    }
+}
+
+/// A manifest found for the target, with its signature text.
+struct Found {
+    bytes: Vec<u8>,
+    signature: Option<String>,
+    source: String,
+}
+
+enum Stop {
+    Outcome(Outcome, String),
+}
+
+impl From<(Outcome, String)> for Stop {
+    fn from((o, s): (Outcome, String)) -> Stop {
+        Stop::Outcome(o, s)
+    }
+}
+
+/// Verify `target`. Never fails: every failure is an [`Outcome`] in the report.
+pub fn verify(target: &Path, opts: &VerifyOptions, progress: &mut dyn Progress) -> Report {
+    let t0 = Instant::now();
+    let mut r = Report {
+        target: target.to_path_buf(),
+        kind: None,
+        outcome: Outcome::Error,
+        exit_code: 1,
+        verdict: String::new(),
+        manifest_source: None,
+        name: None,
+        build_number: None,
+        talos_version: None,
+        key_id: None,
+        key_file: None,
+        ranges_checked: 0,
+        bytes_read: 0,
+        mismatches: Vec::new(),
+        seconds: 0.0,
+    };
+    let (outcome, verdict) = match run(target, opts, progress, &mut r) {
+        Ok(v) => (Outcome::Verified, v),
+        Err(Stop::Outcome(o, v)) => (o, v),
+    };
+    progress.finish();
+    r.outcome = outcome;
+    r.exit_code = outcome.exit_code();
+    r.verdict = format!("{}: {}: {verdict}", outcome.word(), target.display());
+    r.seconds = t0.elapsed().as_secs_f64();
+    r
+}
+
+fn unreadable(e: impl std::fmt::Display) -> Stop {
+    Stop::Outcome(Outcome::UnreadableTarget, e.to_string())
+}
+
+fn run(
+    target: &Path,
+    opts: &VerifyOptions,
+    progress: &mut dyn Progress,
+    r: &mut Report,
+) -> Result<String, Stop> {
+    let kind = target::classify(target).map_err(|e| unreadable(format!("{e:#}")))?;
+    r.kind = Some(kind);
+    let store = TrustStore::load(&opts.trust)
+        .map_err(|e| Stop::Outcome(Outcome::Error, format!("{e:#}")))?;
+
+    progress.phase("reading the manifest");
+    let found = find_manifest(target, kind, opts.manifest.as_deref())?;
+    r.manifest_source = Some(found.source.clone());
+    let Some(sig_text) = &found.signature else {
+        return Err((
+            Outcome::Unsigned,
+            format!(
+                "the manifest ({}) has no signature: the build was not signed; sign it with `edgeimage build --sign-key` or `edgeimage sign`",
+                found.source
+            ),
+        )
+            .into());
+    };
+    let sig = Signature::parse(sig_text).map_err(|e| {
+        Stop::from((
+            Outcome::BadSignature,
+            format!("the signature of {} is unreadable: {e:#}", found.source),
+        ))
+    })?;
+    let key_id = sig.key_id_hex();
+    r.key_id = Some(key_id.clone());
+    let key = match store.lookup(&key_id) {
+        Lookup::Revoked(line) => {
+            return Err((
+                Outcome::RevokedKey,
+                format!(
+                    "signed by key {key_id}, which is revoked ({}, line {line})",
+                    store.dir.join("revoked").display()
+                ),
+            )
+                .into())
+        }
+        Lookup::Unknown => {
+            return Err((
+                Outcome::UnknownKey,
+                format!(
+                    "signed by key {key_id}, which is not in the trust store {} (trusted: {})",
+                    store.dir.join("trusted").display(),
+                    store.key_ids().join(", ")
+                ),
+            )
+                .into())
+        }
+        Lookup::Trusted(k) => k,
+    };
+    r.key_file = Some(key.path.clone());
+    sig.verify(&key.key, &found.bytes).map_err(|e| {
+        Stop::from((
+            Outcome::BadSignature,
+            format!(
+                "the signature by key {key_id} does not match the manifest ({}): {e}",
+                found.source
+            ),
+        ))
+    })?;
+    let m = Manifest::parse(&found.bytes, &found.source)
+        .map_err(|e| Stop::Outcome(Outcome::Error, format!("{e:#}")))?;
+    r.name = Some(m.name.clone());
+    r.build_number = Some(m.build_number);
+    r.talos_version = Some(m.talos_version.clone());
+    if sig.trusted_comment != m.trusted_comment() {
+        return Err((
+            Outcome::BadSignature,
+            format!(
+                "the signature's trusted comment {:?} does not name this manifest ({:?})",
+                sig.trusted_comment,
+                m.trusted_comment()
+            ),
+        )
+            .into());
+    }
+    if let Some(min) = opts.min_build {
+        if m.build_number < min {
+            return Err((
+                Outcome::Rollback,
+                format!(
+                    "{} build {} is older than the minimum build {min} (--min-build)",
+                    m.name, m.build_number
+                ),
+            )
+                .into());
+        }
+    }
+    let signed = format!(
+        "{} build {} (Talos {}, {}) signed by key {key_id} ({})",
+        m.name,
+        m.build_number,
+        m.talos_version,
+        m.arch,
+        key.path.display()
+    );
+
+    let what = match kind {
+        Kind::Manifest => {
+            let Some(a) = &m.artifact else {
+                return Ok(format!(
+                    "{signed}; the manifest describes no compressed file"
+                ));
+            };
+            let dir = target.parent().unwrap_or(Path::new("."));
+            let file = dir.join(&a.file);
+            if !file.exists() {
+                return Ok(format!(
+                    "{signed}; {} is not next to the manifest, so no content was checked (verify the image or disk itself)",
+                    a.file
+                ));
+            }
+            progress.phase("checking the compressed image");
+            check_compressed(&file, &m, progress, r)?;
+            format!("{} ({})", file.display(), Kind::Compressed.as_str())
+        }
+        Kind::Compressed => {
+            progress.phase("checking the compressed image");
+            check_compressed(target, &m, progress, r)?;
+            Kind::Compressed.as_str().to_string()
+        }
+        Kind::Image | Kind::Device => {
+            progress.phase("checking the image's ranges");
+            check_ranges(target, kind, &m, progress, r)?;
+            kind.as_str().to_string()
+        }
+    };
+    if !r.mismatches.is_empty() {
+        let first = &r.mismatches[0];
+        return Err((
+            Outcome::ContentMismatch,
+            format!(
+                "{signed}, but {} of {} ranges differ, first in {} at bytes {}-{}",
+                r.mismatches.len(),
+                m.block_map.ranges.len(),
+                first.place,
+                first.start,
+                first.end - 1
+            ),
+        )
+            .into());
+    }
+    Ok(format!(
+        "{signed}; {} ranges, {} read from the {what}, all match",
+        r.ranges_checked,
+        crate::progress::human_bytes(r.bytes_read)
+    ))
+}
+
+/// The manifest for `target`: `--manifest`, else inside the target, else next to it.
+fn find_manifest(target: &Path, kind: Kind, explicit: Option<&Path>) -> Result<Found, Stop> {
+    let sidecar = |m: &Path| -> Result<Found, Stop> {
+        let bytes = std::fs::read(m)
+            .map_err(|e| unreadable(format!("cannot read the manifest {}: {e}", m.display())))?;
+        let sig_path = PathBuf::from(format!("{}.minisig", m.display()));
+        let signature = match std::fs::read_to_string(&sig_path) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(unreadable(format!(
+                    "cannot read the signature {}: {e}",
+                    sig_path.display()
+                )))
+            }
+        };
+        Ok(Found {
+            bytes,
+            signature,
+            source: m.display().to_string(),
+        })
+    };
+    if let Some(m) = explicit {
+        return sidecar(m);
+    }
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let next_to = |suffix: &str| -> Option<PathBuf> {
+        let stem = name.strip_suffix(suffix)?;
+        let p = target.with_file_name(format!("{stem}.manifest.json"));
+        p.exists().then_some(p)
+    };
+    match kind {
+        Kind::Manifest => sidecar(target),
+        Kind::Compressed => match next_to(".raw.zst").or_else(|| next_to(".zst")) {
+            Some(p) => sidecar(&p),
+            None => embedded_in_compressed(target),
+        },
+        Kind::Image | Kind::Device => match embedded_in_disk(target, kind) {
+            Ok(f) => Ok(f),
+            Err(Stop::Outcome(Outcome::Unsigned, why)) => match next_to(".raw") {
+                Some(p) => sidecar(&p),
+                None => Err((Outcome::Unsigned, why).into()),
+            },
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Locate the manifest partition through the GPT in `head` (the first bytes of the disk).
+fn manifest_location(head: &[u8], what: &str) -> Result<(u64, u64), Stop> {
+    let no_manifest = |why: String| -> Stop {
+        (
+            Outcome::Unsigned,
+            format!("{what}: no edgeimage manifest: {why}; pass the manifest with --manifest FILE if you have it"),
+        )
+            .into()
+    };
+    let entries = target::gpt_entries(head).map_err(|e| no_manifest(format!("{e:#}")))?;
+    let ty: uuid::Uuid = crate::compose::TYPE_MANIFEST
+        .parse()
+        .map_err(|_| no_manifest("bad type constant".into()))?;
+    let e = entries
+        .iter()
+        .find(|e| e.type_guid == ty)
+        .or_else(|| {
+            entries
+                .iter()
+                .find(|e| e.label == crate::compose::MANIFEST_LABEL)
+        })
+        .ok_or_else(|| {
+            no_manifest(format!(
+                "the partition table has no {} partition",
+                crate::compose::MANIFEST_LABEL
+            ))
+        })?;
+    if e.last_lba < e.first_lba {
+        return Err(no_manifest("its partition entry is damaged".into()));
+    }
+    let size = ((e.last_lba - e.first_lba + 1) * 512).min(manifest::MAX_PARTITION_READ);
+    Ok((e.first_lba * 512, size))
+}
+
+fn decode(data: &[u8], what: &str) -> Result<Found, Stop> {
+    let emb = manifest::decode_partition(data, what)
+        .map_err(|e| Stop::from((Outcome::Unsigned, format!("{e:#}"))))?;
+    Ok(Found {
+        bytes: emb.manifest,
+        signature: emb.signature,
+        source: format!("the manifest inside {what}"),
+    })
+}
+
+fn embedded_in_disk(target: &Path, kind: Kind) -> Result<Found, Stop> {
+    let src = Source::open(target, kind).map_err(|e| unreadable(format!("{e:#}")))?;
+    let what = target.display().to_string();
+    let head_len = (64 << 10).min(src.size) as usize;
+    let head = src
+        .read_vec(0, head_len)
+        .map_err(|e| unreadable(format!("reading the partition table of {what}: {e}")))?;
+    let (off, size) = manifest_location(&head, &what)?;
+    if off + size > src.size {
+        return Err((
+            Outcome::ContentMismatch,
+            format!(
+                "the manifest partition (bytes {off}-{}) lies past the end of {what} ({} bytes): the image is truncated",
+                off + size - 1,
+                src.size
+            ),
+        )
+            .into());
+    }
+    let data = src
+        .read_vec(off, size as usize)
+        .map_err(|e| unreadable(format!("reading the manifest partition of {what}: {e}")))?;
+    decode(&data, &what)
+}
+
+fn zstd_reader(path: &Path) -> Result<zstd::Decoder<'static, io::BufReader<File>>, Stop> {
+    let f =
+        File::open(path).map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
+    zstd::Decoder::new(f).map_err(|e| unreadable(format!("{}: {e}", path.display())))
+}
+
+fn embedded_in_compressed(target: &Path) -> Result<Found, Stop> {
+    let what = target.display().to_string();
+    let damaged = |e: io::Error| -> Stop {
+        (
+            Outcome::ContentMismatch,
+            format!("{what}: the compressed image is damaged: {e}"),
+        )
+            .into()
+    };
+    let mut dec = zstd_reader(target)?;
+    let head = target::read_prefix(&mut dec, 64 << 10).map_err(damaged)?;
+    let (off, size) = manifest_location(&head, &what)?;
+    let skip = off - head.len() as u64;
+    let skipped = io::copy(&mut (&mut dec).take(skip), &mut io::sink()).map_err(damaged)?;
+    let data = target::read_prefix(&mut dec, size as usize).map_err(damaged)?;
+    if skipped < skip || (data.len() as u64) < size {
+        return Err((
+            Outcome::ContentMismatch,
+            format!("{what}: the compressed image ends before its manifest partition: truncated"),
+        )
+            .into());
+    }
+    decode(&data, &what)
+}
+
+/// The block map's ranges as byte windows.
+fn windows(m: &Manifest) -> Vec<(u64, u64)> {
+    m.block_map.ranges.iter().map(|r| m.byte_range(r)).collect()
+}
+
+/// Compare what the window hasher measured with the manifest.
+fn compare(m: &Manifest, sums: Vec<String>, present_until: u64, r: &mut Report) {
+    for (range, got) in m.block_map.ranges.iter().zip(sums) {
+        let (a, b) = m.byte_range(range);
+        if b > present_until {
+            r.mismatches.push(Mismatch {
+                place: m.place_of(a),
+                start: a,
+                end: b,
+                expected: range.sha256.clone(),
+                actual: None,
+            });
+        } else {
+            r.ranges_checked += 1;
+            if got != range.sha256 {
+                r.mismatches.push(Mismatch {
+                    place: m.place_of(a),
+                    start: a,
+                    end: b,
+                    expected: range.sha256.clone(),
+                    actual: Some(got),
+                });
+            }
+        }
+    }
+}
+
+/// Read every range from an image file or a block device (reader thread) and hash it (this
+/// thread).
+fn check_ranges(
+    target: &Path,
+    kind: Kind,
+    m: &Manifest,
+    progress: &mut dyn Progress,
+    r: &mut Report,
+) -> Result<(), Stop> {
+    let src = Source::open(target, kind).map_err(|e| unreadable(format!("{e:#}")))?;
+    let wins = windows(m);
+    // What the target is too short to hold is missing, not unreadable.
+    let present_until = src.size.min(m.image.size);
+    let to_read: Vec<(u64, u64)> = wins
+        .iter()
+        .copied()
+        .filter(|&(_, b)| b <= present_until)
+        .collect();
+    let total: u64 = to_read.iter().map(|(a, b)| b - a).sum();
+    const PIECE: u64 = 4 << 20;
+    let (tx, rx) = sync_channel::<(u64, AlignedBuf)>(4);
+    let (back_tx, back_rx) = sync_channel::<AlignedBuf>(6);
+    for _ in 0..5 {
+        let _ = back_tx.send(AlignedBuf::new(PIECE as usize));
+    }
+    let src_ref = &src;
+    let result = std::thread::scope(|s| {
+        let reader = s.spawn(move || -> io::Result<()> {
+            for (a, b) in to_read {
+                let mut pos = a;
+                while pos < b {
+                    let n = (b - pos).min(PIECE) as usize;
+                    let mut buf = match back_rx.recv() {
+                        Ok(b) => b,
+                        Err(_) => return Ok(()),
+                    };
+                    src_ref.read_at(&mut buf, pos, n)?;
+                    if tx.send((pos, buf)).is_err() {
+                        return Ok(());
+                    }
+                    pos += n as u64;
+                }
+            }
+            Ok(())
+        });
+        let mut hasher = WindowHasher::new(wins.clone());
+        let mut done = 0u64;
+        for (pos, buf) in rx {
+            hasher.update(pos, buf.as_slice());
+            done += buf.as_slice().len() as u64;
+            progress.bytes(done, total);
+            let _ = back_tx.send(buf);
+        }
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the reader thread failed")));
+        (hasher.finish(), done, read)
+    });
+    let (sums, done, read) = result;
+    r.bytes_read = done;
+    read.map_err(|e| unreadable(format!("reading {}: {e}", target.display())))?;
+    compare(m, sums, present_until, r);
+    Ok(())
+}
+
+/// A reader that hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decompress a `.raw.zst` (reader thread) and hash the block map's ranges (this thread);
+/// the compressed file's own digest is checked when the manifest describes it.
+fn check_compressed(
+    path: &Path,
+    m: &Manifest,
+    progress: &mut dyn Progress,
+    r: &mut Report,
+) -> Result<(), Stop> {
+    let f =
+        File::open(path).map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
+    let wins = windows(m);
+    let last_needed = wins.last().map_or(0, |w| w.1);
+    let total = m.image.size;
+    let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(4);
+    let result = std::thread::scope(|s| {
+        let reader = s.spawn(move || -> io::Result<(u64, String, u64)> {
+            let mut hr = HashingReader {
+                inner: f,
+                hash: Sha256::new(),
+                count: 0,
+            };
+            let mut pos = 0u64;
+            {
+                // The decoder buffers above the hashing reader: every byte of the file
+                // passes the hash exactly once.
+                let mut dec = zstd::Decoder::new(&mut hr)?;
+                loop {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let n = crate::layout::read_up_to(&mut dec, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.truncate(n);
+                    let at = pos;
+                    pos += n as u64;
+                    if at < last_needed && tx.send((at, buf)).is_err() {
+                        break;
+                    }
+                }
+            }
+            // The rest of the compressed file (the digest covers every byte of it).
+            io::copy(&mut hr, &mut io::sink())?;
+            Ok((pos, hex::encode(hr.hash.finalize()), hr.count))
+        });
+        let mut hasher = WindowHasher::new(wins.clone());
+        for (pos, buf) in rx {
+            hasher.update(pos, &buf);
+            progress.bytes(pos + buf.len() as u64, total);
+        }
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the decompressing thread failed")));
+        (hasher.finish(), read)
+    });
+    let (sums, read) = result;
+    let (len, zsha, zlen) = match read {
+        Ok(v) => v,
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                || e.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            return Err(unreadable(format!("reading {}: {e}", path.display())))
+        }
+        Err(e) => {
+            return Err((
+                Outcome::ContentMismatch,
+                format!("{}: the compressed image is damaged: {e}", path.display()),
+            )
+                .into())
+        }
+    };
+    r.bytes_read = zlen;
+    if let Some(a) = &m.artifact {
+        if a.size != zlen || a.sha256 != zsha {
+            r.mismatches.push(Mismatch {
+                place: format!("the compressed file {}", path.display()),
+                start: 0,
+                end: zlen.max(1),
+                expected: format!("{} ({} bytes)", a.sha256, a.size),
+                actual: Some(format!("{zsha} ({zlen} bytes)")),
+            });
+        }
+    }
+    if len != m.image.size {
+        return Err((
+            Outcome::ContentMismatch,
+            format!(
+                "{} decompresses to {len} bytes, the manifest says {}",
+                path.display(),
+                m.image.size
+            ),
+        )
+            .into());
+    }
+    compare(m, sums, len, r);
+    Ok(())
+}
+
+/// Every outcome's exit code and name, in code order (for help texts and documentation).
+pub fn exit_code_table() -> Vec<(u8, &'static str)> {
+    [
+        Outcome::Verified,
+        Outcome::Error,
+        Outcome::Unsigned,
+        Outcome::UnknownKey,
+        Outcome::RevokedKey,
+        Outcome::BadSignature,
+        Outcome::ContentMismatch,
+        Outcome::UnreadableTarget,
+        Outcome::Rollback,
+    ]
+    .into_iter()
+    .map(|o| (o.exit_code(), o.word()))
+    .collect()
+}
