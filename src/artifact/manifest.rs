@@ -240,6 +240,13 @@ impl Manifest {
         let mut next = 0u64;
         let mut count = 0u64;
         for (i, r) in bm.ranges.iter().enumerate() {
+            if r.last.saturating_sub(r.first) >= MAX_RANGE_BLOCKS {
+                bail!(
+                    "block_map.ranges[{i}] ({}-{}) spans more than {MAX_RANGE_BLOCKS} blocks",
+                    r.first,
+                    r.last
+                );
+            }
             if r.first < next || r.last < r.first || r.last >= blocks {
                 bail!(
                     "block_map.ranges[{i}] ({}-{}) is out of order, overlapping or past the image's {blocks} blocks",

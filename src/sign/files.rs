@@ -142,10 +142,13 @@ pub fn generate_key_pair(
             dir.display()
         ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            bail!(
-                "key directory {} does not exist: create it first",
-                dir.display()
-            )
+            // Created private: it is where a secret key lives.
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating the key directory {}", dir.display()))?;
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", dir.display()))),
     }

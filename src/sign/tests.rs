@@ -750,13 +750,15 @@ fn key_pair_files() {
     validate_key_name(&"n".repeat(64)).unwrap();
     validate_key_name("A").unwrap();
 
-    // Missing directory.
-    let msg = err_text(generate_key_pair(
-        &d.path().join("nope"),
-        "k",
-        None,
-        Kdf::Interactive,
-        false,
-    ));
-    assert!(msg.contains("does not exist: create it first"), "{msg}");
+    // A missing directory is created, private.
+    let fresh = d.path().join("new/keys");
+    generate_key_pair(&fresh, "k", None, Kdf::Interactive, false).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    // A file where the directory should be.
+    let file = d.path().join("plain");
+    fs::write(&file, "x").unwrap();
+    let msg = err_text(generate_key_pair(&file, "k", None, Kdf::Interactive, false));
+    assert!(msg.contains("is not a directory"), "{msg}");
 }

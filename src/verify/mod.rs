@@ -549,8 +549,8 @@ fn compare(m: &Manifest, sums: Vec<String>, present_until: u64, r: &mut Report) 
     }
 }
 
-/// Read every range from an image file or a block device (reader thread) and hash it (this
-/// thread).
+/// Read every range from an image file or a block device (a reader thread, one range per
+/// read) and hash the ranges on every core while the next ones are read.
 fn check_ranges(
     target: &Path,
     kind: Kind,
@@ -562,52 +562,68 @@ fn check_ranges(
     let wins = windows(m);
     // What the target is too short to hold is missing, not unreadable.
     let present_until = src.size.min(m.image.size);
-    let to_read: Vec<(u64, u64)> = wins
+    let to_read: Vec<(usize, u64, u64)> = wins
         .iter()
-        .copied()
-        .filter(|&(_, b)| b <= present_until)
+        .enumerate()
+        .filter(|(_, &(_, b))| b <= present_until)
+        .map(|(i, &(a, b))| (i, a, b))
         .collect();
-    let total: u64 = to_read.iter().map(|(a, b)| b - a).sum();
-    const PIECE: u64 = 4 << 20;
-    let (tx, rx) = sync_channel::<(u64, AlignedBuf)>(4);
-    let (back_tx, back_rx) = sync_channel::<AlignedBuf>(6);
-    for _ in 0..5 {
-        let _ = back_tx.send(AlignedBuf::new(PIECE as usize));
+    let total: u64 = to_read.iter().map(|(_, a, b)| b - a).sum();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let piece = (manifest::MAX_RANGE_BLOCKS * manifest::BLOCK_SIZE) as usize;
+    let (tx, rx) = sync_channel::<(usize, AlignedBuf)>(workers + 1);
+    let rx = std::sync::Mutex::new(rx);
+    let (back_tx, back_rx) = sync_channel::<AlignedBuf>(2 * workers + 2);
+    for _ in 0..2 * workers + 2 {
+        let _ = back_tx.send(AlignedBuf::new(piece));
     }
+    let (sum_tx, sum_rx) = std::sync::mpsc::channel::<(usize, String, u64)>();
     let src_ref = &src;
-    let result = std::thread::scope(|s| {
+    let rx_ref = &rx;
+    let mut sums = vec![String::new(); wins.len()];
+    let mut done = 0u64;
+    let read = std::thread::scope(|s| {
         let reader = s.spawn(move || -> io::Result<()> {
-            for (a, b) in to_read {
-                let mut pos = a;
-                while pos < b {
-                    let n = (b - pos).min(PIECE) as usize;
-                    let mut buf = match back_rx.recv() {
-                        Ok(b) => b,
-                        Err(_) => return Ok(()),
-                    };
-                    src_ref.read_at(&mut buf, pos, n)?;
-                    if tx.send((pos, buf)).is_err() {
-                        return Ok(());
-                    }
-                    pos += n as u64;
+            for (i, a, b) in to_read {
+                let Ok(mut buf) = back_rx.recv() else {
+                    return Ok(());
+                };
+                src_ref.read_at(&mut buf, a, (b - a) as usize)?;
+                if tx.send((i, buf)).is_err() {
+                    return Ok(());
                 }
             }
             Ok(())
         });
-        let mut hasher = WindowHasher::new(wins.clone());
-        let mut done = 0u64;
-        for (pos, buf) in rx {
-            hasher.update(pos, buf.as_slice());
-            done += buf.as_slice().len() as u64;
-            progress.bytes(done, total);
-            let _ = back_tx.send(buf);
+        for _ in 0..workers {
+            let sum_tx = sum_tx.clone();
+            let back_tx = back_tx.clone();
+            s.spawn(move || loop {
+                let next = match rx_ref.lock() {
+                    Ok(g) => g.recv(),
+                    Err(_) => return,
+                };
+                let Ok((i, buf)) = next else { return };
+                let data = buf.as_slice();
+                let sum = hex::encode(Sha256::digest(data));
+                let n = data.len() as u64;
+                let _ = back_tx.send(buf);
+                if sum_tx.send((i, sum, n)).is_err() {
+                    return;
+                }
+            });
         }
-        let read = reader
+        drop(sum_tx);
+        drop(back_tx);
+        for (i, sum, n) in sum_rx {
+            sums[i] = sum;
+            done += n;
+            progress.bytes(done, total);
+        }
+        reader
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the reader thread failed")));
-        (hasher.finish(), done, read)
+            .unwrap_or_else(|_| Err(io::Error::other("the reader thread failed")))
     });
-    let (sums, done, read) = result;
     r.bytes_read = done;
     read.map_err(|e| unreadable(format!("reading {}: {e}", target.display())))?;
     compare(m, sums, present_until, r);

@@ -102,20 +102,24 @@ fn write_assets(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "usage: cargo xtask bench build|verify [--runs N]";
+
 pub fn main(args: &[String]) -> Result<()> {
     if let [sub, dir] = args {
         if sub == "_assets" {
             return write_assets(Path::new(dir));
         }
+        if sub == "_verify_assets" {
+            return write_verify_assets(Path::new(dir));
+        }
+    }
+    if args.first().map(String::as_str) == Some("verify") {
+        return verify(runs_of(&args[1..])?);
     }
     if args.first().map(String::as_str) != Some("build") {
-        bail!("usage: cargo xtask bench build [--runs N]");
+        bail!("{USAGE}");
     }
-    let runs: usize = match args.get(1..) {
-        Some([flag, n]) if flag == "--runs" => n.parse().context("--runs N")?,
-        Some([]) | None => 3,
-        _ => bail!("usage: cargo xtask bench build [--runs N]"),
-    };
+    let runs = runs_of(&args[1..])?;
     let work = util::target_dir().join("bench");
     let _ = fs::remove_dir_all(&work);
     let assets = work.join("assets");
@@ -250,6 +254,189 @@ pub fn main(args: &[String]) -> Result<()> {
             u.wall,
             u.cpu,
             u.max_rss_kib as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn runs_of(args: &[String]) -> Result<usize> {
+    match args {
+        [flag, n] if flag == "--runs" => n.parse().context("--runs N"),
+        [] => Ok(3),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// Assets for the verify benchmark: about 600 MB of incompressible data (a 100 MiB kernel and
+/// a 472 MiB initramfs), so the UKI fills 600 MB of a 2 GiB image.
+fn write_verify_assets(dir: &Path) -> Result<()> {
+    synthetic::write_asset_set(
+        dir,
+        Arch::Amd64,
+        Sizes {
+            kernel: 100 << 20,
+            initramfs: 472 << 20,
+        },
+    )?;
+    Ok(())
+}
+
+/// Try to empty the page cache (needs root and a writable /proc/sys); says whether it did.
+fn drop_caches() -> bool {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+/// `cargo xtask bench verify`: `edgeimage verify` of a signed 2 GiB image holding ~600 MB of
+/// data (as a file, as a loop device, compressed) against `sha256sum` of the whole image and
+/// against just reading the mapped bytes once (`dd` of the UKI's extent).
+fn verify(runs: usize) -> Result<()> {
+    let work = util::target_dir().join("bench-verify");
+    let _ = fs::remove_dir_all(&work);
+    let assets = work.join("assets");
+    util::run(
+        Command::new(std::env::current_exe()?)
+            .args(["bench", "_verify_assets"])
+            .arg(&assets),
+    )?;
+    let pin = |n: &str| sha256_file(&assets.join(n));
+    let profile = work.join("bench.toml");
+    fs::write(
+        &profile,
+        format!(
+            "name = \"bench\"\narch = \"amd64\"\ntalos_version = \"v1.12.5\"\ndisk_size = \"2110MiB\"\n\
+             build_number = 1\n[assets]\nsource = \"assets\"\nkernel = {{ sha256 = \"{}\" }}\n\
+             initramfs = {{ sha256 = \"{}\" }}\nsystemd_boot = {{ sha256 = \"{}\" }}\n\
+             systemd_stub = {{ sha256 = \"{}\" }}\n",
+            pin("vmlinuz")?,
+            pin("initramfs.xz")?,
+            pin("systemd-boot.efi")?,
+            pin("systemd-stub.efi")?,
+        ),
+    )?;
+    let bin = util::edgeimage_bin()?;
+    let keys = work.join("keys");
+    util::run(
+        Command::new(&bin)
+            .args([
+                "key",
+                "generate",
+                "--name",
+                "bench",
+                "--unencrypted",
+                "--out",
+            ])
+            .arg(&keys),
+    )?;
+    let trust = work.join("trust");
+    fs::create_dir_all(trust.join("trusted"))?;
+    fs::copy(keys.join("bench.pub"), trust.join("trusted/bench.pub"))?;
+    let out = work.join("out");
+    util::run(
+        Command::new(&bin)
+            .args(["build", "-q", "--raw", "--profile"])
+            .arg(&profile)
+            .arg("--out")
+            .arg(&out)
+            .arg("--sign-key")
+            .arg(keys.join("bench.key"))
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    )?;
+    let raw = out.join("bench.raw");
+    let zst = out.join("bench.raw.zst");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("bench.manifest.json"))?)?;
+    let ranges = manifest["block_map"]["ranges"]
+        .as_array()
+        .context("block map")?;
+    let mapped: u64 = ranges
+        .iter()
+        .map(|r| {
+            let f = r["first"].as_u64().unwrap_or(0);
+            let l = r["last"].as_u64().unwrap_or(0);
+            (l - f + 1) * 4096
+        })
+        .sum();
+    let image_size = manifest["image"]["size"].as_u64().unwrap_or(0);
+    // The UKI is one contiguous extent in the ESP: read the mapped bytes' span once with dd.
+    let first = ranges
+        .iter()
+        .filter_map(|r| r["first"].as_u64())
+        .filter(|&f| f >= 256)
+        .min()
+        .unwrap_or(0);
+    let loopdev = Command::new("losetup")
+        .args(["-f", "--show", "-r"])
+        .arg(&raw)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let cold = drop_caches();
+    let mut rows: Vec<(String, Usage)> = Vec::new();
+    let mut cases: Vec<(String, Command)> = Vec::new();
+    let verify_cmd = |target: &Path| {
+        let mut c = Command::new(&bin);
+        c.args(["verify", "-q", "--trust"]).arg(&trust).arg(target);
+        c
+    };
+    cases.push(("edgeimage verify bench.raw".into(), verify_cmd(&raw)));
+    if let Some(l) = &loopdev {
+        cases.push((
+            "edgeimage verify /dev/loopN (O_DIRECT)".into(),
+            verify_cmd(Path::new(l)),
+        ));
+    }
+    cases.push(("edgeimage verify bench.raw.zst".into(), verify_cmd(&zst)));
+    let mut sha = tool("sha256sum")?;
+    sha.arg(&raw);
+    cases.push(("sha256sum bench.raw (whole image)".into(), sha));
+    let mut dd = tool("dd")?;
+    dd.arg(format!("if={}", raw.display()))
+        .arg("of=/dev/null")
+        .arg("bs=4M")
+        .arg(format!("skip={}", first * 4096))
+        .arg(format!("count={mapped}"))
+        .arg("iflag=skip_bytes,count_bytes")
+        .arg("status=none");
+    cases.push((
+        "dd of the mapped bytes to /dev/null (reading only)".into(),
+        dd,
+    ));
+    for (label, mut c) in cases {
+        let mut best: Option<Usage> = None;
+        for _ in 0..runs {
+            if cold {
+                drop_caches();
+            }
+            let u = measure(&mut c)?;
+            if best.is_none_or(|b| u.wall < b.wall) {
+                best = Some(u);
+            }
+        }
+        rows.push((label, best.unwrap_or_default()));
+    }
+    if let Some(l) = &loopdev {
+        let _ = Command::new("losetup").arg("-d").arg(l).status();
+    }
+    println!(
+        "\nImage: {} MiB, {} mapped ranges holding {} MiB; best of {runs} runs; {} cores; page cache {}.\n",
+        image_size >> 20,
+        ranges.len(),
+        mapped >> 20,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if cold { "dropped before every run" } else { "warm (dropping it needs root)" }
+    );
+    println!("| command | wall s | CPU s | peak RSS MiB | MB/s of mapped data |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, u) in &rows {
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.0} | {:.0} |",
+            u.wall,
+            u.cpu,
+            u.max_rss_kib as f64 / 1024.0,
+            mapped as f64 / 1e6 / u.wall
         );
     }
     Ok(())

@@ -15,12 +15,15 @@ usage: cargo xtask <command> [options]
 commands:
   e2e     boot the image `edgeimage build` makes in QEMU/OVMF and check what it boots
           (run `cargo xtask e2e --help` for its options)
-  demo    build the demo profile from a synthetic (not bootable) asset set and inspect it
+  demo    build and sign the demo profile from a synthetic (not bootable) asset set, inspect
+          and verify it
   media   --profile NAME|FILE | --all: build profiles into target/media/
   test    the test command: fmt, clippy, all tests, then the e2e boot test
           (--no-e2e to leave the boot test out)
   bench   build: time, CPU and peak memory of `edgeimage build` vs sgdisk/mkfs.fat/mtools/
           objcopy/zstd on the same inputs (--runs N)
+          verify: `edgeimage verify` of a 2 GiB image with 600 MB of data (file, loop
+          device, .zst) vs sha256sum of the image and a plain read of the data (--runs N)
   dist    (not implemented yet)
 ";
 

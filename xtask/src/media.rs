@@ -33,17 +33,53 @@ pub fn demo_assets() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn build(bin: &PathBuf, profile: &PathBuf, out: &PathBuf) -> Result<()> {
+fn build(bin: &PathBuf, profile: &PathBuf, out: &PathBuf, key: Option<&PathBuf>) -> Result<()> {
     let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| DEFAULT_EPOCH.into());
-    util::run(
-        Command::new(bin)
-            .arg("build")
-            .arg("--profile")
-            .arg(profile)
-            .arg("--out")
-            .arg(out)
-            .env("SOURCE_DATE_EPOCH", epoch),
-    )
+    let mut c = Command::new(bin);
+    c.arg("build")
+        .arg("--profile")
+        .arg(profile)
+        .arg("--out")
+        .arg(out)
+        .env("SOURCE_DATE_EPOCH", epoch);
+    if let Some(k) = key {
+        c.arg("--sign-key").arg(k);
+    }
+    util::run(&mut c)
+}
+
+/// The demo's signing key (`target/demo-keys/demo.key`, unencrypted, made once) and a trust
+/// store holding its public key (`target/demo-trust/trusted/demo.pub`). A release key is
+/// made the same way, with a passphrase, and kept offline.
+fn demo_key(bin: &PathBuf) -> Result<(PathBuf, PathBuf)> {
+    let keys = util::target_dir().join("demo-keys");
+    let key = keys.join("demo.key");
+    let public = keys.join("demo.pub");
+    if !key.exists() || !public.exists() {
+        println!(
+            "== edgeimage key generate --name demo --out {} --unencrypted",
+            keys.display()
+        );
+        util::run(
+            Command::new(bin)
+                .args([
+                    "key",
+                    "generate",
+                    "--name",
+                    "demo",
+                    "--unencrypted",
+                    "--force",
+                    "--out",
+                ])
+                .arg(&keys),
+        )?;
+    }
+    let trust = util::target_dir().join("demo-trust");
+    std::fs::create_dir_all(trust.join("trusted"))
+        .with_context(|| format!("creating {}", trust.display()))?;
+    std::fs::copy(&public, trust.join("trusted/demo.pub"))
+        .with_context(|| format!("copying {} into {}", public.display(), trust.display()))?;
+    Ok((key, trust))
 }
 
 pub fn demo(args: &[String]) -> Result<()> {
@@ -56,16 +92,30 @@ pub fn demo(args: &[String]) -> Result<()> {
         assets.display()
     );
     let bin = util::edgeimage_bin()?;
+    let (key, trust) = demo_key(&bin)?;
     let out = util::target_dir().join("media");
     let profile = util::workspace().join("profiles/demo.toml");
     println!(
-        "== edgeimage build --profile profiles/demo.toml --out {}",
-        out.display()
+        "== edgeimage build --profile profiles/demo.toml --out {} --sign-key {}",
+        out.display(),
+        key.display()
     );
-    build(&bin, &profile, &out)?;
+    build(&bin, &profile, &out, Some(&key))?;
     let image = out.join("demo.raw.zst");
     println!("\n== edgeimage inspect {}", image.display());
     util::run(Command::new(&bin).arg("inspect").arg(&image))?;
+    println!(
+        "\n== edgeimage verify {} --trust {}",
+        image.display(),
+        trust.display()
+    );
+    util::run(
+        Command::new(&bin)
+            .arg("verify")
+            .arg(&image)
+            .arg("--trust")
+            .arg(&trust),
+    )?;
     println!(
         "\nThe demo image uses synthetic assets and does not boot. `cargo xtask e2e` boots a real one;\n\
          the README says how to point a profile at real Talos assets."
@@ -96,7 +146,7 @@ pub fn media(args: &[String]) -> Result<()> {
     let mut failed = Vec::new();
     for p in &profiles {
         println!("== {}", p.display());
-        if let Err(e) = build(&bin, p, &out) {
+        if let Err(e) = build(&bin, p, &out, None) {
             eprintln!("   failed: {e:#}");
             failed.push(p.display().to_string());
         }
