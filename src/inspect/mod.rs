@@ -31,6 +31,25 @@ pub struct Inspection {
     pub schematic_id: Option<String>,
     /// How the machine configuration is delivered, and what is safe to show of it.
     pub config: Option<ConfigReport>,
+    /// What the manifest partition says (not verified here: `edgeimage verify` does that).
+    pub manifest: Option<ManifestSummary>,
+}
+
+/// The manifest carried inside the image.
+#[derive(Debug, Serialize)]
+pub struct ManifestSummary {
+    pub name: Option<String>,
+    pub build_number: Option<u64>,
+    pub talos_version: Option<String>,
+    /// Block-map ranges and the bytes they cover.
+    pub ranges: Option<usize>,
+    pub mapped_bytes: Option<u64>,
+    /// Key ID of the signature, `None` when unsigned.
+    pub signed_by: Option<String>,
+    pub trusted_comment: Option<String>,
+    /// Why the manifest could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One extension layer.
@@ -231,6 +250,10 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         .map(|l| l.version.clone());
     let config = config_of(&file, &partitions, uki.as_ref(), &layers)
         .with_context(|| format!("{}: reading the machine configuration", path.display()))?;
+    let manifest = partitions
+        .iter()
+        .find(|p| p.label == crate::compose::MANIFEST_LABEL)
+        .map(|p| manifest_of(&file, p));
     // The inline configuration is the configuration itself: never shown.
     let mut uki = uki;
     if let Some(u) = uki.as_mut() {
@@ -252,7 +275,59 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         layers,
         schematic_id,
         config,
+        manifest,
     })
+}
+
+/// Read the manifest partition: never fatal (a damaged one is reported as a note).
+fn manifest_of(file: &File, p: &PartitionInfo) -> ManifestSummary {
+    let mut s = ManifestSummary {
+        name: None,
+        build_number: None,
+        talos_version: None,
+        ranges: None,
+        mapped_bytes: None,
+        signed_by: None,
+        trusted_comment: None,
+        note: None,
+    };
+    let mut data = Vec::new();
+    let mut w = Window {
+        file,
+        start: p.offset,
+        len: p.size.min(crate::artifact::manifest::MAX_PARTITION_READ),
+        pos: 0,
+    };
+    if let Err(e) = w.read_to_end(&mut data) {
+        s.note = Some(format!("unreadable: {e}"));
+        return s;
+    }
+    let what = format!("partition {}", p.number);
+    match crate::artifact::manifest::decode_partition(&data, &what) {
+        Err(e) => s.note = Some(format!("{e:#}")),
+        Ok(emb) => {
+            match crate::artifact::manifest::Manifest::parse(&emb.manifest, &what) {
+                Ok(m) => {
+                    s.name = Some(m.name.clone());
+                    s.build_number = Some(m.build_number);
+                    s.talos_version = Some(m.talos_version.clone());
+                    s.ranges = Some(m.block_map.ranges.len());
+                    s.mapped_bytes = Some(m.mapped_bytes());
+                }
+                Err(e) => s.note = Some(format!("{e:#}")),
+            }
+            if let Some(t) = emb.signature {
+                match crate::sign::Signature::parse(&t) {
+                    Ok(sig) => {
+                        s.signed_by = Some(sig.key_id_hex());
+                        s.trusted_comment = Some(sig.trusted_comment.clone());
+                    }
+                    Err(e) => s.note = Some(format!("signature unreadable: {e:#}")),
+                }
+            }
+        }
+    }
+    s
 }
 
 /// Layers listed by `extensions.yaml`, with the digests of their squashfs images.
@@ -552,6 +627,24 @@ pub fn render(i: &Inspection) -> Result<String> {
     }
     if let Some(id) = &i.schematic_id {
         writeln!(s, "schematic  {id}")?;
+    }
+    if let Some(m) = &i.manifest {
+        match (&m.name, m.build_number, m.ranges, m.mapped_bytes) {
+            (Some(n), Some(b), Some(r), Some(bytes)) => writeln!(
+                s,
+                "manifest   {n} build {b}, {r} ranges, {} mapped; {}",
+                crate::progress::human_bytes(bytes),
+                match &m.signed_by {
+                    Some(k) => format!("signed by key {k} (check it with `edgeimage verify`)"),
+                    None => "UNSIGNED".to_string(),
+                }
+            )?,
+            _ => writeln!(
+                s,
+                "manifest   {}",
+                m.note.as_deref().unwrap_or("unreadable")
+            )?,
+        }
     }
     if let Some(c) = &i.config {
         writeln!(
