@@ -118,13 +118,17 @@ fn parse_revoked(text: &str) -> Result<BTreeMap<String, usize>> {
         if t.is_empty() {
             continue;
         }
-        if t.len() != 16 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!(
-                "line {}: {t:?} is not a key ID (16 hex digits, as in the public key's comment line)",
-                i + 1
-            );
-        }
-        out.insert(t.to_ascii_uppercase(), i + 1);
+        // minisign 0.11 prints key IDs without leading zeros, newer releases with 16 digits.
+        let id = (t.len() <= 16 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(t, 16).ok())
+            .flatten()
+            .ok_or_else(|| {
+                anyhow!(
+                    "line {}: {t:?} is not a key ID (up to 16 hex digits, as in the public key's comment line)",
+                    i + 1
+                )
+            })?;
+        out.insert(format!("{id:016X}"), i + 1);
     }
     Ok(out)
 }
