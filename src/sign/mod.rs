@@ -68,8 +68,10 @@ pub(crate) const KDFNONE: [u8; 2] = [0, 0];
 /// BLAKE2b-256 checksum (`CHKALG`, `src/minisign.h`).
 pub(crate) const CHKALG: [u8; 2] = *b"B2";
 
-/// A key id as minisign prints it: the 8 bytes read little-endian (`le64_load`), `%016" PRIX64`
-/// (`write_pk_file` and `verify` in `src/minisign.c`).
+/// A key id as text: the 8 bytes read little-endian (`le64_load`, `src/minisign.c`) in
+/// uppercase hex, always 16 digits. minisign 0.11 prints `%" PRIX64` (no leading zeros), so
+/// its comment lines can be shorter; readers of key IDs (the trust store's `revoked` list)
+/// accept both.
 pub(crate) fn key_id_hex(key_id: &[u8; 8]) -> String {
     format!("{:016X}", u64::from_le_bytes(*key_id))
 }

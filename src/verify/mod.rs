@@ -106,6 +106,9 @@ pub struct Mismatch {
     pub expected: String,
     /// `None`: the bytes are missing (the target is too short).
     pub actual: Option<String>,
+    /// The whole compressed file, not a range of the image.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub whole_file: bool,
 }
 
 /// The result, for people (`verdict`, `details`) and machines (`--json`).
@@ -345,19 +348,33 @@ fn run(
         }
     };
     if !r.mismatches.is_empty() {
-        let first = &r.mismatches[0];
-        return Err((
-            Outcome::ContentMismatch,
-            format!(
-                "{signed}, but {} of {} ranges differ, first in {} at bytes {}-{}",
-                r.mismatches.len(),
-                m.block_map.ranges.len(),
+        let ranges: Vec<&Mismatch> = r.mismatches.iter().filter(|x| !x.whole_file).collect();
+        let file_bad = ranges.len() < r.mismatches.len();
+        let missing = ranges.iter().filter(|x| x.actual.is_none()).count();
+        let differ = ranges.len() - missing;
+        let n = m.block_map.ranges.len();
+        let mut parts = Vec::new();
+        if differ > 0 {
+            parts.push(format!("{differ} of {n} ranges differ"));
+        }
+        if missing > 0 {
+            parts.push(format!(
+                "{missing} of {n} ranges are missing (the target is shorter than the image: truncated?)"
+            ));
+        }
+        if file_bad {
+            parts.push("the compressed file differs from the one the manifest describes".into());
+        }
+        let mut what = parts.join(", ");
+        if let Some(first) = ranges.first() {
+            what.push_str(&format!(
+                "; first in {} at bytes {}-{}",
                 first.place,
                 first.start,
                 first.end - 1
-            ),
-        )
-            .into());
+            ));
+        }
+        return Err((Outcome::ContentMismatch, format!("{signed}, but {what}")).into());
     }
     Ok(format!(
         "{signed}; {} ranges, {} read from the {what}, all match",
@@ -406,12 +423,16 @@ fn find_manifest(target: &Path, kind: Kind, explicit: Option<&Path>) -> Result<F
             Some(p) => sidecar(&p),
             None => embedded_in_compressed(target),
         },
+        // No manifest partition, or one cut off by truncation: the manifest next to the
+        // image still says what every range should hold.
         Kind::Image | Kind::Device => match embedded_in_disk(target, kind) {
             Ok(f) => Ok(f),
-            Err(Stop::Outcome(Outcome::Unsigned, why)) => match next_to(".raw") {
-                Some(p) => sidecar(&p),
-                None => Err((Outcome::Unsigned, why).into()),
-            },
+            Err(Stop::Outcome(o @ (Outcome::Unsigned | Outcome::ContentMismatch), why)) => {
+                match next_to(".raw") {
+                    Some(p) => sidecar(&p),
+                    None => Err((o, why).into()),
+                }
+            }
             Err(e) => Err(e),
         },
     }
@@ -533,6 +554,7 @@ fn compare(m: &Manifest, sums: Vec<String>, present_until: u64, r: &mut Report) 
                 end: b,
                 expected: range.sha256.clone(),
                 actual: None,
+                whole_file: false,
             });
         } else {
             r.ranges_checked += 1;
@@ -543,6 +565,7 @@ fn compare(m: &Manifest, sums: Vec<String>, present_until: u64, r: &mut Report) 
                     end: b,
                     expected: range.sha256.clone(),
                     actual: Some(got),
+                    whole_file: false,
                 });
             }
         }
@@ -726,6 +749,7 @@ fn check_compressed(
                 end: zlen.max(1),
                 expected: format!("{} ({} bytes)", a.sha256, a.size),
                 actual: Some(format!("{zsha} ({zlen} bytes)")),
+                whole_file: true,
             });
         }
     }
