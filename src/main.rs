@@ -60,7 +60,7 @@ enum Command {
     /// Prove that an image, a compressed image, a manifest or a written disk holds exactly
     /// what a trusted key signed. Exit codes: 0 verified, 3 unsigned, 4 unknown key,
     /// 5 revoked key, 6 bad signature, 7 content mismatch, 8 unreadable target,
-    /// 9 older than --min-build, 1 other errors.
+    /// 9 older than --min-build, 10 not the --profile named, 1 other errors.
     Verify {
         /// `<name>.raw`, `<name>.raw.zst`, `<name>.manifest.json`, or a block device.
         target: PathBuf,
@@ -68,9 +68,13 @@ enum Command {
         /// (default: $EDGEIMAGE_TRUST).
         #[arg(long, value_name = "DIR", env = "EDGEIMAGE_TRUST")]
         trust: PathBuf,
-        /// Refuse builds of the profile older than this build number.
+        /// Refuse builds older than this build number.
         #[arg(long, value_name = "N")]
         min_build: Option<u64>,
+        /// Refuse media built from another profile (with --min-build: refuse older builds of
+        /// this profile).
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
         /// Use this manifest (and its .minisig) instead of the one inside or next to TARGET.
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
@@ -188,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             target,
             trust,
             min_build,
+            profile,
             manifest,
             json,
             quiet,
@@ -195,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let opts = edgeimage::verify::VerifyOptions {
                 trust,
                 min_build,
+                profile,
                 manifest,
             };
             let mut reporter = edgeimage::progress::Reporter::stderr(quiet || json);

@@ -1122,6 +1122,20 @@ fn build_older_than_min_build_is_a_rollback() {
 }
 
 #[test]
+fn media_of_another_profile_is_refused() {
+    let b = signed();
+    let v = b.verify(&b.raw(), &["--profile", "edge-amd64", "--min-build", "0"]);
+    assert!(
+        v.expect(10, "WRONG PROFILE")
+            .contains("built from profile \"t\" (build 0), not \"edge-amd64\" (--profile)"),
+        "{}",
+        v.stdout
+    );
+    b.verify(&b.raw(), &["--profile", "t", "--min-build", "0"])
+        .expect(0, "VERIFIED");
+}
+
+#[test]
 fn build_number_at_min_build_passes() {
     let b = setup("build_number = 5", true);
     assert!(fs::read_to_string(b.minisig())

@@ -10,7 +10,8 @@
 //! 3. the signature (strict Ed25519 over the manifest's BLAKE2b-512, then the global
 //!    signature over the trusted comment), and the trusted comment naming the manifest's
 //!    profile, Talos version and build number: else *bad signature*;
-//! 4. `--min-build`: an older build number: *rollback*;
+//! 4. `--profile`: media of another profile: *wrong profile*; `--min-build`: an older build
+//!    number: *rollback* (together they refuse older builds of the same profile);
 //! 5. the content: every range of the block map read from the target and its SHA-256
 //!    compared (for compressed images also the compressed file's digest): *content mismatch*,
 //!    with partition, byte range, expected and actual digests; a target that cannot be read:
@@ -50,6 +51,7 @@ pub enum Outcome {
     ContentMismatch,
     UnreadableTarget,
     Rollback,
+    WrongProfile,
 }
 
 impl Outcome {
@@ -65,6 +67,7 @@ impl Outcome {
             Outcome::ContentMismatch => 7,
             Outcome::UnreadableTarget => 8,
             Outcome::Rollback => 9,
+            Outcome::WrongProfile => 10,
         }
     }
 
@@ -79,6 +82,7 @@ impl Outcome {
             Outcome::ContentMismatch => "CONTENT MISMATCH",
             Outcome::UnreadableTarget => "UNREADABLE",
             Outcome::Rollback => "ROLLBACK",
+            Outcome::WrongProfile => "WRONG PROFILE",
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct VerifyOptions {
     pub trust: PathBuf,
     /// Refuse builds with a smaller build number.
     pub min_build: Option<u64>,
+    /// Refuse media built from another profile (the manifest's `name`).
+    pub profile: Option<String>,
     /// Use this manifest (its signature next to it) instead of looking for one.
     pub manifest: Option<PathBuf>,
 }
@@ -295,6 +301,18 @@ fn run(
             ),
         )
             .into());
+    }
+    if let Some(want) = &opts.profile {
+        if &m.name != want {
+            return Err((
+                Outcome::WrongProfile,
+                format!(
+                    "built from profile {:?} (build {}), not {want:?} (--profile)",
+                    m.name, m.build_number
+                ),
+            )
+                .into());
+        }
     }
     if let Some(min) = opts.min_build {
         if m.build_number < min {
@@ -780,6 +798,7 @@ pub fn exit_code_table() -> Vec<(u8, &'static str)> {
         Outcome::ContentMismatch,
         Outcome::UnreadableTarget,
         Outcome::Rollback,
+        Outcome::WrongProfile,
     ]
     .into_iter()
     .map(|o| (o.exit_code(), o.word()))
