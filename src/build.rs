@@ -176,14 +176,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
                 sha256: sha.clone(),
             })
             .collect(),
-        manifest_partition: manifest::PartitionRef {
-            number: mp.number,
-            label: mp.label.clone(),
-            type_guid: mp.type_guid.clone(),
-            guid: mp.guid.clone(),
-            offset: mp.offset,
-            size: mp.size,
-        },
+        manifest_partition: mp.clone(),
         block_map: manifest::BlockMap {
             block_size: manifest::BLOCK_SIZE,
             mapped_blocks: m.ranges.iter().map(|r| r.last - r.first + 1).sum(),
@@ -255,15 +248,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
     };
     // The block map of the written image: what the manifest maps, plus the manifest
     // partition (bmaptool must write it too).
-    let mut ranges: Vec<artifact::bmap::Range> = measured
-        .ranges
-        .iter()
-        .map(|r| artifact::bmap::Range {
-            first: r.first,
-            last: r.last,
-            sha256: r.sha256.clone(),
-        })
-        .collect();
+    let mut ranges = measured.ranges.clone();
     {
         use sha2::Digest;
         let bs = manifest::BLOCK_SIZE;

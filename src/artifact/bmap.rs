@@ -58,8 +58,9 @@ const SHA256_HEX: usize = 64;
 const REMAKE: &str = "get the .bmap file again from where the image came from, or make a new one \
                       with `bmaptool create IMAGE > IMAGE.bmap`";
 
-/// A run of mapped blocks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A run of mapped blocks (also the manifest's block-map entry, `manifest::BlockRange`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Range {
     /// First block (inclusive).
     pub first: u64,
@@ -103,7 +104,7 @@ impl Bmap {
 }
 
 /// Bytes `[start, end)` of blocks `first..=last`, cut at `image_size` (never panics).
-fn byte_span(first: u64, last: u64, image_size: u64, block_size: u64) -> (u64, u64) {
+pub(crate) fn byte_span(first: u64, last: u64, image_size: u64, block_size: u64) -> (u64, u64) {
     let start = first.saturating_mul(block_size).min(image_size);
     let end = last
         .saturating_add(1)
@@ -150,7 +151,8 @@ fn check_block_ranges(
     Ok(mapped)
 }
 
-fn is_sha256_hex(s: &str) -> bool {
+/// A SHA-256 digest in lowercase hex.
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == SHA256_HEX && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

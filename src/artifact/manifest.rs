@@ -43,6 +43,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// Blocks `first..=last` and the SHA-256 of their bytes: the same entry as a `.bmap` range.
+pub use super::bmap::Range as BlockRange;
+use super::bmap::{byte_span, is_sha256_hex};
+
 /// `format` of every manifest.
 pub const FORMAT: &str = "edgeimage-manifest";
 /// The document version this edgeimage writes and reads.
@@ -70,7 +74,7 @@ pub struct Manifest {
     pub arch: String,
     pub image: ImageInfo,
     pub partitions: Vec<PartitionInfo>,
-    pub manifest_partition: PartitionRef,
+    pub manifest_partition: crate::compose::Placed,
     pub block_map: BlockMap,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
@@ -102,30 +106,10 @@ pub struct PartitionInfo {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PartitionRef {
-    pub number: u32,
-    pub label: String,
-    pub type_guid: String,
-    pub guid: String,
-    pub offset: u64,
-    pub size: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BlockMap {
     pub block_size: u64,
     pub mapped_blocks: u64,
     pub ranges: Vec<BlockRange>,
-}
-
-/// Blocks `first..=last`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlockRange {
-    pub first: u64,
-    pub last: u64,
-    pub sha256: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,9 +285,7 @@ impl Manifest {
 
     /// Byte range `[start, end)` of a block range (the last block cut at the image's end).
     pub fn byte_range(&self, r: &BlockRange) -> (u64, u64) {
-        let start = r.first * BLOCK_SIZE;
-        let end = ((r.last + 1) * BLOCK_SIZE).min(self.image.size);
-        (start, end)
+        byte_span(r.first, r.last, self.image.size, BLOCK_SIZE)
     }
 
     /// What a byte offset belongs to, for messages: `partition 1 (EFI)`, `the GPT`, ….
@@ -338,10 +320,6 @@ impl Manifest {
             })
             .sum()
     }
-}
-
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) -> Result<()> {
@@ -492,7 +470,7 @@ mod tests {
                 size: 4 << 20,
                 sha256: "b".repeat(64),
             }],
-            manifest_partition: PartitionRef {
+            manifest_partition: crate::compose::Placed {
                 number: 2,
                 label: "edgeimage-manifest".into(),
                 type_guid: "T2".into(),

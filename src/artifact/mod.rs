@@ -186,7 +186,7 @@ pub fn write_image(
     let block_ranges = block_ranges(spec);
     let range_windows: Vec<(u64, u64)> = block_ranges
         .iter()
-        .map(|&(a, b)| (a * BLOCK_SIZE, ((b + 1) * BLOCK_SIZE).min(total)))
+        .map(|&(a, b)| bmap::byte_span(a, b, total, BLOCK_SIZE))
         .collect();
     let part_windows: Vec<(u64, u64)> = spec.partitions.iter().map(|&(o, s)| (o, o + s)).collect();
 

@@ -1115,7 +1115,7 @@ fn detect_compression(head: &[u8]) -> std::result::Result<Compression, String> {
     if head.is_empty() {
         return Ok(Compression::None); // an empty tar stream
     }
-    if head.len() == 512 && (head.iter().all(|&b| b == 0) || tar_checksum_ok(head)) {
+    if head.len() == 512 && (head.iter().all(|&b| b == 0) || is_tar_header(head)) {
         return Ok(Compression::None);
     }
     let shown: Vec<String> = head.iter().take(4).map(|b| format!("{b:02x}")).collect();
@@ -1125,8 +1125,11 @@ fn detect_compression(head: &[u8]) -> std::result::Result<Compression, String> {
     ))
 }
 
-/// Whether a 512-byte block is a tar header with a valid checksum.
-fn tar_checksum_ok(block: &[u8]) -> bool {
+/// Whether a block (512 bytes or more) starts with a tar header with a valid checksum.
+pub(crate) fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return false;
+    }
     let sum: u32 = block[..148]
         .iter()
         .chain(&block[156..512])

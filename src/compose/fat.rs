@@ -204,23 +204,7 @@ impl Geometry {
         let spc = u64::from(spc);
         let avail = u64::from(total).checked_sub(u64::from(RESERVED_SECTORS))?;
         let fats = u64::from(NUM_FATS);
-        // FAT sectors needed to hold an entry for every cluster (plus the two reserved
-        // entries) when each FAT has `fat` sectors. It does not grow with `fat`, so
-        // "fat >= needed(fat)" is monotone and the smallest such `fat` is a binary search.
-        let needed = |fat: u64| {
-            let clusters = avail.saturating_sub(fats * fat) / spc;
-            ((clusters + 2) * 4).div_ceil(SECTOR_SIZE)
-        };
-        let (mut lo, mut hi) = (1u64, needed(0).max(1));
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if mid >= needed(mid) {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        let mut fat = lo;
+        let mut fat = fat_sectors(avail, spc, FatType::Fat32.bits());
         // Grow the FAT so the data region starts on a cluster boundary.
         while (u64::from(RESERVED_SECTORS) + fats * fat) % spc != 0 {
             fat += 1;
@@ -274,22 +258,7 @@ impl Geometry {
         let mut reserved = 1u64;
         let fats = u64::from(NUM_FATS);
         let avail = u64::from(total).checked_sub(reserved + root)?;
-        let needed = |fat: u64| {
-            let clusters = avail.saturating_sub(fats * fat) / spc64;
-            ((clusters + 2) * t.bits())
-                .div_ceil(8)
-                .div_ceil(SECTOR_SIZE)
-        };
-        let (mut lo, mut hi) = (1u64, needed(0).max(1));
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if mid >= needed(mid) {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        let fat = lo;
+        let fat = fat_sectors(avail, spc64, t.bits());
         // Grow the reserved region so the data region starts on a cluster boundary.
         while (reserved + fats * fat + root) % spc64 != 0 {
             reserved += 1;
@@ -1160,6 +1129,28 @@ fn build_with(
         }
     }
     Ok(layout)
+}
+
+/// The smallest FAT size in sectors (each of [`NUM_FATS`] copies) that holds an entry of
+/// `bits` bits for every cluster of the `avail` sectors left besides the FATs, plus the two
+/// reserved entries. The sectors needed do not grow with the FAT's own size, so
+/// "fat >= needed(fat)" is monotone and the smallest such size is a binary search.
+fn fat_sectors(avail: u64, spc: u64, bits: u64) -> u64 {
+    let fats = u64::from(NUM_FATS);
+    let needed = |fat: u64| {
+        let clusters = avail.saturating_sub(fats * fat) / spc;
+        ((clusters + 2) * bits).div_ceil(8).div_ceil(SECTOR_SIZE)
+    };
+    let (mut lo, mut hi) = (1u64, needed(0).max(1));
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if mid >= needed(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
 }
 
 #[cfg(test)]

@@ -50,8 +50,9 @@ pub fn metal_iso_offset(profile: &Profile) -> u64 {
     FIRST_OFFSET + profile.esp_size + META_SIZE
 }
 
-/// A partition as placed in the image.
-#[derive(Clone, Debug, serde::Serialize)]
+/// A partition as placed in the image (also how the manifest names its own partition).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Placed {
     /// GPT entry number (1-based).
     pub number: u32,

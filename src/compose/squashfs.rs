@@ -102,6 +102,21 @@ enum Kind<'a> {
     Socket,
 }
 
+impl Kind<'_> {
+    /// The basic inode type (what directory entries name, too).
+    fn basic_type(&self) -> u16 {
+        match self {
+            Kind::Dir(_) => T_DIR,
+            Kind::File(_) => T_FILE,
+            Kind::Symlink(_) => T_SYMLINK,
+            Kind::Dev { block: true, .. } => T_BLKDEV,
+            Kind::Dev { block: false, .. } => T_CHRDEV,
+            Kind::Fifo => T_FIFO,
+            Kind::Socket => T_SOCKET,
+        }
+    }
+}
+
 /// One inode's extended attributes: (namespace type, name without prefix, value).
 type XattrSet = Vec<(u16, Vec<u8>, Vec<u8>)>;
 
@@ -226,15 +241,7 @@ pub fn write_squashfs_threads<W: Write + Seek>(
         let item = &items[i];
         let mut b = Vec::with_capacity(64);
         let xattr = item.xattr;
-        let ty = match &item.kind {
-            Kind::Dir(_) => T_DIR,
-            Kind::File(_) => T_FILE,
-            Kind::Symlink(_) => T_SYMLINK,
-            Kind::Dev { block: true, .. } => T_BLKDEV,
-            Kind::Dev { block: false, .. } => T_CHRDEV,
-            Kind::Fifo => T_FIFO,
-            Kind::Socket => T_SOCKET,
-        };
+        let ty = item.kind.basic_type();
         // Directory listing first: the inode points at it.
         let mut body = Vec::new();
         let mut ext = xattr.is_some();
@@ -531,15 +538,7 @@ fn dir_listing(items: &[Item], children: &[usize], refs: &[u64]) -> Result<Vec<u
         for &c in &sorted[k..k + n] {
             let it = &items[c];
             let name = name_of(it);
-            let ty = match &it.kind {
-                Kind::Dir(_) => T_DIR,
-                Kind::File(_) => T_FILE,
-                Kind::Symlink(_) => T_SYMLINK,
-                Kind::Dev { block: true, .. } => T_BLKDEV,
-                Kind::Dev { block: false, .. } => T_CHRDEV,
-                Kind::Fifo => T_FIFO,
-                Kind::Socket => T_SOCKET,
-            };
+            let ty = it.kind.basic_type();
             out.extend_from_slice(&((refs[c] & 0xFFFF) as u16).to_le_bytes());
             out.extend_from_slice(&((i64::from(it.ino) - i64::from(base)) as i16).to_le_bytes());
             out.extend_from_slice(&ty.to_le_bytes());

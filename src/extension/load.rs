@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::assets::oci::{EntryKind, OciImage};
+use crate::assets::oci::{is_tar_header, EntryKind, OciImage};
 use crate::layout::{Layout, SharedFile};
 use crate::talos::{Arch, TalosVersion};
 use crate::tree::{normalize, Node, NodeKind, Tree};
@@ -291,24 +291,6 @@ impl Read for PReader {
 }
 
 use crate::layout::read_up_to;
-
-fn is_tar_header(block: &[u8]) -> bool {
-    if block.len() < 512 {
-        return false;
-    }
-    let sum: u32 = block[..148]
-        .iter()
-        .chain(&block[156..512])
-        .map(|&b| u32::from(b))
-        .sum::<u32>()
-        + 8 * 32;
-    let digits: String = block[148..156]
-        .iter()
-        .map(|&b| b as char)
-        .filter(|c| !matches!(c, ' ' | '\0'))
-        .collect();
-    !digits.is_empty() && u32::from_str_radix(&digits, 8).ok() == Some(sum)
-}
 
 fn problem(path: impl Into<String>, rule: impl Into<String>) -> Problem {
     Problem {
