@@ -108,11 +108,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
     let plan = crate::plan::plan(&profile, opts.epoch)?;
     progress.phase("composing");
     let comp = compose::compose(&profile, &a, &plan, opts.epoch)?;
-    let described: Vec<&Placed> = comp
-        .partitions
-        .iter()
-        .filter(|p| p.number != comp.manifest_partition.number)
-        .collect();
+    let described = &comp.partitions;
     let mp = &comp.manifest_partition;
     let spec = artifact::ImageSpec {
         layout: &comp.layout,
@@ -301,7 +297,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
             source: c.source.clone(),
         }),
         schematic: plan.schematic.clone(),
-        partitions: comp.partitions,
+        partitions: comp
+            .partitions
+            .iter()
+            .chain([&comp.manifest_partition])
+            .cloned()
+            .collect(),
         build_number: profile.build_number,
         outputs,
         manifest: manifest_path,
@@ -337,31 +338,16 @@ pub fn sign_manifest_file(path: &Path, key: &crate::sign::SecretKey) -> Result<P
 /// none. The passphrase comes from the environment variable named by `--passphrase-env` or
 /// the profile's `passphrase_env`, else from the terminal.
 fn signing_key(opts: &BuildOptions, profile: &Profile) -> Result<Option<crate::sign::SecretKey>> {
-    let (path, env) = match (&opts.sign_key, &profile.signing) {
-        (Some(k), s) => (
-            k.clone(),
-            opts.passphrase_env
-                .clone()
-                .or_else(|| s.as_ref().and_then(|s| s.passphrase_env.clone())),
-        ),
-        (None, Some(s)) => (
-            s.key.clone(),
-            opts.passphrase_env.clone().or(s.passphrase_env.clone()),
-        ),
-        (None, None) => return Ok(None),
+    let signing = profile.signing.as_ref();
+    let Some(path) = opts.sign_key.clone().or(signing.map(|s| s.key.clone())) else {
+        return Ok(None);
     };
-    let source = match env {
-        Some(v) => crate::sign::PassphraseSource::Env(v),
-        None => crate::sign::PassphraseSource::Prompt,
-    };
-    let key = crate::sign::SecretKey::load(&path, &mut || {
-        crate::sign::read_passphrase(
-            &source,
-            &format!("passphrase for {}", path.display()),
-            false,
-        )
-    })?;
-    Ok(Some(key))
+    let env = opts
+        .passphrase_env
+        .clone()
+        .or(signing.and_then(|s| s.passphrase_env.clone()));
+    let source = crate::sign::PassphraseSource::env_or_prompt(env);
+    Ok(Some(crate::sign::SecretKey::load_with(&path, &source)?))
 }
 
 /// The profile file for a name (`profiles/<name>.toml` under `root`), or the path itself.

@@ -122,13 +122,6 @@ enum KeyCommand {
     },
 }
 
-fn passphrase_source(env: Option<String>) -> edgeimage::sign::PassphraseSource {
-    match env {
-        Some(v) => edgeimage::sign::PassphraseSource::Env(v),
-        None => edgeimage::sign::PassphraseSource::Prompt,
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Build {
@@ -177,14 +170,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             key,
             passphrase_env,
         } => {
-            let source = passphrase_source(passphrase_env);
-            let key = edgeimage::sign::SecretKey::load(&key, &mut || {
-                edgeimage::sign::read_passphrase(
-                    &source,
-                    &format!("passphrase for {}", key.display()),
-                    false,
-                )
-            })?;
+            let source = edgeimage::sign::PassphraseSource::env_or_prompt(passphrase_env);
+            let key = edgeimage::sign::SecretKey::load_with(&key, &source)?;
             let sig = edgeimage::build::sign_manifest_file(&manifest, &key)?;
             println!("signed {} with key {}", sig.display(), key.key_id_hex());
         }
@@ -227,7 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 None
             } else {
                 Some(edgeimage::sign::read_passphrase(
-                    &passphrase_source(passphrase_env),
+                    &edgeimage::sign::PassphraseSource::env_or_prompt(passphrase_env),
                     "passphrase for the new secret key",
                     true,
                 )?)

@@ -113,31 +113,20 @@ pub fn zstd_encoder<W: Write>(
 
 /// The block map of a layout: blocks holding mapped bytes, outside the late region, split at
 /// every partition boundary and at [`MAX_RANGE_BLOCKS`].
-pub fn block_ranges(spec: &ImageSpec) -> Vec<(u64, u64)> {
+fn block_ranges(spec: &ImageSpec) -> Vec<(u64, u64)> {
     let (ls, ll) = spec.late;
-    let mut extents = Vec::new();
-    for e in spec.layout.extents() {
-        // Cut the late region out (it is unmapped; this only guards against misuse).
-        let (a, b) = (e.offset, e.end());
-        if b <= ls || a >= ls + ll {
-            extents.push((a, b - a));
-        } else {
-            if a < ls {
-                extents.push((a, ls - a));
-            }
-            if b > ls + ll {
-                extents.push((ls + ll, b - (ls + ll)));
-            }
-        }
-    }
-    let mut boundaries: Vec<u64> = spec
+    let extents: Vec<(u64, u64)> = spec
+        .layout
+        .extents()
+        .iter()
+        .map(|e| (e.offset, e.len))
+        .collect();
+    let boundaries: Vec<u64> = spec
         .partitions
         .iter()
         .flat_map(|&(o, s)| [o, o + s])
         .chain([ls, ls + ll])
         .collect();
-    boundaries.sort_unstable();
-    boundaries.dedup();
     bmap::ranges_from_extents(
         &extents,
         spec.layout.len(),
@@ -166,6 +155,17 @@ pub fn write_image(
     let late_end = late_start + late_len;
     if late_end > total {
         bail!("the late region {late_start}+{late_len} lies past the image's {total} bytes");
+    }
+    if let Some(e) = layout
+        .extents()
+        .iter()
+        .find(|e| e.offset < late_end && e.end() > late_start)
+    {
+        bail!(
+            "the late region {late_start}+{late_len} must be unmapped, but bytes {}+{} are mapped",
+            e.offset,
+            e.len
+        );
     }
     let mode = if secret { 0o600 } else { 0o644 };
     std::fs::create_dir_all(out_dir).with_context(|| {
@@ -493,6 +493,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("no key"), "{e:#}");
+        let mut mapped = sample();
+        mapped.put_bytes(35 << 20, b"x".to_vec()).unwrap();
+        let e = write_image(
+            &spec(&mapped),
+            d.path(),
+            "x",
+            true,
+            false,
+            &mut |_| Ok(late_bytes()),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("must be unmapped"), "{e:#}");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 

@@ -68,9 +68,9 @@ pub struct Composition {
     /// The image, with the manifest partition unmapped (its content is made after the rest
     /// has been hashed).
     pub layout: Layout,
-    /// Every partition in GPT order; the last is the manifest partition.
+    /// The partitions the manifest describes, in GPT order.
     pub partitions: Vec<Placed>,
-    /// The manifest partition (also the last of `partitions`).
+    /// The partition that carries the manifest: the last one in the GPT.
     pub manifest_partition: Placed,
     /// The GPT disk GUID.
     pub disk_guid: String,
@@ -167,7 +167,10 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     for (p, (_, _, _, content)) in placed.iter().zip(&specs) {
         layout.put_layout(p.offset, content)?;
     }
-    let manifest_partition = placed[placed.len() - 1].clone();
+    // The manifest partition was placed last; its content is written after the rest.
+    let manifest_partition = placed
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no partitions were placed"))?;
     Ok(Composition {
         layout,
         manifest_partition,

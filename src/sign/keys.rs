@@ -362,6 +362,13 @@ impl SecretKey {
         SecretKey::parse(&text, passphrase).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// [`SecretKey::load`], asking `source` for the passphrase only if the key is encrypted.
+    pub fn load_with(path: &Path, source: &super::PassphraseSource) -> Result<SecretKey> {
+        SecretKey::load(path, &mut || {
+            super::read_passphrase(source, &format!("passphrase for {}", path.display()), false)
+        })
+    }
+
     /// Sign `data`: a prehashed (`ED`) signature, minisign's default (`sign`, `src/minisign.c`:
     /// `hashed` unless `-l`).
     pub fn sign(

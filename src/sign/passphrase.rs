@@ -29,6 +29,13 @@ pub enum PassphraseSource {
     Prompt,
 }
 
+impl PassphraseSource {
+    /// The variable named by a `--passphrase-env`-style option, else the terminal.
+    pub fn env_or_prompt(var: Option<String>) -> PassphraseSource {
+        var.map_or(PassphraseSource::Prompt, PassphraseSource::Env)
+    }
+}
+
 /// Get a passphrase for `what` (e.g. "secret key edge.key"). With `confirm` (a new key) it is
 /// asked twice on the terminal, and it must be one minisign can read back (see
 /// [`check_new_passphrase`]). Without `confirm` (decrypting a key) an empty answer on the

@@ -174,13 +174,12 @@ struct Found {
     source: String,
 }
 
-enum Stop {
-    Outcome(Outcome, String),
-}
+/// Why a verification stopped: its outcome and the verdict's text.
+struct Stop(Outcome, String);
 
 impl From<(Outcome, String)> for Stop {
     fn from((o, s): (Outcome, String)) -> Stop {
-        Stop::Outcome(o, s)
+        Stop(o, s)
     }
 }
 
@@ -206,7 +205,7 @@ pub fn verify(target: &Path, opts: &VerifyOptions, progress: &mut dyn Progress) 
     };
     let (outcome, verdict) = match run(target, opts, progress, &mut r) {
         Ok(v) => (Outcome::Verified, v),
-        Err(Stop::Outcome(o, v)) => (o, v),
+        Err(Stop(o, v)) => (o, v),
     };
     progress.finish();
     r.outcome = outcome;
@@ -217,7 +216,7 @@ pub fn verify(target: &Path, opts: &VerifyOptions, progress: &mut dyn Progress) 
 }
 
 fn unreadable(e: impl std::fmt::Display) -> Stop {
-    Stop::Outcome(Outcome::UnreadableTarget, e.to_string())
+    Stop(Outcome::UnreadableTarget, e.to_string())
 }
 
 fn run(
@@ -228,8 +227,8 @@ fn run(
 ) -> Result<String, Stop> {
     let kind = target::classify(target).map_err(|e| unreadable(format!("{e:#}")))?;
     r.kind = Some(kind);
-    let store = TrustStore::load(&opts.trust)
-        .map_err(|e| Stop::Outcome(Outcome::Error, format!("{e:#}")))?;
+    let store =
+        TrustStore::load(&opts.trust).map_err(|e| Stop(Outcome::Error, format!("{e:#}")))?;
 
     progress.phase("reading the manifest");
     let found = find_manifest(target, kind, opts.manifest.as_deref())?;
@@ -287,7 +286,7 @@ fn run(
         ))
     })?;
     let m = Manifest::parse(&found.bytes, &found.source)
-        .map_err(|e| Stop::Outcome(Outcome::Error, format!("{e:#}")))?;
+        .map_err(|e| Stop(Outcome::Error, format!("{e:#}")))?;
     r.name = Some(m.name.clone());
     r.build_number = Some(m.build_number);
     r.talos_version = Some(m.talos_version.clone());
@@ -445,7 +444,7 @@ fn find_manifest(target: &Path, kind: Kind, explicit: Option<&Path>) -> Result<F
         // image still says what every range should hold.
         Kind::Image | Kind::Device => match embedded_in_disk(target, kind) {
             Ok(f) => Ok(f),
-            Err(Stop::Outcome(o @ (Outcome::Unsigned | Outcome::ContentMismatch), why)) => {
+            Err(Stop(o @ (Outcome::Unsigned | Outcome::ContentMismatch), why)) => {
                 match next_to(".raw") {
                     Some(p) => sidecar(&p),
                     None => Err((o, why).into()),
@@ -784,23 +783,4 @@ fn check_compressed(
     }
     compare(m, sums, len, r);
     Ok(())
-}
-
-/// Every outcome's exit code and name, in code order (for help texts and documentation).
-pub fn exit_code_table() -> Vec<(u8, &'static str)> {
-    [
-        Outcome::Verified,
-        Outcome::Error,
-        Outcome::Unsigned,
-        Outcome::UnknownKey,
-        Outcome::RevokedKey,
-        Outcome::BadSignature,
-        Outcome::ContentMismatch,
-        Outcome::UnreadableTarget,
-        Outcome::Rollback,
-        Outcome::WrongProfile,
-    ]
-    .into_iter()
-    .map(|o| (o.exit_code(), o.word()))
-    .collect()
 }
