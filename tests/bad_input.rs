@@ -12,14 +12,7 @@ use sha2::{Digest, Sha256};
 
 /// Run a build that must fail; returns its single error line.
 fn fails(f: &Fixture, out: &Path) -> String {
-    let o = run(&[
-        "build",
-        "--profile",
-        f.profile.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--raw",
-    ]);
+    let o = try_build(f, out, &["--raw"]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
     // Progress lines (phase names) may precede it; the failure itself is one line.
@@ -201,13 +194,7 @@ fn failed_build_leaves_previous_output_intact() {
     let files = fs::read_dir(&out).unwrap().count();
     assert_eq!(files, 3, "image, manifest, block map");
     fs::write(f.dir.path().join("assets/vmlinuz"), b"x").unwrap();
-    let o = run(&[
-        "build",
-        "--profile",
-        f.profile.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = try_build(&f, &out, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(fs::read(out.join("t.raw.zst")).unwrap(), before);
     assert_eq!(fs::read_dir(&out).unwrap().count(), files);

@@ -264,15 +264,11 @@ fn assets_from_docker_save_archive_give_the_same_image() {
     // The wrong platform is refused with what the archive holds.
     let arm = f.dir.path().join("arm.tar");
     docker_save(&f, "arm64", &arm);
-    let o = run(&[
-        "build",
-        "--profile",
-        f.profile.to_str().unwrap(),
-        "--assets",
-        arm.to_str().unwrap(),
-        "--out",
-        f.dir.path().join("x").to_str().unwrap(),
-    ]);
+    let o = try_build(
+        &f,
+        &f.dir.path().join("x"),
+        &["--assets", arm.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("linux/amd64") && e.contains("arm64"), "{e}");

@@ -323,13 +323,7 @@ fn inline_config_too_long_is_refused() {
         controlplane_yaml().replacen("machine:\n", &format!("machine:\n  certSANs:\n{sans}"), 1);
     add(&f, &config_section(&f, &big, "inline"));
     let out = f.dir.path().join("o");
-    let o = run(&[
-        "build",
-        "--profile",
-        f.profile.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = try_build(&f, &out, &[]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("4095") && e.contains("metal-iso"), "{e}");
@@ -347,13 +341,7 @@ fn hostile_extension_is_refused_through_the_cli() {
     )]);
     add(&f, &extension(&f, &entries, Form::Tar, "ext"));
     let out = f.dir.path().join("o");
-    let o = run(&[
-        "build",
-        "--profile",
-        f.profile.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = try_build(&f, &out, &[]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
@@ -412,13 +400,7 @@ fn schematic_contributes_args_meta_and_its_id() {
     // A named extension that is not available locally is an error naming it.
     let missing = schematic.replace("stackit/edgehostlet", "siderolabs/iscsi-tools");
     fs::write(f.dir.path().join("schematic.yaml"), missing).unwrap();
-    let o = run(&[
-        "build",
-        "--profile",
-        f.profile.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = try_build(&f, &out, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("siderolabs/iscsi-tools"),
@@ -448,13 +430,7 @@ fn network_config_goes_to_meta_0a_and_is_checked() {
         .contains("192.168.1.10/24"));
 
     fs::write(&net, "addresses:\n  - address: 300.1.1.1/24\n").unwrap();
-    let o = run(&[
-        "build",
-        "--profile",
-        f.profile.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = try_build(&f, &out, &[]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(

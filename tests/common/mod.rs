@@ -99,18 +99,24 @@ pub fn profile_text(arch: Arch, digests: &[(String, String)], extra_toml: &str) 
     )
 }
 
-/// Build the fixture's profile into `out`; panics with stderr on failure.
-pub fn build(f: &Fixture, out: &Path, extra: &[&str]) -> Output {
+/// Run `edgeimage build` of the fixture's profile into `out`, successful or not.
+pub fn try_build(f: &Fixture, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "build",
         "--profile",
         f.profile.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "-q",
     ];
     args.extend_from_slice(extra);
-    let o = run(&args);
+    run(&args)
+}
+
+/// Build the fixture's profile into `out`; panics with stderr on failure.
+pub fn build(f: &Fixture, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["-q"];
+    args.extend_from_slice(extra);
+    let o = try_build(f, out, &args);
     assert!(o.status.success(), "build failed: {}", stderr(&o));
     o
 }
