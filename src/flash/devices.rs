@@ -1,0 +1,1 @@
+//! Disks that could be targets, from sysfs and mountinfo (no udev).
