@@ -85,6 +85,79 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Write an image to one or more disks (or files) at once and prove, by reading each back
+    /// from the device, that it holds what was signed. The partition table is written last;
+    /// a target that fails is left without one. Exit codes: 0 all verified, 3/4/5/6/9/10 the
+    /// image refused (as for verify), 7 the image did not match its digests while writing,
+    /// 11 a target refused (nothing written), 12 not confirmed, 13 some targets failed,
+    /// 130 interrupted, 1 other errors.
+    Flash {
+        /// The image: `<name>.raw.zst` / `<name>.raw` (with its manifest), a raw image with a
+        /// `.bmap` next to it, or a plain raw / zstd / xz / gzip image (found by magic bytes).
+        image: PathBuf,
+        /// A whole disk (`/dev/sdb`, `/dev/disk/by-id/usb-…`) or a file to write (created or
+        /// truncated; written sparsely). Repeat for several targets.
+        #[arg(long = "target", short = 't', value_name = "PATH")]
+        targets: Vec<PathBuf>,
+        /// The disk with this serial number (see `edgeimage devices`). Repeatable.
+        #[arg(long = "serial", value_name = "SERIAL")]
+        serials: Vec<String>,
+        /// The trust store (trusted/*.pub, revoked); default: $EDGEIMAGE_TRUST.
+        #[arg(long, value_name = "DIR", env = "EDGEIMAGE_TRUST")]
+        trust: Option<PathBuf>,
+        /// Write an image that is unsigned, or signed by a key not in the trust store.
+        /// (Revoked keys and bad signatures are always refused.)
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Use this manifest (and its .minisig) instead of the one inside or next to IMAGE.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Use this block map instead of `<stem>.bmap` next to IMAGE (images without a
+        /// manifest).
+        #[arg(long, value_name = "FILE")]
+        bmap: Option<PathBuf>,
+        /// Refuse builds older than this build number.
+        #[arg(long, value_name = "N")]
+        min_build: Option<u64>,
+        /// Refuse media built from another profile.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Do not ask for confirmation before overwriting disks.
+        #[arg(long, short)]
+        yes: bool,
+        /// Skip a safety check, by name: partition, mounted, swap, held, system, source,
+        /// too-small, read-only. Repeat or separate with commas.
+        #[arg(long, value_name = "CHECK", value_delimiter = ',')]
+        force: Vec<String>,
+        /// Append one JSON record per target to this file.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// What to do with the image's unmapped space on the target: keep (fastest), zero,
+        /// discard.
+        #[arg(long, value_name = "HOW", default_value = "keep")]
+        unmapped: String,
+        /// Rewrites of a chunk that reads back wrong before the target fails.
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        retries: u32,
+        /// Give up on a target that makes no progress for this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        stall_timeout: u64,
+        /// Progress and results as JSON lines on stdout (events: begin, start, progress,
+        /// verified, failed, done).
+        #[arg(long)]
+        json: bool,
+        /// No progress output (the verdict is still printed).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List the disks that could be flashed: path, by-id, model, serial, size, transport,
+    /// and why a disk would be refused (mounted, held, system disk, …). Reads sysfs and
+    /// /proc only, so it also works in an initramfs.
+    Devices {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -122,8 +195,111 @@ enum KeyCommand {
     },
 }
 
+/// Set by SIGINT/SIGTERM; the flash engine stops at the next chunk.
+static CANCEL: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if let Some(c) = CANCEL.get() {
+        c.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn cancel_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let c = CANCEL
+        .get_or_init(|| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)))
+        .clone();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic that outlives the process.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    c
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Flash {
+            image,
+            targets,
+            serials,
+            trust,
+            allow_unsigned,
+            manifest,
+            bmap,
+            min_build,
+            profile,
+            yes,
+            force,
+            record,
+            unmapped,
+            retries,
+            stall_timeout,
+            json,
+            quiet,
+        } => {
+            use edgeimage::flash::{self, devices::Check, medium::Unmapped, TargetArg};
+            let force = force
+                .iter()
+                .map(|f| {
+                    Check::parse(f).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--force {f}: no such check (partition, mounted, swap, held, system, source, too-small, read-only)"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let unmapped = match unmapped.as_str() {
+                "keep" => Unmapped::Keep,
+                "zero" => Unmapped::Zero,
+                "discard" => Unmapped::Discard,
+                o => anyhow::bail!("--unmapped {o}: use keep, zero or discard"),
+            };
+            let opts = flash::FlashOptions {
+                image,
+                targets: targets
+                    .into_iter()
+                    .map(TargetArg::Path)
+                    .chain(serials.into_iter().map(TargetArg::Serial))
+                    .collect(),
+                source: flash::source::SourceOptions {
+                    trust,
+                    allow_unsigned,
+                    manifest,
+                    bmap,
+                    min_build,
+                    profile,
+                },
+                yes,
+                force,
+                record,
+                settings: flash::pipeline::Settings {
+                    retries,
+                    unmapped,
+                    stall: std::time::Duration::from_secs(stall_timeout.max(1)),
+                    ..Default::default()
+                },
+                style: flash::ui::Style::choose(json, quiet),
+                system_root: PathBuf::from("/"),
+            };
+            let summary = flash::flash(&opts, cancel_on_signals());
+            for l in &summary.lines {
+                if json {
+                    eprintln!("{l}");
+                } else {
+                    println!("{l}");
+                }
+            }
+            return Ok(summary.exit_code);
+        }
+        Command::Devices { json } => {
+            let sys = edgeimage::flash::devices::System::host();
+            let disks = sys.disks()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&disks)?);
+            } else {
+                print!("{}", edgeimage::flash::devices::render_table(&disks, &sys));
+            }
+        }
         Command::Build {
             profile,
             assets,

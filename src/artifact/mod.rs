@@ -4,11 +4,15 @@
 //!
 //! A reader thread walks the layout in 1 MiB chunks. Two hashing threads measure it: one the
 //! image's SHA-256, one each partition's and each block-map range's SHA-256 (see
-//! [`manifest`]). The calling thread feeds zstd (which compresses on its own worker threads)
-//! and writes the raw image sparsely. Channels are bounded, so memory stays at a few tens of
-//! MiB whatever the image size. The zstd frame carries the content size and a checksum;
-//! zstd's multithreaded output does not depend on the number of workers (a test checks it),
-//! so the bytes are the same on any machine.
+//! [`manifest`]). The calling thread feeds the compressor and writes the raw image sparsely.
+//! Channels are bounded, so memory stays at a few tens of MiB whatever the image size.
+//!
+//! `.raw.zst` is in zstd's seekable format ([`seekable`]): one zstd frame per 1 MiB of the
+//! image (each with its content size and a checksum), compressed on every core, then a seek
+//! table in a skippable frame. Frames are compressed independently, so the bytes do not
+//! depend on the number of cores (a test checks it) and are the same on any machine; a flasher
+//! can decompress frames in parallel and skip those holding only unmapped space, and plain
+//! `zstd -d` reads the file as one stream.
 //!
 //! One region, the manifest partition, is *late*: its content (the signed manifest) depends on
 //! the digests of everything else. The writer stops writing at its start, lets the hashers
@@ -19,6 +23,7 @@
 pub mod atomic;
 pub mod bmap;
 pub mod manifest;
+pub mod seekable;
 pub mod windows;
 
 use std::io::{self, Seek, SeekFrom, Write};
@@ -32,6 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::layout::Layout;
 use atomic::AtomicFile;
 use manifest::{BlockRange, BLOCK_SIZE, MAX_RANGE_BLOCKS};
+use seekable::SeekableWriter;
 use windows::WindowHasher;
 
 /// zstd compression level of `.raw.zst` (kernel and initramfs are compressed already, so
@@ -90,25 +96,6 @@ impl<W: Write> Write for Tee<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// Number of zstd worker threads: every core (the output is the same for any count ≥ 1).
-pub fn zstd_workers() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
-/// A zstd encoder configured the way every edgeimage `.zst` is written.
-pub fn zstd_encoder<W: Write>(
-    w: W,
-    size: u64,
-    workers: u32,
-) -> io::Result<zstd::Encoder<'static, W>> {
-    let mut enc = zstd::Encoder::new(w, ZSTD_LEVEL)?;
-    enc.multithread(workers.max(1))?;
-    enc.include_checksum(true)?;
-    enc.include_contentsize(true)?;
-    enc.set_pledged_src_size(Some(size))?;
-    Ok(enc)
 }
 
 /// The block map of a layout: blocks holding mapped bytes, outside the late region, split at
@@ -240,7 +227,7 @@ pub fn write_image(
                 hash: Sha256::new(),
                 count: 0,
             };
-            let mut enc = zstd_encoder(tee, total, zstd_workers())
+            let mut enc = SeekableWriter::new(tee, ZSTD_LEVEL, seekable::workers())
                 .with_context(|| format!("starting zstd for {}", zst_path.display()))?;
             let mut put = |pos: u64, data: &[u8], enc: &mut dyn Write| -> Result<()> {
                 enc.write_all(data)
@@ -366,7 +353,7 @@ mod tests {
     fn zstd_output_does_not_depend_on_worker_count() {
         let data = sample().to_vec().unwrap();
         let enc = |workers| {
-            let mut e = zstd_encoder(Vec::new(), data.len() as u64, workers).unwrap();
+            let mut e = SeekableWriter::new(Vec::new(), ZSTD_LEVEL, workers).unwrap();
             e.write_all(&data).unwrap();
             e.finish().unwrap()
         };
@@ -441,11 +428,18 @@ mod tests {
         }
         assert_eq!(a.zst_sha256, hex::encode(Sha256::digest(&zst1)));
         assert_eq!(zstd::decode_all(&zst1[..]).unwrap(), raw);
-        // Content size is in the frame header.
+        // One frame per MiB, each with its content size in its header; the seek table covers
+        // the image.
         assert_eq!(
             zstd::zstd_safe::get_frame_content_size(&zst1).unwrap(),
-            Some(l.len())
+            Some(seekable::FRAME_SIZE as u64)
         );
+        let table = seekable::read_seek_table(&std::fs::File::open(&a.zst).unwrap(), "x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(table.decompressed_size, l.len());
+        assert_eq!(table.frames.len() as u64, l.len().div_ceil(1 << 20));
+        assert!(table.frames.iter().all(|f| f.size == 1 << 20));
         let (b, _) = write_image(
             &spec(&l),
             d.path(),

@@ -133,6 +133,8 @@ pub struct Report {
     pub talos_version: Option<String>,
     pub key_id: Option<String>,
     pub key_file: Option<PathBuf>,
+    /// SHA-256 of the manifest's bytes (what the signature covers).
+    pub manifest_sha256: Option<String>,
     /// Block-map ranges compared.
     pub ranges_checked: u64,
     /// Bytes read from the target for the comparison.
@@ -175,7 +177,7 @@ struct Found {
 }
 
 /// Why a verification stopped: its outcome and the verdict's text.
-struct Stop(Outcome, String);
+pub struct Stop(pub Outcome, pub String);
 
 impl From<(Outcome, String)> for Stop {
     fn from((o, s): (Outcome, String)) -> Stop {
@@ -183,26 +185,34 @@ impl From<(Outcome, String)> for Stop {
     }
 }
 
+impl Report {
+    /// An empty report for `target` (outcome [`Outcome::Error`] until decided).
+    pub fn new(target: &Path) -> Report {
+        Report {
+            target: target.to_path_buf(),
+            kind: None,
+            outcome: Outcome::Error,
+            exit_code: 1,
+            verdict: String::new(),
+            manifest_source: None,
+            name: None,
+            build_number: None,
+            talos_version: None,
+            key_id: None,
+            key_file: None,
+            manifest_sha256: None,
+            ranges_checked: 0,
+            bytes_read: 0,
+            mismatches: Vec::new(),
+            seconds: 0.0,
+        }
+    }
+}
+
 /// Verify `target`. Never fails: every failure is an [`Outcome`] in the report.
 pub fn verify(target: &Path, opts: &VerifyOptions, progress: &mut dyn Progress) -> Report {
     let t0 = Instant::now();
-    let mut r = Report {
-        target: target.to_path_buf(),
-        kind: None,
-        outcome: Outcome::Error,
-        exit_code: 1,
-        verdict: String::new(),
-        manifest_source: None,
-        name: None,
-        build_number: None,
-        talos_version: None,
-        key_id: None,
-        key_file: None,
-        ranges_checked: 0,
-        bytes_read: 0,
-        mismatches: Vec::new(),
-        seconds: 0.0,
-    };
+    let mut r = Report::new(target);
     let (outcome, verdict) = match run(target, opts, progress, &mut r) {
         Ok(v) => (Outcome::Verified, v),
         Err(Stop(o, v)) => (o, v),
@@ -227,12 +237,25 @@ fn run(
 ) -> Result<String, Stop> {
     let kind = target::classify(target).map_err(|e| unreadable(format!("{e:#}")))?;
     r.kind = Some(kind);
+    progress.phase("reading the manifest");
+    let (m, signed) = authenticate(target, kind, opts, r)?;
+    run_content(target, kind, &m, &signed, progress, r)
+}
+
+/// Steps 1-4: find the manifest of `target`, check its signature against the trust store and
+/// the `--profile`/`--min-build` rules. Returns the manifest and a sentence saying who signed
+/// what; fills the report's manifest fields as it learns them.
+pub fn authenticate(
+    target: &Path,
+    kind: Kind,
+    opts: &VerifyOptions,
+    r: &mut Report,
+) -> Result<(Manifest, String), Stop> {
     let store =
         TrustStore::load(&opts.trust).map_err(|e| Stop(Outcome::Error, format!("{e:#}")))?;
-
-    progress.phase("reading the manifest");
     let found = find_manifest(target, kind, opts.manifest.as_deref())?;
     r.manifest_source = Some(found.source.clone());
+    r.manifest_sha256 = Some(hex::encode(Sha256::digest(&found.bytes)));
     let Some(sig_text) = &found.signature else {
         return Err((
             Outcome::Unsigned,
@@ -333,7 +356,18 @@ fn run(
         m.arch,
         key.path.display()
     );
+    Ok((m, signed))
+}
 
+/// Step 5: the content of `target` against the authenticated manifest.
+fn run_content(
+    target: &Path,
+    kind: Kind,
+    m: &Manifest,
+    signed: &str,
+    progress: &mut dyn Progress,
+    r: &mut Report,
+) -> Result<String, Stop> {
     let what = match kind {
         Kind::Manifest => {
             let Some(a) = &m.artifact else {
@@ -350,17 +384,17 @@ fn run(
                 ));
             }
             progress.phase("checking the compressed image");
-            check_compressed(&file, &m, progress, r)?;
+            check_compressed(&file, m, progress, r)?;
             format!("{} ({})", file.display(), Kind::Compressed.as_str())
         }
         Kind::Compressed => {
             progress.phase("checking the compressed image");
-            check_compressed(target, &m, progress, r)?;
+            check_compressed(target, m, progress, r)?;
             Kind::Compressed.as_str().to_string()
         }
         Kind::Image | Kind::Device => {
             progress.phase("checking the image's ranges");
-            check_ranges(target, kind, &m, progress, r)?;
+            check_ranges(target, kind, m, progress, r)?;
             kind.as_str().to_string()
         }
     };
@@ -453,6 +487,19 @@ fn find_manifest(target: &Path, kind: Kind, explicit: Option<&Path>) -> Result<F
             Err(e) => Err(e),
         },
     }
+}
+
+/// The manifest of `target` and where it came from, read without checking any signature
+/// (`flash --allow-unsigned` still uses an unsigned manifest's block map and digests).
+pub fn read_manifest_unchecked(
+    target: &Path,
+    kind: Kind,
+    explicit: Option<&Path>,
+) -> Result<(Manifest, String), Stop> {
+    let found = find_manifest(target, kind, explicit)?;
+    let m = Manifest::parse(&found.bytes, &found.source)
+        .map_err(|e| Stop(Outcome::Error, format!("{e:#}")))?;
+    Ok((m, found.source))
 }
 
 /// Locate the manifest partition through the GPT in `head` (the first bytes of the disk).

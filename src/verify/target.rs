@@ -88,6 +88,28 @@ impl AlignedBuf {
     pub fn as_slice(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
     }
+
+    /// Bytes the buffer can hold without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.raw.len() - self.start
+    }
+
+    /// Use the first `len` bytes (at most [`AlignedBuf::capacity`]).
+    pub fn set_len(&mut self, len: usize) {
+        if len > self.capacity() {
+            *self = AlignedBuf::new(len);
+        }
+        self.len = len;
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+
+    /// The data padded with zeros to a multiple of [`ALIGN`] (what a direct write sends).
+    pub fn padded(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len.next_multiple_of(ALIGN)]
+    }
 }
 
 /// A file or block device opened for positional reads.

@@ -1,0 +1,118 @@
+//! `--record FILE`: one JSON line per target, appended whole.
+//!
+//! Each record is serialised first and appended with a single `write` on a file opened
+//! `O_APPEND`, then `fdatasync`ed: a crash leaves earlier records intact and never half a
+//! line from this process, and several flashing processes may share one file. Records carry
+//! no secrets (no configuration content, no keys).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// What one target's flashing came to.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub format: &'static str,
+    /// When the record was written (UTC, RFC 3339).
+    pub time: String,
+    /// The target as given on the command line (`/dev/disk/by-id/…`, `--serial …`, a file).
+    pub target: String,
+    /// The path written (`/dev/sdb`, a file).
+    pub path: String,
+    pub kind: &'static str,
+    pub serial: Option<String>,
+    pub model: Option<String>,
+    pub transport: Option<String>,
+    /// Size of the target in bytes.
+    pub size: u64,
+    pub image: String,
+    pub image_format: String,
+    pub image_size: u64,
+    /// SHA-256 of the image as the manifest states it.
+    pub image_sha256: Option<String>,
+    /// SHA-256 of the manifest (or `.bmap`) the image was written by.
+    pub manifest_sha256: Option<String>,
+    pub name: Option<String>,
+    pub build_number: Option<u64>,
+    pub key_id: Option<String>,
+    pub trusted: bool,
+    pub bytes_written: u64,
+    pub bytes_verified: u64,
+    pub rewrites: u64,
+    pub seconds_writing: f64,
+    pub seconds_partition_table: f64,
+    pub seconds: f64,
+    /// `verified`, `failed`, `interrupted` or `refused`.
+    pub result: &'static str,
+    pub error: Option<String>,
+    /// After a failure: the target was left without a valid partition table.
+    pub partition_table_wiped: Option<bool>,
+}
+
+/// Append `record` to `path` as one line.
+pub fn append(path: &Path, record: &Record) -> Result<()> {
+    let mut line = serde_json::to_vec(record).context("serialising the record")?;
+    line.push(b'\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot open the record file {}: choose a writable path for --record",
+                path.display()
+            )
+        })?;
+    f.write_all(&line)
+        .with_context(|| format!("appending to the record file {}", path.display()))?;
+    f.sync_data()
+        .with_context(|| format!("syncing the record file {}", path.display()))?;
+    Ok(())
+}
+
+/// The current time as RFC 3339 UTC (`2026-11-23T17:04:05Z`), without a time zone database.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
