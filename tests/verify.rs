@@ -22,9 +22,6 @@ const BLOCK: u64 = 4096;
 const MIB: u64 = 1 << 20;
 
 impl Built {
-    fn verify(&self, target: &Path, extra: &[&str]) -> Verified {
-        verify_with(&self.trust, target, extra)
-    }
     fn verify_json(&self, target: &Path, extra: &[&str]) -> Value {
         verify_json_with(&self.trust, target, extra)
     }
@@ -32,56 +29,6 @@ impl Built {
 
 // ---------------------------------------------------------------------------------------------
 // Running verify.
-
-/// What `edgeimage verify -q` said.
-struct Verified {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Verified {
-    fn verdict(&self) -> &str {
-        self.stdout.lines().next().unwrap_or("")
-    }
-    /// The lines after the verdict.
-    fn details(&self) -> Vec<&str> {
-        self.stdout.lines().skip(1).collect()
-    }
-    /// Exit code and verdict word; returns the verdict line.
-    fn expect(&self, code: i32, word: &str) -> &str {
-        assert_eq!(
-            self.code, code,
-            "exit code\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        assert!(
-            self.verdict().starts_with(&format!("{word}: ")),
-            "verdict should start with {word:?}:\n{}\nstderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
-        self.verdict()
-    }
-}
-
-fn verify_with(trust: &Path, target: &Path, extra: &[&str]) -> Verified {
-    let mut args = vec![
-        "verify",
-        target.to_str().unwrap(),
-        "--trust",
-        trust.to_str().unwrap(),
-        "-q",
-    ];
-    args.extend_from_slice(extra);
-    let o = run(&args);
-    Verified {
-        code: o.status.code().expect("verify was killed by a signal"),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: stderr(&o),
-    }
-}
 
 fn verify_json_with(trust: &Path, target: &Path, extra: &[&str]) -> Value {
     let mut args = vec![

@@ -308,12 +308,16 @@ pub fn wipe(m: &mut dyn Medium, image_size: u64) -> io::Result<()> {
             start - start % 4096
         }
     };
-    zero(m, 0, mib)?;
+    // Every region is tried even if one fails (a failing disk may still take some).
     let img_end = image_size.min(size);
-    zero(m, tail(img_end), img_end - tail(img_end))?;
-    if size != img_end {
-        zero(m, tail(size), size - tail(size))?;
-    }
+    let first = zero(m, 0, mib);
+    let image_tail = zero(m, tail(img_end), img_end - tail(img_end));
+    let disk_tail = if size != img_end {
+        zero(m, tail(size), size - tail(size))
+    } else {
+        Ok(())
+    };
+    first.and(image_tail).and(disk_tail)?;
     m.sync()
 }
 

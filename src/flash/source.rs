@@ -303,6 +303,15 @@ fn manifest_of(
             Ok(Some((m, p, source)))
         }
         Err(Stop(o @ (Outcome::Unsigned | Outcome::UnknownKey), msg)) => {
+            // No manifest at all: the block map or the plain image rules decide.
+            if o == Outcome::Unsigned
+                && matches!(
+                    verify::read_manifest_unchecked(path, kind, explicit.as_deref()),
+                    Err(Stop(Outcome::Unsigned, _))
+                )
+            {
+                return Ok(None);
+            }
             if !opts.allow_unsigned {
                 return Err(refuse(
                     o,

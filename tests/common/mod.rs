@@ -240,3 +240,60 @@ pub fn setup(extra_toml: &str, signed: bool) -> Built {
 pub fn signed() -> Built {
     setup("", true)
 }
+
+/// What `edgeimage verify -q` said.
+pub struct Verified {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Verified {
+    pub fn verdict(&self) -> &str {
+        self.stdout.lines().next().unwrap_or("")
+    }
+    /// The lines after the verdict.
+    pub fn details(&self) -> Vec<&str> {
+        self.stdout.lines().skip(1).collect()
+    }
+    /// Exit code and verdict word; returns the verdict line.
+    pub fn expect(&self, code: i32, word: &str) -> &str {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.verdict().starts_with(&format!("{word}: ")),
+            "verdict should start with {word:?}:\n{}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        self.verdict()
+    }
+}
+
+pub fn verify_with(trust: &Path, target: &Path, extra: &[&str]) -> Verified {
+    let mut args = vec![
+        "verify",
+        target.to_str().unwrap(),
+        "--trust",
+        trust.to_str().unwrap(),
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    Verified {
+        code: o.status.code().expect("verify was killed by a signal"),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: stderr(&o),
+    }
+}
+
+impl Built {
+    /// `edgeimage verify -q` of `target` against this build's trust store.
+    pub fn verify(&self, target: &Path, extra: &[&str]) -> Verified {
+        verify_with(&self.trust, target, extra)
+    }
+}
