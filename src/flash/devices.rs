@@ -814,7 +814,8 @@ impl System {
             })?;
             return self.classify(node, given);
         }
-        if path.starts_with("/dev") {
+        // Files in /dev are mistakes (a disk that was not there), except in its tmpfs.
+        if path.starts_with("/dev") && !path.starts_with("/dev/shm") {
             let node = (path.parent() == Some(Path::new("/dev")))
                 .then(|| path.file_name().and_then(|n| n.to_str()))
                 .flatten()
