@@ -2,9 +2,10 @@
 //! against the same composition done with the usual tools (objcopy for the UKI, mkfs.fat +
 //! mtools for the ESP, sgdisk for the GPT, dd for placing partitions, zstd for compression),
 //! on the same synthetic inputs, in one run. Prints a Markdown table for the README.
+//! `bench verify` and `bench flash` do the same for `edgeimage verify` and `edgeimage flash`.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -102,7 +103,7 @@ fn write_assets(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: cargo xtask bench build|verify [--runs N]";
+const USAGE: &str = "usage: cargo xtask bench build|verify|flash [--runs N]";
 
 pub fn main(args: &[String]) -> Result<()> {
     if let [sub, dir] = args {
@@ -112,9 +113,14 @@ pub fn main(args: &[String]) -> Result<()> {
         if sub == "_verify_assets" {
             return write_verify_assets(Path::new(dir));
         }
+        if sub == "_flash_assets" {
+            return write_flash_assets(Path::new(dir));
+        }
     }
-    if args.first().map(String::as_str) == Some("verify") {
-        return verify(runs_of(&args[1..])?);
+    match args.first().map(String::as_str) {
+        Some("verify") => return verify(runs_of(&args[1..])?),
+        Some("flash") => return flash(runs_of(&args[1..])?),
+        _ => {}
     }
     if args.first().map(String::as_str) != Some("build") {
         bail!("{USAGE}");
@@ -175,8 +181,7 @@ pub fn main(args: &[String]) -> Result<()> {
         ("edgeimage build --raw (.raw.zst + .raw)", true, &profile),
         ("edgeimage build + 50 MiB extension", false, &profile_ext),
     ] {
-        let mut best: Option<Usage> = None;
-        for _ in 0..runs {
+        let best = best_of(runs, || {
             let out = work.join("out-edgeimage");
             let _ = fs::remove_dir_all(&out);
             let mut c = Command::new(&bin);
@@ -188,21 +193,12 @@ pub fn main(args: &[String]) -> Result<()> {
                 c.arg("--raw");
             }
             c.env("SOURCE_DATE_EPOCH", "1700000000");
-            let u = measure(&mut c)?;
-            if best.is_none_or(|b| u.wall < b.wall) {
-                best = Some(u);
-            }
-        }
+            measure(&mut c)
+        })?;
         let size = fs::metadata(work.join("out-edgeimage/bench.raw.zst"))?.len();
-        results.push((label.to_string(), best.unwrap_or_default(), size));
+        results.push((label.to_string(), best, size));
     }
-    let mut ext_peer: Option<Usage> = None;
-    for _ in 0..runs {
-        let u = peer_extension(&work, &ext_dir)?;
-        if ext_peer.is_none_or(|b| u.wall < b.wall) {
-            ext_peer = Some(u);
-        }
-    }
+    let ext_peer = best_of(runs, || peer_extension(&work, &ext_dir))?;
     let mut best: Option<(Usage, Vec<(String, Usage)>)> = None;
     for _ in 0..runs {
         let (total, steps) = peer_pipeline(&work, &assets)?;
@@ -232,7 +228,6 @@ pub fn main(args: &[String]) -> Result<()> {
         peer.wall, peer.cpu, peer.max_rss_kib as f64 / 1024.0, peer.wall / ed.wall
     );
     let ext = results[2].1;
-    let ext_peer = ext_peer.unwrap_or_default();
     println!("\nA 50 MiB extension (25 MiB incompressible, 25 MiB text): what it adds to a build, against\nmksquashfs -comp zstd -Xcompression-level 18 + cpio -o -H newc + zstd -T0 -18 alone:\n");
     println!("| packing the extension | wall s | CPU s |");
     println!("|---|---:|---:|");
@@ -261,10 +256,25 @@ pub fn main(args: &[String]) -> Result<()> {
 
 fn runs_of(args: &[String]) -> Result<usize> {
     match args {
-        [flag, n] if flag == "--runs" => n.parse().context("--runs N"),
+        [flag, n] if flag == "--runs" => match n.parse() {
+            Ok(0) | Err(_) => bail!("--runs N: a number of at least 1"),
+            Ok(n) => Ok(n),
+        },
         [] => Ok(3),
         _ => bail!("{USAGE}"),
     }
+}
+
+/// The fastest (by wall time) of `runs` measurements.
+fn best_of(runs: usize, mut one: impl FnMut() -> Result<Usage>) -> Result<Usage> {
+    let mut best: Option<Usage> = None;
+    for _ in 0..runs {
+        let u = one()?;
+        if best.is_none_or(|b| u.wall < b.wall) {
+            best = Some(u);
+        }
+    }
+    best.context("no run")
 }
 
 /// Assets for the verify benchmark: about 600 MB of incompressible data (a 100 MiB kernel and
@@ -288,16 +298,28 @@ fn drop_caches() -> bool {
     fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
-/// `cargo xtask bench verify`: `edgeimage verify` of a signed 2 GiB image holding ~600 MB of
-/// data (as a file, as a loop device, compressed) against `sha256sum` of the whole image and
-/// against just reading the mapped bytes once (`dd` of the UKI's extent).
-fn verify(runs: usize) -> Result<()> {
-    let work = util::target_dir().join("bench-verify");
-    let _ = fs::remove_dir_all(&work);
+/// A signed image built (with `--raw`) from a synthetic asset set, and what flashing and
+/// verifying it need.
+struct Signed {
+    bin: PathBuf,
+    /// A trust store holding the signing key.
+    trust: PathBuf,
+    /// `bench.raw`, `bench.raw.zst`, `bench.bmap`, `bench.manifest.json` and its `.minisig`.
+    out: PathBuf,
+    image_size: u64,
+    /// The manifest's block map: first and last 4 KiB block of each range.
+    ranges: Vec<(u64, u64)>,
+    mapped: u64,
+}
+
+/// In `work`: the asset set the `cargo xtask bench <assets_cmd>` child writes, a profile with
+/// these assets and `layout` (its `disk_size`/`esp_size` lines), a fresh unencrypted key and a
+/// trust store with it, and `edgeimage build --raw --sign-key` of the profile.
+fn signed_image(work: &Path, assets_cmd: &str, layout: &str) -> Result<Signed> {
     let assets = work.join("assets");
     util::run(
         Command::new(std::env::current_exe()?)
-            .args(["bench", "_verify_assets"])
+            .args(["bench", assets_cmd])
             .arg(&assets),
     )?;
     let pin = |n: &str| sha256_file(&assets.join(n));
@@ -305,7 +327,7 @@ fn verify(runs: usize) -> Result<()> {
     fs::write(
         &profile,
         format!(
-            "name = \"bench\"\narch = \"amd64\"\ntalos_version = \"v1.12.5\"\ndisk_size = \"2110MiB\"\n\
+            "name = \"bench\"\narch = \"amd64\"\ntalos_version = \"v1.12.5\"\n{layout}\
              build_number = 1\n[assets]\nsource = \"assets\"\nkernel = {{ sha256 = \"{}\" }}\n\
              initramfs = {{ sha256 = \"{}\" }}\nsystemd_boot = {{ sha256 = \"{}\" }}\n\
              systemd_stub = {{ sha256 = \"{}\" }}\n",
@@ -343,26 +365,50 @@ fn verify(runs: usize) -> Result<()> {
             .arg(keys.join("bench.key"))
             .env("SOURCE_DATE_EPOCH", "1700000000"),
     )?;
-    let raw = out.join("bench.raw");
-    let zst = out.join("bench.raw.zst");
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(out.join("bench.manifest.json"))?)?;
-    let ranges = manifest["block_map"]["ranges"]
+    let ranges: Vec<(u64, u64)> = manifest["block_map"]["ranges"]
         .as_array()
-        .context("block map")?;
-    let mapped: u64 = ranges
+        .context("block map")?
         .iter()
         .map(|r| {
-            let f = r["first"].as_u64().unwrap_or(0);
-            let l = r["last"].as_u64().unwrap_or(0);
-            (l - f + 1) * 4096
+            (
+                r["first"].as_u64().unwrap_or(0),
+                r["last"].as_u64().unwrap_or(0),
+            )
         })
-        .sum();
-    let image_size = manifest["image"]["size"].as_u64().unwrap_or(0);
+        .collect();
+    let mapped = ranges.iter().map(|(f, l)| (l - f + 1) * 4096).sum();
+    Ok(Signed {
+        bin,
+        trust,
+        out,
+        image_size: manifest["image"]["size"].as_u64().unwrap_or(0),
+        ranges,
+        mapped,
+    })
+}
+
+/// `cargo xtask bench verify`: `edgeimage verify` of a signed 2 GiB image holding ~600 MB of
+/// data (as a file, as a loop device, compressed) against `sha256sum` of the whole image and
+/// against just reading the mapped bytes once (`dd` of the UKI's extent).
+fn verify(runs: usize) -> Result<()> {
+    let work = util::target_dir().join("bench-verify");
+    let _ = fs::remove_dir_all(&work);
+    let Signed {
+        bin,
+        trust,
+        out,
+        image_size,
+        ranges,
+        mapped,
+    } = signed_image(&work, "_verify_assets", "disk_size = \"2110MiB\"\n")?;
+    let raw = out.join("bench.raw");
+    let zst = out.join("bench.raw.zst");
     // The UKI is one contiguous extent in the ESP: read the mapped bytes' span once with dd.
     let first = ranges
         .iter()
-        .filter_map(|r| r["first"].as_u64())
+        .map(|r| r.0)
         .filter(|&f| f >= 256)
         .min()
         .unwrap_or(0);
@@ -405,17 +451,13 @@ fn verify(runs: usize) -> Result<()> {
         dd,
     ));
     for (label, mut c) in cases {
-        let mut best: Option<Usage> = None;
-        for _ in 0..runs {
+        let best = best_of(runs, || {
             if cold {
                 drop_caches();
             }
-            let u = measure(&mut c)?;
-            if best.is_none_or(|b| u.wall < b.wall) {
-                best = Some(u);
-            }
-        }
-        rows.push((label, best.unwrap_or_default()));
+            measure(&mut c)
+        })?;
+        rows.push((label, best));
     }
     if let Some(l) = &loopdev {
         let _ = Command::new("losetup").arg("-d").arg(l).status();
@@ -593,4 +635,264 @@ fn peer_pipeline(work: &Path, assets: &Path) -> Result<(Usage, Vec<(String, Usag
         total.add(*u);
     }
     Ok((total, steps))
+}
+
+/// Deterministic text that zstd -3 compresses about 3.5x: numbered lines of eight words, each
+/// drawn from a 64-word vocabulary by a byte of [`synthetic::filler`] (neither zeros nor one
+/// repeated line, which compress 50x and more).
+fn words(seed: &str, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 64] = [
+        "the", "of", "and", "to", "in", "is", "it", "for", "on", "with", "as", "was", "at", "by",
+        "an", "be", "this", "from", "or", "are", "have", "not", "but", "they", "which", "will",
+        "one", "all", "would", "there", "what", "about", "when", "make", "can", "time", "just",
+        "know", "take", "into", "year", "some", "could", "other", "than", "then", "only", "over",
+        "also", "after", "node", "edge", "disk", "boot", "image", "kernel", "module", "config",
+        "state", "event", "block", "device", "agent", "network",
+    ];
+    let picks = synthetic::filler(seed, len / 4);
+    let mut picks = picks.iter().cycle();
+    let mut out = Vec::with_capacity(len + 128);
+    let mut line = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("{line:08}").as_bytes());
+        for _ in 0..8 {
+            let w = picks.next().map_or(0, |b| usize::from(b & 63));
+            out.push(b' ');
+            out.extend_from_slice(WORDS[w].as_bytes());
+        }
+        out.extend_from_slice(b".\n");
+        line += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Assets for the flash benchmark: 300 MiB incompressible (a 280 MiB initramfs and a 20 MiB
+/// kernel `.text`) and 300 MiB of text (the kernel's `.rodata`), all of it in the UKI. The
+/// set's own kernel (empty here: its filler is incompressible) is replaced by that one.
+fn write_flash_assets(dir: &Path) -> Result<()> {
+    synthetic::write_asset_set(
+        dir,
+        Arch::Amd64,
+        Sizes {
+            kernel: 0,
+            initramfs: 280 << 20,
+        },
+    )?;
+    let kernel = synthetic::pe_image(
+        Arch::Amd64.pe_machine(),
+        &[
+            (".text", synthetic::filler("bench-flash-kernel", 20 << 20)),
+            (".rodata", words("bench-flash-text", 300 << 20)),
+        ],
+        Some(synthetic::KERNEL_RELEASE),
+    );
+    fs::write(dir.join("vmlinuz"), kernel)?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    File,
+    Loop,
+}
+
+/// The targets of one run, made fresh: paths of files that do not exist yet, or loop devices on
+/// new sparse files of the image's size. The loop devices do direct I/O on their files, so what
+/// is read back from them comes from the disk, not from the page cache of the file behind them.
+/// Dropping the targets detaches the devices and deletes the files.
+struct Targets {
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+    loops: Vec<String>,
+}
+
+impl Targets {
+    fn new(dir: &Path, kind: Kind, n: usize, size: u64) -> Result<Targets> {
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir_all(dir)?;
+        let mut t = Targets {
+            dir: dir.to_path_buf(),
+            paths: Vec::new(),
+            loops: Vec::new(),
+        };
+        for i in 0..n {
+            let file = dir.join(format!("target{i}.img"));
+            if kind == Kind::File {
+                t.paths.push(file);
+                continue;
+            }
+            fs::File::create(&file)?.set_len(size)?;
+            let o = tool("losetup")?
+                .args(["-f", "--show", "--direct-io=on"])
+                .arg(&file)
+                .output()
+                .context("running losetup")?;
+            if !o.status.success() {
+                bail!(
+                    "losetup -f --show --direct-io=on {}: {}",
+                    file.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            t.paths.push(PathBuf::from(&dev));
+            t.loops.push(dev);
+        }
+        Ok(t)
+    }
+}
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        for l in &self.loops {
+            let _ = Command::new("losetup").arg("-d").arg(l).status();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `cargo xtask bench flash`: `edgeimage flash` (write and read-back verification) of a signed
+/// 4 GiB image holding 600 MiB of data, to one target and to four at once, against
+/// `bmaptool copy` with the image's block map and against `zstd -dc | dd`, on sparse files and
+/// on loop devices.
+fn flash(runs: usize) -> Result<()> {
+    let work = util::target_dir().join("bench-flash");
+    let _ = fs::remove_dir_all(&work);
+    let img = signed_image(
+        &work,
+        "_flash_assets",
+        "disk_size = \"4096MiB\"\nesp_size = \"4092MiB\"\n",
+    )?;
+    let zst = img.out.join("bench.raw.zst");
+    let raw = img.out.join("bench.raw");
+    let bmap = img.out.join("bench.bmap");
+    let zst_size = fs::metadata(&zst)?.len();
+    let cold = drop_caches();
+    let flash_cmd = |targets: &[PathBuf]| {
+        let mut c = Command::new(&img.bin);
+        c.args(["flash", "-q", "-y", "--trust"])
+            .arg(&img.trust)
+            .arg(&zst);
+        for t in targets {
+            c.arg("-t").arg(t);
+        }
+        c
+    };
+    let bmaptool = |source: &Path, targets: &[PathBuf]| -> Result<Command> {
+        let mut c = tool("bmaptool")?;
+        c.args(["-q", "copy", "--bmap"])
+            .arg(&bmap)
+            .arg(source)
+            .args(targets);
+        Ok(c)
+    };
+    let mut rows: Vec<(String, &str, Usage)> = Vec::new();
+    let mut ratios: Vec<String> = Vec::new();
+    for (kind, one, four) in [
+        (Kind::File, "sparse file", "4 sparse files"),
+        (Kind::Loop, "loop device (direct I/O)", "4 loop devices"),
+    ] {
+        if kind == Kind::Loop {
+            if let Err(e) = Targets::new(&work.join("targets"), kind, 1, img.image_size) {
+                eprintln!("\n!!! {e:#}\n!!! NO LOOP DEVICE: the loop-device rows are SKIPPED\n");
+                ratios.push("loop device: SKIPPED (losetup failed)".into());
+                continue;
+            }
+        }
+        let dd = match kind {
+            Kind::File => "bs=4M iflag=fullblock conv=sparse,fsync",
+            Kind::Loop => "bs=4M iflag=fullblock oflag=direct conv=fsync",
+        };
+        type Make<'a> = Box<dyn Fn(&[PathBuf]) -> Result<Command> + 'a>;
+        let cases: Vec<(String, usize, Make)> = vec![
+            (
+                "edgeimage flash (write + read-back verify)".into(),
+                1,
+                Box::new(|t| Ok(flash_cmd(t))),
+            ),
+            (
+                "edgeimage flash, 4 targets at once".into(),
+                4,
+                Box::new(|t| Ok(flash_cmd(t))),
+            ),
+            (
+                "bmaptool copy --bmap bench.bmap bench.raw.zst".into(),
+                1,
+                Box::new(|t| bmaptool(&zst, t)),
+            ),
+            (
+                "bmaptool copy --bmap bench.bmap bench.raw".into(),
+                1,
+                Box::new(|t| bmaptool(&raw, t)),
+            ),
+            (
+                format!("zstd -dc bench.raw.zst \\| dd {dd}"),
+                1,
+                Box::new(|t| {
+                    let mut c = Command::new("sh");
+                    c.arg("-c")
+                        .arg(format!("zstd -dcq \"$1\" | dd of=\"$2\" {dd} status=none"))
+                        .arg("sh")
+                        .arg(&zst)
+                        .args(t);
+                    Ok(c)
+                }),
+            ),
+        ];
+        let mut got = Vec::new();
+        for (label, n, make) in &cases {
+            let u = best_of(runs, || {
+                let t = Targets::new(&work.join("targets"), kind, *n, img.image_size)?;
+                let mut c = make(&t.paths)?;
+                if cold {
+                    drop_caches();
+                }
+                measure(&mut c)
+            })?;
+            got.push(u);
+            rows.push((label.clone(), if *n == 1 { one } else { four }, u));
+        }
+        let r = |i: usize, j: usize| got[i].wall / got[j].wall;
+        ratios.push(format!(
+            "{one}: bmaptool (.zst) / edgeimage {:.2}x, 4 targets / 1 target {:.2}x, zstd \\| dd / edgeimage {:.2}x",
+            r(2, 0),
+            r(1, 0),
+            r(4, 0)
+        ));
+    }
+    println!(
+        "\nImage: {} MiB, {} mapped ranges holding {} MiB (about half incompressible, half text), \
+         bench.raw.zst {} MiB; best of {runs} runs; {} cores; page cache {}.\n",
+        img.image_size >> 20,
+        img.ranges.len(),
+        img.mapped >> 20,
+        zst_size >> 20,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if cold {
+            "dropped before every run"
+        } else {
+            "warm (dropping it needs root)"
+        }
+    );
+    println!("| command | target | wall s | CPU s | peak RSS MiB | wall vs edgeimage flash |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let mut base = 0.0;
+    for (label, target, u) in &rows {
+        if label.starts_with("edgeimage flash (") {
+            base = u.wall;
+        }
+        println!(
+            "| {label} | {target} | {:.2} | {:.2} | {:.0} | {:.2}x |",
+            u.wall,
+            u.cpu,
+            u.max_rss_kib as f64 / 1024.0,
+            u.wall / base
+        );
+    }
+    println!(
+        "\nRatios of wall time (goals: bmaptool / edgeimage >= 3x, 4 targets / 1 target <= 1.5x): {}.",
+        ratios.join("; ")
+    );
+    Ok(())
 }

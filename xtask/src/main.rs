@@ -24,6 +24,9 @@ commands:
           objcopy/zstd on the same inputs (--runs N)
           verify: `edgeimage verify` of a 2 GiB image with 600 MB of data (file, loop
           device, .zst) vs sha256sum of the image and a plain read of the data (--runs N)
+          flash: `edgeimage flash` (write + read-back verify) of a signed 4 GiB image with
+          600 MiB of data to a sparse file / loop device, and to 4 at once, vs bmaptool copy
+          with the .bmap and zstd -dc | dd (--runs N; root for loop devices and cold caches)
   dist    (not implemented yet)
 ";
 
