@@ -174,7 +174,8 @@ impl Ui {
                 ..
             } => {
                 let due = self.last_line[i].elapsed() >= Duration::from_secs(2);
-                let edge = *phase != Phase::Writing;
+                // Phase changes are shown; `done` is followed by the verdict line anyway.
+                let edge = !matches!(phase, Phase::Writing | Phase::Done);
                 if due || edge {
                     self.last_line[i] = Instant::now();
                     let secs = self.started[i].elapsed().as_secs_f64().max(0.001);
