@@ -32,26 +32,26 @@ pub enum Unmapped {
 
 /// A place an image is written to. The flash pipeline only talks to this trait, so tests can
 /// put a failing disk in its place.
-pub trait Medium: Send {
+pub trait Medium: Send + Sync {
     /// The path (for messages).
     fn path(&self) -> &Path;
     /// Size in bytes.
     fn size(&self) -> u64;
     /// Called before the first write: a file target is emptied and sized here (not when
     /// opened, so a run refused after opening leaves it alone).
-    fn begin(&mut self) -> io::Result<()> {
+    fn begin(&self) -> io::Result<()> {
         Ok(())
     }
     /// Write `data` at `offset`.
-    fn write_at(&mut self, offset: u64, data: &AlignedBuf) -> io::Result<()>;
+    fn write_at(&self, offset: u64, data: &AlignedBuf) -> io::Result<()>;
     /// Make everything written so far durable (`fdatasync`).
-    fn sync(&mut self) -> io::Result<()>;
+    fn sync(&self) -> io::Result<()>;
     /// Read `len` bytes at `offset` from the device itself, not from the page cache.
-    fn read_back(&mut self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()>;
+    fn read_back(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()>;
     /// Zero or discard `[offset, offset + len)`.
-    fn fill(&mut self, offset: u64, len: u64, how: Unmapped) -> io::Result<()>;
+    fn fill(&self, offset: u64, len: u64, how: Unmapped) -> io::Result<()>;
     /// Ask the kernel to re-read the partition table (block devices).
-    fn reread_partitions(&mut self) {}
+    fn reread_partitions(&self) {}
     /// `(major, minor)` of the opened block device.
     fn device_number(&self) -> Option<(u32, u32)> {
         None
@@ -64,6 +64,8 @@ pub struct Opened {
     /// `O_DIRECT` descriptor (block devices: read-write and exclusive; files: read-only, when
     /// the filesystem supports it).
     direct: Option<File>,
+    /// Direct reads work (cleared when a filesystem refuses them after accepting the open).
+    direct_reads: std::sync::atomic::AtomicBool,
     /// Buffered read-write descriptor.
     file: File,
     device: bool,
@@ -114,6 +116,7 @@ impl Opened {
         Ok(Opened {
             path: path.to_path_buf(),
             direct: Some(direct),
+            direct_reads: true.into(),
             file,
             device: true,
             size,
@@ -139,6 +142,7 @@ impl Opened {
             .ok();
         Ok(Opened {
             path: path.to_path_buf(),
+            direct_reads: direct.is_some().into(),
             direct,
             file,
             device: false,
@@ -180,7 +184,7 @@ impl Medium for Opened {
         self.size
     }
 
-    fn begin(&mut self) -> io::Result<()> {
+    fn begin(&self) -> io::Result<()> {
         if !self.device {
             self.file.set_len(0)?;
             self.file.set_len(self.size)?;
@@ -188,7 +192,7 @@ impl Medium for Opened {
         Ok(())
     }
 
-    fn write_at(&mut self, offset: u64, data: &AlignedBuf) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: &AlignedBuf) -> io::Result<()> {
         let bytes = data.as_slice();
         match &self.direct {
             Some(d) if self.device && Self::aligned(offset, bytes.len()) => {
@@ -198,7 +202,7 @@ impl Medium for Opened {
         }
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&self) -> io::Result<()> {
         if let Some(d) = &self.direct {
             if self.device {
                 d.sync_data()?;
@@ -207,18 +211,23 @@ impl Medium for Opened {
         self.file.sync_data()
     }
 
-    fn read_back(&mut self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
+    fn read_back(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
         if buf.capacity() < len {
             *buf = AlignedBuf::new(len);
         }
         buf.set_len(len);
-        if let Some(d) = &self.direct {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(d) = self
+            .direct
+            .as_ref()
+            .filter(|_| self.direct_reads.load(Relaxed))
+        {
             if Self::aligned(offset, len) {
                 match d.read_exact_at(buf.as_mut_slice(), offset) {
                     Ok(()) => return Ok(()),
                     // Some filesystems accept O_DIRECT at open but not for every read.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !self.device => {
-                        self.direct = None
+                        self.direct_reads.store(false, Relaxed)
                     }
                     Err(e) => return Err(e),
                 }
@@ -236,7 +245,7 @@ impl Medium for Opened {
         self.file.read_exact_at(buf.as_mut_slice(), offset)
     }
 
-    fn fill(&mut self, offset: u64, len: u64, how: Unmapped) -> io::Result<()> {
+    fn fill(&self, offset: u64, len: u64, how: Unmapped) -> io::Result<()> {
         if len == 0 || how == Unmapped::Keep {
             return Ok(());
         }
@@ -267,7 +276,7 @@ impl Medium for Opened {
         }
     }
 
-    fn reread_partitions(&mut self) {
+    fn reread_partitions(&self) {
         if self.device {
             if let Some(d) = &self.direct {
                 // SAFETY: BLKRRPART takes no argument. Failure only means the kernel keeps
@@ -283,7 +292,7 @@ impl Medium for Opened {
 }
 
 /// Write zeros over `[offset, offset + len)` of `m`, clipped to the medium.
-pub fn zero(m: &mut dyn Medium, offset: u64, len: u64) -> io::Result<()> {
+pub fn zero(m: &dyn Medium, offset: u64, len: u64) -> io::Result<()> {
     let end = (offset + len).min(m.size());
     if offset >= end {
         return Ok(());
@@ -296,7 +305,7 @@ pub fn zero(m: &mut dyn Medium, offset: u64, len: u64) -> io::Result<()> {
 /// Leave no valid partition table: zero the first MiB (protective MBR, primary GPT), the
 /// last MiB of the image (its backup GPT) and the last MiB of the medium (a backup GPT from
 /// an earlier, larger layout, which firmware would otherwise restore from).
-pub fn wipe(m: &mut dyn Medium, image_size: u64) -> io::Result<()> {
+pub fn wipe(m: &dyn Medium, image_size: u64) -> io::Result<()> {
     let size = m.size();
     let mib = 1u64 << 20;
     // Ends rounded down to 4096 bytes where possible, so block devices take them directly.
@@ -330,7 +339,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("t.img");
         std::fs::write(&p, vec![7u8; 1 << 20]).unwrap();
-        let mut m = Opened::file(&p, 8 << 20).unwrap();
+        let m = Opened::file(&p, 8 << 20).unwrap();
         assert_eq!(
             std::fs::read(&p).unwrap(),
             vec![7u8; 1 << 20],
@@ -355,7 +364,7 @@ mod tests {
         m.sync().unwrap();
         m.read_back(12345, 3, &mut back).unwrap();
         assert_eq!(back.as_slice(), b"xyz");
-        wipe(&mut m, 8 << 20).unwrap();
+        wipe(&m, 8 << 20).unwrap();
         m.read_back(12288, 4096, &mut back).unwrap();
         assert!(back.as_slice().iter().all(|&b| b == 0));
     }

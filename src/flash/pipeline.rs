@@ -233,7 +233,7 @@ fn ms(t0: Instant) -> u64 {
 
 struct Writer {
     index: usize,
-    medium: Box<dyn Medium>,
+    medium: Arc<dyn Medium>,
     before_write: Option<BeforeWrite>,
     queue: Arc<Queue<Msg>>,
     events: Sender<Event>,
@@ -246,11 +246,11 @@ struct Writer {
     t0: Instant,
     written: u64,
     durable: u64,
-    verified: u64,
-    rewrites: u64,
+    /// Shared with the target's verifier thread.
+    verified: Arc<AtomicU64>,
+    rewrites: Arc<AtomicU64>,
     last_report: Instant,
     phase: Phase,
-    readback: AlignedBuf,
     /// Something was written (so a failure must wipe).
     touched: bool,
     /// The old partition tables were wiped before the first write.
@@ -271,6 +271,65 @@ impl From<String> for Stop {
     }
 }
 
+/// `<path>: bytes <first>-<last>`.
+fn place(m: &dyn Medium, a: u64, b: u64) -> String {
+    format!("{}: bytes {a}-{}", m.path().display(), b - 1)
+}
+
+/// Reads written chunks back from a target and compares them with what was written.
+struct Verifier {
+    medium: Arc<dyn Medium>,
+    retries: u32,
+    verified: Arc<AtomicU64>,
+    rewrites: Arc<AtomicU64>,
+    activity: Arc<AtomicU64>,
+    cancel: Arc<AtomicBool>,
+    t0: Instant,
+    buf: AlignedBuf,
+}
+
+impl Verifier {
+    /// Read back every chunk of `batch` (already synced) and compare; a chunk that differs
+    /// is rewritten and read again up to `retries` times.
+    fn check(&mut self, batch: &[Arc<Chunk>]) -> Result<(), Stop> {
+        let m = self.medium.clone();
+        for c in batch {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Stop::Interrupted("interrupted".into()));
+            }
+            let len = c.data.as_slice().len();
+            let mut tries = 0;
+            loop {
+                m.read_back(c.offset, len, &mut self.buf).map_err(|e| {
+                    format!("reading back {}: {e}", place(m.as_ref(), c.offset, c.end()))
+                })?;
+                self.activity.store(ms(self.t0), Ordering::Relaxed);
+                if self.buf.as_slice() == c.data.as_slice() {
+                    break;
+                }
+                if tries == self.retries {
+                    return Err(Stop::Failed(format!(
+                        "{} read back wrong after {} rewrite(s): expected sha256 {}, read {}",
+                        place(m.as_ref(), c.offset, c.end()),
+                        tries,
+                        hex::encode(Sha256::digest(c.data.as_slice())),
+                        hex::encode(Sha256::digest(self.buf.as_slice()))
+                    )));
+                }
+                tries += 1;
+                self.rewrites.fetch_add(1, Ordering::Relaxed);
+                m.write_at(c.offset, &c.data)
+                    .and_then(|()| m.sync())
+                    .map_err(|e| {
+                        format!("rewriting {}: {e}", place(m.as_ref(), c.offset, c.end()))
+                    })?;
+            }
+            self.verified.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 impl Writer {
     fn touch(&self) {
         self.activity.store(ms(self.t0), Ordering::Relaxed);
@@ -283,14 +342,14 @@ impl Writer {
                 target: self.index,
                 phase: self.phase,
                 durable: self.durable,
-                verified: self.verified,
+                verified: self.verified.load(Ordering::Relaxed),
                 total: self.total,
             });
         }
     }
 
     fn where_(&self, a: u64, b: u64) -> String {
-        format!("{}: bytes {a}-{}", self.medium.path().display(), b - 1)
+        place(self.medium.as_ref(), a, b)
     }
 
     fn write(&mut self, c: &Chunk) -> Result<(), Stop> {
@@ -305,7 +364,7 @@ impl Writer {
             self.medium
                 .begin()
                 .map_err(|e| format!("preparing {}: {e}", self.medium.path().display()))?;
-            medium::wipe(self.medium.as_mut(), self.image_size).map_err(|e| {
+            medium::wipe(self.medium.as_ref(), self.image_size).map_err(|e| {
                 format!(
                     "wiping the old partition tables of {}: {e}",
                     self.medium.path().display()
@@ -320,45 +379,95 @@ impl Writer {
         Ok(())
     }
 
-    /// `fdatasync`, then read back every chunk of `batch` and compare; rewrite bad ones.
-    fn flush_verify(&mut self, batch: &mut Vec<Arc<Chunk>>) -> Result<(), Stop> {
+    /// `fdatasync`: everything written so far is durable.
+    fn sync(&mut self) -> Result<(), Stop> {
         self.medium
             .sync()
             .map_err(|e| format!("flushing {}: {e}", self.medium.path().display()))?;
         self.touch();
         self.durable = self.written;
         self.report(false);
-        for c in batch.drain(..) {
-            let len = c.data.as_slice().len();
-            let mut tries = 0;
-            loop {
-                self.medium
-                    .read_back(c.offset, len, &mut self.readback)
-                    .map_err(|e| format!("reading back {}: {e}", self.where_(c.offset, c.end())))?;
-                self.touch();
-                if self.readback.as_slice() == c.data.as_slice() {
-                    break;
-                }
-                if tries == self.settings.retries {
-                    return Err(Stop::Failed(format!(
-                        "{} read back wrong after {} rewrite(s): expected sha256 {}, read {}",
-                        self.where_(c.offset, c.end()),
-                        tries,
-                        hex::encode(Sha256::digest(c.data.as_slice())),
-                        hex::encode(Sha256::digest(self.readback.as_slice()))
-                    )));
-                }
-                tries += 1;
-                self.rewrites += 1;
-                self.write(&c)?;
-                self.medium
-                    .sync()
-                    .map_err(|e| format!("flushing {}: {e}", self.medium.path().display()))?;
-            }
-            self.verified += len as u64;
-            self.report(false);
-        }
         Ok(())
+    }
+
+    fn verifier(&self) -> Verifier {
+        Verifier {
+            medium: self.medium.clone(),
+            retries: self.settings.retries,
+            verified: self.verified.clone(),
+            rewrites: self.rewrites.clone(),
+            activity: self.activity.clone(),
+            cancel: self.cancel.clone(),
+            t0: self.t0,
+            buf: AlignedBuf::new(super::source::CHUNK as usize),
+        }
+    }
+
+    /// Write the data chunks as they arrive; every `sync_every` bytes, sync and hand the
+    /// batch to the verifier thread, which reads it back while the next batch is written.
+    fn write_data(&mut self) -> Result<(), Stop> {
+        let failed = Arc::new(AtomicBool::new(false));
+        let (btx, brx) = std::sync::mpsc::sync_channel::<Vec<Arc<Chunk>>>(1);
+        let mut v = self.verifier();
+        let vfailed = failed.clone();
+        let checker = std::thread::spawn(move || -> Result<(), Stop> {
+            for batch in brx {
+                if let Err(e) = v.check(&batch) {
+                    vfailed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+        let mut batch: Vec<Arc<Chunk>> = Vec::new();
+        let mut pending = 0u64;
+        let written = (|| -> Result<(), Stop> {
+            loop {
+                let msg = self.queue.pop();
+                self.touch();
+                if failed.load(Ordering::Relaxed) {
+                    // The verifier's error is the one to report.
+                    return Ok(());
+                }
+                match msg {
+                    Some(Msg::Data(c)) => {
+                        self.write(&c)?;
+                        let n = c.data.as_slice().len() as u64;
+                        self.written += n;
+                        pending += n;
+                        batch.push(c);
+                        if pending >= self.settings.sync_every {
+                            pending = 0;
+                            self.sync()?;
+                            if btx.send(std::mem::take(&mut batch)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Some(Msg::End) => {
+                        self.sync()?;
+                        let _ = btx.send(std::mem::take(&mut batch));
+                        return Ok(());
+                    }
+                    Some(Msg::Abort(why, interrupted)) => {
+                        return Err(if interrupted {
+                            Stop::Interrupted(why)
+                        } else {
+                            Stop::Failed(why)
+                        })
+                    }
+                    Some(Msg::Commit(_)) | None => {
+                        return Err(Stop::Failed("the image stream stopped early".into()))
+                    }
+                }
+            }
+        })();
+        drop(btx);
+        let checked = checker
+            .join()
+            .unwrap_or_else(|_| Err(Stop::Failed("the verifying thread failed".into())));
+        checked?;
+        written
     }
 
     /// The complement of the pieces within the image.
@@ -378,40 +487,9 @@ impl Writer {
     }
 
     fn run(&mut self) -> Result<(f64, f64), Stop> {
-        let mut batch: Vec<Arc<Chunk>> = Vec::new();
-        let mut pending = 0u64;
         self.phase = Phase::Writing;
         self.report(true);
-        // Data.
-        loop {
-            let msg = self.queue.pop();
-            self.touch();
-            match msg {
-                Some(Msg::Data(c)) => {
-                    self.write(&c)?;
-                    let n = c.data.as_slice().len() as u64;
-                    self.written += n;
-                    pending += n;
-                    batch.push(c);
-                    if pending >= self.settings.sync_every {
-                        pending = 0;
-                        self.flush_verify(&mut batch)?;
-                    }
-                }
-                Some(Msg::End) => break,
-                Some(Msg::Abort(why, interrupted)) => {
-                    return Err(if interrupted {
-                        Stop::Interrupted(why)
-                    } else {
-                        Stop::Failed(why)
-                    })
-                }
-                Some(Msg::Commit(_)) | None => {
-                    return Err(Stop::Failed("the image stream stopped early".into()))
-                }
-            }
-        }
-        self.flush_verify(&mut batch)?;
+        self.write_data()?;
         let writing = self.t0.elapsed().as_secs_f64();
         self.phase = Phase::Waiting;
         self.report(true);
@@ -450,13 +528,12 @@ impl Writer {
         self.phase = Phase::PartitionTable;
         self.table_started = true;
         self.report(true);
-        let mut batch: Vec<Arc<Chunk>> = Vec::new();
         for c in held.iter() {
             self.write(c)?;
             self.written += c.data.as_slice().len() as u64;
-            batch.push(c.clone());
         }
-        self.flush_verify(&mut batch)?;
+        self.sync()?;
+        self.verifier().check(&held)?;
         self.medium.reread_partitions();
         self.phase = Phase::Done;
         self.report(true);
@@ -472,8 +549,8 @@ impl Writer {
         let outcome = self.run();
         let mut r = TargetResult {
             bytes_written: self.written,
-            bytes_verified: self.verified,
-            rewrites: self.rewrites,
+            bytes_verified: self.verified.load(Ordering::Relaxed),
+            rewrites: self.rewrites.load(Ordering::Relaxed),
             seconds: self.t0.elapsed().as_secs_f64(),
             ..Default::default()
         };
@@ -484,7 +561,7 @@ impl Writer {
                 r.seconds_partition_table = p;
                 let _ = self.events.send(Event::Verified {
                     target: self.index,
-                    bytes: self.verified,
+                    bytes: r.bytes_verified,
                     seconds: r.seconds,
                 });
             }
@@ -498,7 +575,7 @@ impl Writer {
                 // Otherwise wipe again; a target that cannot even be wiped still has no valid
                 // table if it failed before the held-back table was written.
                 let wiped = self.touched
-                    && (medium::wipe(self.medium.as_mut(), self.image_size).is_ok()
+                    && (medium::wipe(self.medium.as_ref(), self.image_size).is_ok()
                         || (self.wiped_first && !self.table_started));
                 r.error = Some(msg.clone());
                 r.interrupted = interrupted;
@@ -535,7 +612,7 @@ pub fn run(
         let act = Arc::new(AtomicU64::new(0));
         let w = Writer {
             index,
-            medium: job.medium,
+            medium: Arc::from(job.medium),
             before_write: job.before_write,
             queue: queue.clone(),
             events: events.clone(),
@@ -548,11 +625,10 @@ pub fn run(
             t0,
             written: 0,
             durable: 0,
-            verified: 0,
-            rewrites: 0,
+            verified: Arc::new(AtomicU64::new(0)),
+            rewrites: Arc::new(AtomicU64::new(0)),
             last_report: Instant::now(),
             phase: Phase::Preparing,
-            readback: AlignedBuf::new(super::source::CHUNK as usize),
             touched: false,
             wiped_first: false,
             table_started: false,
@@ -748,8 +824,8 @@ mod tests {
         path: PathBuf,
         data: Arc<Mutex<Vec<u8>>>,
         fail_after: Option<u64>,
-        written: u64,
-        corrupt_reads: u32,
+        written: AtomicU64,
+        corrupt_reads: Mutex<u32>,
     }
 
     impl Mem {
@@ -760,8 +836,8 @@ mod tests {
                     path: PathBuf::from("/sim/disk"),
                     data: data.clone(),
                     fail_after: None,
-                    written: 0,
-                    corrupt_reads: 0,
+                    written: AtomicU64::new(0),
+                    corrupt_reads: Mutex::new(0),
                 },
                 data,
             )
@@ -775,38 +851,34 @@ mod tests {
         fn size(&self) -> u64 {
             self.data.lock().unwrap().len() as u64
         }
-        fn write_at(&mut self, offset: u64, data: &AlignedBuf) -> std::io::Result<()> {
+        fn write_at(&self, offset: u64, data: &AlignedBuf) -> std::io::Result<()> {
             let b = data.as_slice();
+            let before = self.written.fetch_add(b.len() as u64, Ordering::Relaxed);
             if let Some(n) = self.fail_after {
-                if self.written + b.len() as u64 > n {
+                if before + b.len() as u64 > n {
                     return Err(std::io::Error::from_raw_os_error(libc::EIO));
                 }
             }
-            self.written += b.len() as u64;
             let mut d = self.data.lock().unwrap();
             d[offset as usize..offset as usize + b.len()].copy_from_slice(b);
             Ok(())
         }
-        fn sync(&mut self) -> std::io::Result<()> {
+        fn sync(&self) -> std::io::Result<()> {
             Ok(())
         }
-        fn read_back(
-            &mut self,
-            offset: u64,
-            len: usize,
-            buf: &mut AlignedBuf,
-        ) -> std::io::Result<()> {
+        fn read_back(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> std::io::Result<()> {
             buf.set_len(len);
             let d = self.data.lock().unwrap();
             buf.as_mut_slice()
                 .copy_from_slice(&d[offset as usize..offset as usize + len]);
-            if self.corrupt_reads > 0 {
-                self.corrupt_reads -= 1;
+            let mut c = self.corrupt_reads.lock().unwrap();
+            if *c > 0 {
+                *c -= 1;
                 buf.as_mut_slice()[len / 2] ^= 1;
             }
             Ok(())
         }
-        fn fill(&mut self, offset: u64, len: u64, _: Unmapped) -> std::io::Result<()> {
+        fn fill(&self, offset: u64, len: u64, _: Unmapped) -> std::io::Result<()> {
             let mut d = self.data.lock().unwrap();
             d[offset as usize..(offset + len) as usize].fill(0);
             Ok(())
@@ -881,9 +953,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (img, want) = image(d.path());
         let (mut flaky, data) = Mem::new(24 << 20);
-        flaky.corrupt_reads = 1;
+        flaky.corrupt_reads = Mutex::new(1);
         let (mut broken, _) = Mem::new(24 << 20);
-        broken.corrupt_reads = 1000;
+        broken.corrupt_reads = Mutex::new(1000);
         let (r, _, _) = go(&img, vec![flaky, broken]);
         assert!(r[0].ok, "{:?}", r[0]);
         assert_eq!(r[0].rewrites, 1);
@@ -910,19 +982,19 @@ mod tests {
             fn size(&self) -> u64 {
                 self.0.size()
             }
-            fn write_at(&mut self, o: u64, d: &AlignedBuf) -> std::io::Result<()> {
+            fn write_at(&self, o: u64, d: &AlignedBuf) -> std::io::Result<()> {
                 if d.as_slice().iter().any(|&b| b != 0) {
                     self.1.lock().unwrap().push(o);
                 }
                 self.0.write_at(o, d)
             }
-            fn sync(&mut self) -> std::io::Result<()> {
+            fn sync(&self) -> std::io::Result<()> {
                 Ok(())
             }
-            fn read_back(&mut self, o: u64, l: usize, b: &mut AlignedBuf) -> std::io::Result<()> {
+            fn read_back(&self, o: u64, l: usize, b: &mut AlignedBuf) -> std::io::Result<()> {
                 self.0.read_back(o, l, b)
             }
-            fn fill(&mut self, o: u64, l: u64, h: Unmapped) -> std::io::Result<()> {
+            fn fill(&self, o: u64, l: u64, h: Unmapped) -> std::io::Result<()> {
                 self.0.fill(o, l, h)
             }
         }

@@ -695,6 +695,78 @@ fn write_flash_assets(dir: &Path) -> Result<()> {
 enum Kind {
     File,
     Loop,
+    /// Loop devices on files in RAM (/dev/shm), each limited to [`STICK_BPS`] of reads and of
+    /// writes by the block I/O controller: independent devices of a known speed, like USB
+    /// sticks, which one virtual disk shared by every target cannot stand for.
+    Stick,
+}
+
+/// Read and write speed of a simulated stick (a fast USB 3 stick).
+const STICK_BPS: u64 = 200 << 20;
+
+/// A block-I/O cgroup whose per-device limits apply to the commands run in it (cgroup v1
+/// `blkio.throttle.*_bps_device`, or v2 `io.max`).
+struct Throttle {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl Throttle {
+    fn new() -> Result<Throttle> {
+        let v1 = Path::new("/sys/fs/cgroup/blkio");
+        let (dir, v2) = if v1.join("blkio.throttle.write_bps_device").exists() {
+            (v1.join("edgeimage-bench"), false)
+        } else {
+            let root = Path::new("/sys/fs/cgroup");
+            let _ = fs::write(root.join("cgroup.subtree_control"), "+io");
+            (root.join("edgeimage-bench"), true)
+        };
+        if !dir.exists() {
+            fs::create_dir(&dir)
+                .with_context(|| format!("creating the cgroup {} (needs root)", dir.display()))?;
+        }
+        let t = Throttle { dir, v2 };
+        if t.v2 && !t.dir.join("io.max").exists() {
+            bail!("the io controller is not available in {}", t.dir.display());
+        }
+        Ok(t)
+    }
+
+    /// Limit reads and writes of device `maj_min` ("7:3") to `bps` for commands in the group.
+    fn limit(&self, maj_min: &str, bps: u64) -> Result<()> {
+        if self.v2 {
+            fs::write(
+                self.dir.join("io.max"),
+                format!("{maj_min} rbps={bps} wbps={bps}\n"),
+            )?;
+        } else {
+            for f in ["read_bps_device", "write_bps_device"] {
+                fs::write(
+                    self.dir.join(format!("blkio.throttle.{f}")),
+                    format!("{maj_min} {bps}\n"),
+                )
+                .with_context(|| format!("limiting {maj_min} in {}", self.dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `c`, started inside the group (a shell that joins it, then execs `c`).
+    fn wrap(&self, c: &Command) -> Command {
+        let mut w = Command::new("sh");
+        w.arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(c.get_program())
+            .args(c.get_args());
+        w
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.dir);
+    }
 }
 
 /// The targets of one run, made fresh: paths of files that do not exist yet, or loop devices on
@@ -708,7 +780,19 @@ struct Targets {
 }
 
 impl Targets {
-    fn new(dir: &Path, kind: Kind, n: usize, size: u64) -> Result<Targets> {
+    fn new(
+        dir: &Path,
+        kind: Kind,
+        n: usize,
+        size: u64,
+        throttle: Option<&Throttle>,
+    ) -> Result<Targets> {
+        let dir = if kind == Kind::Stick {
+            PathBuf::from("/dev/shm/edgeimage-bench-sticks")
+        } else {
+            dir.to_path_buf()
+        };
+        let dir = dir.as_path();
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir)?;
         let mut t = Targets {
@@ -723,21 +807,32 @@ impl Targets {
                 continue;
             }
             fs::File::create(&file)?.set_len(size)?;
+            // Files in RAM need no direct I/O (there is no page cache in between to fool).
+            let direct = if kind == Kind::Stick {
+                "--direct-io=off"
+            } else {
+                "--direct-io=on"
+            };
             let o = tool("losetup")?
-                .args(["-f", "--show", "--direct-io=on"])
+                .args(["-f", "--show", direct])
                 .arg(&file)
                 .output()
                 .context("running losetup")?;
             if !o.status.success() {
                 bail!(
-                    "losetup -f --show --direct-io=on {}: {}",
+                    "losetup -f --show {direct} {}: {}",
                     file.display(),
                     String::from_utf8_lossy(&o.stderr).trim()
                 );
             }
             let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
             t.paths.push(PathBuf::from(&dev));
-            t.loops.push(dev);
+            t.loops.push(dev.clone());
+            if let Some(th) = throttle {
+                let name = dev.trim_start_matches("/dev/");
+                let maj_min = fs::read_to_string(format!("/sys/block/{name}/dev"))?;
+                th.limit(maj_min.trim(), STICK_BPS)?;
+            }
         }
         Ok(t)
     }
@@ -789,20 +884,41 @@ fn flash(runs: usize) -> Result<()> {
     };
     let mut rows: Vec<(String, &str, Usage)> = Vec::new();
     let mut ratios: Vec<String> = Vec::new();
+    let stick = format!("simulated stick ({} MiB/s)", STICK_BPS >> 20);
+    let sticks = format!("4 simulated sticks ({} MiB/s each)", STICK_BPS >> 20);
     for (kind, one, four) in [
         (Kind::File, "sparse file", "4 sparse files"),
         (Kind::Loop, "loop device (direct I/O)", "4 loop devices"),
+        (Kind::Stick, stick.as_str(), sticks.as_str()),
     ] {
-        if kind == Kind::Loop {
-            if let Err(e) = Targets::new(&work.join("targets"), kind, 1, img.image_size) {
-                eprintln!("\n!!! {e:#}\n!!! NO LOOP DEVICE: the loop-device rows are SKIPPED\n");
-                ratios.push("loop device: SKIPPED (losetup failed)".into());
+        let throttle = if kind == Kind::Stick {
+            match Throttle::new() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("\n!!! {e:#}\n!!! NO BLOCK I/O CGROUP: the simulated-stick rows are SKIPPED\n");
+                    ratios.push(format!("{one}: SKIPPED (no block I/O cgroup)"));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        if kind != Kind::File {
+            if let Err(e) = Targets::new(
+                &work.join("targets"),
+                kind,
+                1,
+                img.image_size,
+                throttle.as_ref(),
+            ) {
+                eprintln!("\n!!! {e:#}\n!!! NO LOOP DEVICE: the {one} rows are SKIPPED\n");
+                ratios.push(format!("{one}: SKIPPED (losetup failed)"));
                 continue;
             }
         }
         let dd = match kind {
             Kind::File => "bs=4M iflag=fullblock conv=sparse,fsync",
-            Kind::Loop => "bs=4M iflag=fullblock oflag=direct conv=fsync",
+            Kind::Loop | Kind::Stick => "bs=4M iflag=fullblock oflag=direct conv=fsync",
         };
         type Make<'a> = Box<dyn Fn(&[PathBuf]) -> Result<Command> + 'a>;
         let cases: Vec<(String, usize, Make)> = vec![
@@ -843,8 +959,17 @@ fn flash(runs: usize) -> Result<()> {
         let mut got = Vec::new();
         for (label, n, make) in &cases {
             let u = best_of(runs, || {
-                let t = Targets::new(&work.join("targets"), kind, *n, img.image_size)?;
+                let t = Targets::new(
+                    &work.join("targets"),
+                    kind,
+                    *n,
+                    img.image_size,
+                    throttle.as_ref(),
+                )?;
                 let mut c = make(&t.paths)?;
+                if let Some(th) = &throttle {
+                    c = th.wrap(&c);
+                }
                 if cold {
                     drop_caches();
                 }
