@@ -492,7 +492,7 @@ fn a_corrupted_compressed_stream_is_refused() {
     assert_eq!(r["result"], "failed");
     // Wiped, or stopped before the first write (then nothing was touched at all).
     assert!(
-        r["partition_table_wiped"] == true || r["bytes_written"] == 0,
+        r["partition_table_wiped"] == true || r["partition_table_wiped"].is_null(),
         "{r}"
     );
 }
@@ -610,12 +610,30 @@ fn refusals_name_the_problem_and_write_nothing() {
     let o = with(&["-t", s(&b.zst())]);
     assert_eq!(code(&o), 11, "{}", out(&o));
     assert!(out(&o).contains("the image being written"), "{}", out(&o));
-    // The same target twice.
+    // The same target twice; the refusal is recorded for each target.
     let t = dir.join("t.img");
-    let o = with(&["-t", s(&t), "-t", s(&t)]);
+    let rec = dir.join("refused.jsonl");
+    let o = with(&["-t", s(&t), "-t", s(&t), "--record", s(&rec)]);
     assert_eq!(code(&o), 11, "{}", out(&o));
     assert!(out(&o).contains("the same target"), "{}", out(&o));
     assert!(!t.exists());
+    let recs = records(&rec);
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r["result"] == "refused"), "{recs:?}");
+    assert!(recs[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("the same target"));
+    // A target refused for another's reason says so.
+    let other = dir.join("other.img");
+    let rec2 = dir.join("refused2.jsonl");
+    let o = with(&["-t", s(&other), "-t", s(&b.zst()), "--record", s(&rec2)]);
+    assert_eq!(code(&o), 11, "{}", out(&o));
+    let recs = records(&rec2);
+    let err = |i: usize| recs[i]["error"].as_str().unwrap().to_string();
+    assert!(err(0).starts_with("nothing written: "), "{recs:?}");
+    assert!(err(1).contains("the image being written"), "{recs:?}");
+    assert!(!other.exists());
     // Unknown --force names.
     let o = with(&["-t", s(&t), "--force", "everything"]);
     assert_eq!(code(&o), 1, "{}", out(&o));

@@ -230,6 +230,95 @@ fn identity_check(root: PathBuf, disk: Disk) -> pipeline::BeforeWrite {
     })
 }
 
+/// The record of one target.
+fn make_record(
+    t: &Target,
+    image: &Image,
+    r: &TargetResult,
+    result: &'static str,
+) -> record::Record {
+    record::Record {
+        format: "edgeimage-flash-record-1",
+        time: record::now_rfc3339(),
+        target: t.label.clone(),
+        path: t.path.display().to_string(),
+        kind: if t.disk.is_some() { "disk" } else { "file" },
+        serial: t.disk.as_ref().and_then(|d| d.serial.clone()),
+        model: t.disk.as_ref().and_then(|d| d.model.clone()),
+        transport: t.disk.as_ref().map(|d| d.transport.name().to_string()),
+        size: t.disk.as_ref().map_or(image.size, |d| d.size),
+        image: image.path.display().to_string(),
+        image_format: image.format.as_str().to_string(),
+        image_size: image.size,
+        image_sha256: image.provenance.image_sha256.clone(),
+        manifest_sha256: image.provenance.manifest_sha256.clone(),
+        name: image.provenance.name.clone(),
+        build_number: image.provenance.build_number,
+        key_id: image.provenance.key_id.clone(),
+        trusted: image.provenance.trusted,
+        bytes_written: r.bytes_written,
+        bytes_verified: r.bytes_verified,
+        rewrites: r.rewrites,
+        seconds_writing: r.seconds_writing,
+        seconds_partition_table: r.seconds_partition_table,
+        seconds: r.seconds,
+        result,
+        error: r.error.clone(),
+        partition_table_wiped: (!r.ok && r.touched).then_some(r.wiped),
+    }
+}
+
+/// Stop before writing anything: every target gets a record (`result` with its own reason,
+/// or the run's), and `--json` a `refused` event.
+fn stop_unwritten(
+    opts: &FlashOptions,
+    image: &Image,
+    targets: &[Target],
+    reasons: &[(String, String)],
+    result: &'static str,
+    code: u8,
+    mut lines: Vec<String>,
+) -> Summary {
+    let general = reasons
+        .iter()
+        .map(|(l, r)| format!("{l}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Some(path) = &opts.record {
+        for t in targets {
+            let own: Vec<&str> = reasons
+                .iter()
+                .filter(|(l, _)| *l == t.label)
+                .map(|(_, r)| r.as_str())
+                .collect();
+            let why = if own.is_empty() {
+                format!("nothing written: {general}")
+            } else {
+                own.join("; ")
+            };
+            let r = TargetResult {
+                error: Some(why),
+                ..Default::default()
+            };
+            if let Err(e) = record::append(path, &make_record(t, image, &r, result)) {
+                lines.push(format!("RECORD NOT WRITTEN: {e:#}"));
+            }
+        }
+    }
+    if opts.style == ui::Style::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "refused",
+                "time": record::now_rfc3339(),
+                "result": result,
+                "reasons": reasons.iter().map(|(l, r)| serde_json::json!({"label": l, "reason": r})).collect::<Vec<_>>(),
+            })
+        );
+    }
+    Summary::stop(code, lines)
+}
+
 /// Run `edgeimage flash`.
 pub fn flash(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Summary {
     match run(opts, cancel) {
@@ -255,20 +344,23 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
 
     // Every target resolved and checked before anything is opened for writing.
     let mut targets = Vec::new();
-    let mut refused = Vec::new();
+    let mut refused: Vec<(String, String)> = Vec::new();
     for arg in &opts.targets {
         let (t, why) = resolve(&sys, &image, arg, &opts.force)
             .with_context(|| format!("target {}", arg.label()))?;
         for w in why {
-            refused.push(format!("{}: {w}", t.label));
+            refused.push((t.label.clone(), w));
         }
         if let Some(other) = targets
             .iter()
             .find(|o: &&Target| o.path == t.path || same_file(&o.path, &t.path))
         {
-            refused.push(format!(
-                "{} and {} are the same target: give each once",
-                other.label, t.label
+            refused.push((
+                t.label.clone(),
+                format!(
+                    "{} and {} are the same target: give each once",
+                    other.label, t.label
+                ),
             ));
         }
         targets.push(t);
@@ -282,9 +374,17 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
         image.provenance.statement
     )];
     if !refused.is_empty() {
-        lines.extend(refused.into_iter().map(|r| format!("REFUSED: {r}")));
+        lines.extend(refused.iter().map(|(l, r)| format!("REFUSED: {l}: {r}")));
         lines.push("nothing was written".into());
-        return Ok(Summary::stop(exit::REFUSED, lines));
+        return Ok(stop_unwritten(
+            opts,
+            &image,
+            &targets,
+            &refused,
+            "refused",
+            exit::REFUSED,
+            lines,
+        ));
     }
 
     // Confirmation for disks.
@@ -301,11 +401,17 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
             disks.len()
         ));
         if !confirm(&q) {
-            lines.push(
-                "not confirmed: nothing was written (answer \"yes\" on the terminal, or pass --yes)"
-                    .into(),
-            );
-            return Ok(Summary::stop(exit::NOT_CONFIRMED, lines));
+            let why = "not confirmed: nothing was written (answer \"yes\" on the terminal, or pass --yes)";
+            lines.push(why.into());
+            return Ok(stop_unwritten(
+                opts,
+                &image,
+                &targets,
+                &[("flash".into(), why.into())],
+                "not-confirmed",
+                exit::NOT_CONFIRMED,
+                lines,
+            ));
         }
     }
 
@@ -332,9 +438,18 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
                     .map(|d| identity_check(opts.system_root.clone(), d)),
             }),
             Err(e) => {
-                lines.push(format!("REFUSED: {}: {e:#}", t.label));
+                let why = format!("{e:#}");
+                lines.push(format!("REFUSED: {}: {why}", t.label));
                 lines.push("nothing was written".into());
-                return Ok(Summary::stop(exit::REFUSED, lines));
+                return Ok(stop_unwritten(
+                    opts,
+                    &image,
+                    &targets,
+                    &[(t.label.clone(), why)],
+                    "refused",
+                    exit::REFUSED,
+                    lines,
+                ));
             }
         }
     }
@@ -412,35 +527,7 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
             ),
         });
         if let Some(path) = &opts.record {
-            let rec = record::Record {
-                format: "edgeimage-flash-record-1",
-                time: record::now_rfc3339(),
-                target: t.label.clone(),
-                path: t.path.display().to_string(),
-                kind: if t.disk.is_some() { "disk" } else { "file" },
-                serial: t.disk.as_ref().and_then(|d| d.serial.clone()),
-                model: t.disk.as_ref().and_then(|d| d.model.clone()),
-                transport: t.disk.as_ref().map(|d| d.transport.name().to_string()),
-                size: t.disk.as_ref().map_or(image.size, |d| d.size),
-                image: image.path.display().to_string(),
-                image_format: image.format.as_str().to_string(),
-                image_size: image.size,
-                image_sha256: image.provenance.image_sha256.clone(),
-                manifest_sha256: image.provenance.manifest_sha256.clone(),
-                name: image.provenance.name.clone(),
-                build_number: image.provenance.build_number,
-                key_id: image.provenance.key_id.clone(),
-                trusted: image.provenance.trusted,
-                bytes_written: r.bytes_written,
-                bytes_verified: r.bytes_verified,
-                rewrites: r.rewrites,
-                seconds_writing: r.seconds_writing,
-                seconds_partition_table: r.seconds_partition_table,
-                seconds: r.seconds,
-                result,
-                error: r.error.clone(),
-                partition_table_wiped: (!r.ok).then_some(r.wiped),
-            };
+            let rec = make_record(t, &image, r, result);
             if let Err(e) = record::append(path, &rec) {
                 record_error = Some(format!("{e:#}"));
             }

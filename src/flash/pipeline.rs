@@ -132,6 +132,8 @@ pub struct TargetResult {
     pub ok: bool,
     pub interrupted: bool,
     pub error: Option<String>,
+    /// Anything (even the wipe of the old partition tables) was written to the target.
+    pub touched: bool,
     /// After a failure: the target holds no valid partition table (wiped, or the held-back
     /// table was never written over the wiped one).
     pub wiped: bool,
@@ -552,6 +554,7 @@ impl Writer {
             bytes_verified: self.verified.load(Ordering::Relaxed),
             rewrites: self.rewrites.load(Ordering::Relaxed),
             seconds: self.t0.elapsed().as_secs_f64(),
+            touched: self.touched,
             ..Default::default()
         };
         match outcome {

@@ -46,10 +46,12 @@ pub struct Record {
     pub seconds_writing: f64,
     pub seconds_partition_table: f64,
     pub seconds: f64,
-    /// `verified`, `failed`, `interrupted` or `refused`.
+    /// `verified`, `failed`, `interrupted`, `refused` (a safety check or the exclusive open
+    /// refused a target: nothing was written to any) or `not-confirmed`.
     pub result: &'static str,
     pub error: Option<String>,
-    /// After a failure: the target was left without a valid partition table.
+    /// After a failure that wrote something: the target was left without a valid partition
+    /// table (absent when nothing was written).
     pub partition_table_wiped: Option<bool>,
 }
 
