@@ -295,7 +295,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let sys = edgeimage::flash::devices::System::host();
             let disks = sys.disks()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&disks)?);
+                // Each disk with the checks that would refuse it whatever the image.
+                let listed: Vec<serde_json::Value> = disks
+                    .iter()
+                    .map(|d| {
+                        let mut v = serde_json::to_value(d).unwrap_or_default();
+                        if let Some(o) = v.as_object_mut() {
+                            let why = d.refusals(&sys, 0, None, &[]);
+                            o.insert(
+                                "refusals".into(),
+                                serde_json::to_value(why).unwrap_or_default(),
+                            );
+                        }
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
             } else {
                 print!("{}", edgeimage::flash::devices::render_table(&disks, &sys));
             }

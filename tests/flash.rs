@@ -806,3 +806,50 @@ fn a_target_failing_mid_write_ends_without_partition_table_and_the_others_succee
         }
     }
 }
+
+#[test]
+fn devices_lists_disks_with_their_refusals() {
+    let o = run(&["devices", "--json"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let disks: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    for d in &disks {
+        for field in [
+            "path",
+            "size",
+            "transport",
+            "removable",
+            "refusals",
+            "mounted",
+        ] {
+            assert!(d.get(field).is_some(), "{field} missing in {d}");
+        }
+    }
+    // The disk holding the running system (when / is on one) is refused as such.
+    for d in disks.iter().filter(|d| d["system"] == true) {
+        let checks: Vec<&str> = d["refusals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["check"].as_str().unwrap())
+            .collect();
+        assert!(checks.contains(&"system"), "{d}");
+    }
+    // A loop device made here shows up with its file.
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("disk.img");
+    sparse(&file, 64 * MIB);
+    let Some(l) = Loop::new(&file) else {
+        return;
+    };
+    let o = run(&["devices", "--json"]);
+    let disks: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let me = disks
+        .iter()
+        .find(|x| x["path"] == l.0.as_str())
+        .unwrap_or_else(|| panic!("{} not listed: {disks:?}", l.0));
+    assert_eq!(me["transport"], "loop");
+    assert_eq!(me["size"], 64 * MIB);
+    assert_eq!(me["backing_file"], s(&file));
+    let table = run(&["devices"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&l.0));
+}
