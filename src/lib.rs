@@ -14,6 +14,7 @@ pub mod config;
 pub mod extension;
 pub mod flash;
 pub mod inspect;
+pub mod install;
 pub mod layout;
 pub mod pe;
 pub mod plan;
