@@ -158,6 +158,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Install the payload of an installer stick onto this host's disk: verify the payload's
+    /// signature and digests, choose the disk by the configuration's rules, write and read
+    /// back, record the result. (At boot the stick runs this as /init.) Exit codes: 0
+    /// installed, 1 failed.
+    Install {
+        /// The installer configuration (installer.json, as the installer image carries it).
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/edgeimage/installer.json"
+        )]
+        config: PathBuf,
+        /// Take the payload from this directory (`<name>.raw.zst`, its manifest and
+        /// signature, `trust/`) instead of the stick's payload partition.
+        #[arg(long, value_name = "DIR")]
+        payload: Option<PathBuf>,
+        /// Write the install record into this directory (default: the stick's records
+        /// partition).
+        #[arg(long, value_name = "DIR")]
+        records: Option<PathBuf>,
+        /// Scratch directory for the payload copied off the stick.
+        #[arg(long, value_name = "DIR", default_value = "/run/edgeimage")]
+        work: PathBuf,
+        /// Read sysfs, /proc and /dev under this directory instead of / (tests, chroots).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        system_root: PathBuf,
+        /// Print the install record as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Manage signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -290,6 +323,37 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
             return Ok(summary.exit_code);
+        }
+        Command::Install {
+            config,
+            payload,
+            records,
+            work,
+            system_root,
+            json,
+            quiet,
+        } => {
+            use edgeimage::install::{self, run};
+            let opts = run::InstallOptions {
+                config: install::load_config(&config)?,
+                payload: payload.map_or(run::Payload::Stick, run::Payload::Dir),
+                records,
+                system_root,
+                work,
+                style: edgeimage::flash::ui::Style::choose(false, quiet || json),
+            };
+            let report = run::run(&opts, cancel_on_signals());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.record)?);
+            }
+            for l in &report.lines {
+                if json {
+                    eprintln!("{l}");
+                } else {
+                    println!("{l}");
+                }
+            }
+            return Ok(if report.ok { 0 } else { 1 });
         }
         Command::Devices { json } => {
             let sys = edgeimage::flash::devices::System::host();
@@ -446,6 +510,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn main() -> ExitCode {
+    // As /init of the installer stick's initramfs.
+    if std::process::id() == 1 {
+        edgeimage::install::init_main();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),

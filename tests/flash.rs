@@ -688,29 +688,11 @@ fn refusals_name_the_problem_and_write_nothing() {
 fn a_partition_is_refused_with_its_disk_named() {
     use edgeimage::flash::{self, FlashOptions, TargetArg};
     let b = signed();
-    // A fake system: one disk `sdx` with a partition `sdx1`.
+    // A simulated system: one disk `sdx` with a partition `sdx1`.
     let root = b.dir().join("root");
-    let w = |rel: &str, text: &str| {
-        let p = root.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
-    };
-    let disk = "sys/devices/virtual/block/sdx";
-    w(&format!("{disk}/dev"), "8:16\n");
-    w(&format!("{disk}/size"), "16777216\n");
-    w(&format!("{disk}/ro"), "0\n");
-    w(&format!("{disk}/removable"), "1\n");
-    w(&format!("{disk}/queue/logical_block_size"), "512\n");
-    w(&format!("{disk}/sdx1/dev"), "8:17\n");
-    w(&format!("{disk}/sdx1/size"), "1000000\n");
-    w(&format!("{disk}/sdx1/partition"), "1\n");
-    w(&format!("{disk}/sdx1/ro"), "0\n");
-    w("dev/sdx", "");
-    w("dev/sdx1", "");
-    w("proc/self/mountinfo", "");
-    w("proc/swaps", "Filename\tType\tSize\tUsed\tPriority\n");
-    fs::create_dir_all(root.join("sys/block")).unwrap();
-    std::os::unix::fs::symlink("../devices/virtual/block/sdx", root.join("sys/block/sdx")).unwrap();
+    let sim = FakeSystem::new(&root);
+    let disk = sim.disk("devices/virtual", "sdx", "8:16", 8 << 30, None);
+    sim.partition(&disk, "sdx1", 1, "8:17", 512 << 20);
     let opts = FlashOptions {
         image: b.zst(),
         targets: vec![TargetArg::Path("/dev/sdx1".into())],

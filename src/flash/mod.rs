@@ -213,8 +213,10 @@ fn identity_check(root: PathBuf, disk: Disk) -> pipeline::BeforeWrite {
                 ))
             }
         };
+        // (A simulated disk in a test tree is a regular file, with no device number.)
         let dev = m.device_number().map(|(a, b)| format!("{a}:{b}"));
-        if now.serial != disk.serial || now.size != disk.size || dev.as_deref() != Some(&now.dev) {
+        let dev_changed = dev.as_ref().is_some_and(|d| *d != now.dev);
+        if now.serial != disk.serial || now.size != disk.size || dev_changed {
             return Err(anyhow!(
                 "{} changed since it was checked (serial {:?} → {:?}, size {} → {}, device {} → {}): another disk was plugged in its place? nothing written",
                 disk.path.display(),
@@ -419,6 +421,10 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
     let mut jobs = Vec::new();
     for t in &targets {
         let opened = match &t.disk {
+            // A disk of a simulated system tree (tests) is a regular file.
+            Some(_) if t.path.metadata().is_ok_and(|m| m.is_file()) => {
+                Opened::file(&t.path, image.size)
+            }
             Some(_) => Opened::device(&t.path),
             None if t.path.metadata().is_ok_and(|m| {
                 use std::os::unix::fs::FileTypeExt;

@@ -297,3 +297,70 @@ impl Built {
         verify_with(&self.trust, target, extra)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A simulated system: sysfs, /proc and /dev as plain files under a directory, for
+// `--system-root` / `system_root` (disks are regular files there).
+
+pub struct FakeSystem {
+    pub root: PathBuf,
+}
+
+impl FakeSystem {
+    pub fn new(root: &Path) -> FakeSystem {
+        let s = FakeSystem {
+            root: root.to_path_buf(),
+        };
+        s.file("proc/self/mountinfo", "");
+        s.file("proc/swaps", "Filename\tType\tSize\tUsed\tPriority\n");
+        fs::create_dir_all(root.join("sys/block")).unwrap();
+        s
+    }
+
+    pub fn file(&self, rel: &str, text: &str) {
+        let p = self.root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    /// A whole disk `name` under `sys/<parent>/block/<name>` (the parent's path decides the
+    /// transport: `…/virtio1` virtio, `devices/virtual` none), `bytes` long, with an optional
+    /// serial; `/dev/<name>` is an empty regular file. Returns the disk's sysfs directory
+    /// (relative to the root).
+    pub fn disk(
+        &self,
+        parent: &str,
+        name: &str,
+        dev: &str,
+        bytes: u64,
+        serial: Option<&str>,
+    ) -> String {
+        let dir = format!("sys/{parent}/block/{name}");
+        self.file(&format!("{dir}/dev"), &format!("{dev}\n"));
+        self.file(&format!("{dir}/size"), &format!("{}\n", bytes / 512));
+        self.file(&format!("{dir}/ro"), "0\n");
+        self.file(&format!("{dir}/removable"), "0\n");
+        self.file(&format!("{dir}/queue/logical_block_size"), "512\n");
+        if let Some(s) = serial {
+            self.file(&format!("{dir}/serial"), &format!("{s}\n"));
+        }
+        let up = "../";
+        std::os::unix::fs::symlink(
+            format!("{up}{}", &dir[4..]),
+            self.root.join(format!("sys/block/{name}")),
+        )
+        .unwrap();
+        self.file(&format!("dev/{name}"), "");
+        dir
+    }
+
+    /// A partition `name` (number `n`) of the disk at sysfs directory `disk`.
+    pub fn partition(&self, disk: &str, name: &str, n: u32, dev: &str, bytes: u64) {
+        let dir = format!("{disk}/{name}");
+        self.file(&format!("{dir}/dev"), &format!("{dev}\n"));
+        self.file(&format!("{dir}/size"), &format!("{}\n", bytes / 512));
+        self.file(&format!("{dir}/partition"), &format!("{n}\n"));
+        self.file(&format!("{dir}/ro"), "0\n");
+        self.file(&format!("dev/{name}"), "");
+    }
+}
