@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 mod bench;
+mod dist;
 mod e2e;
 mod media;
 mod test;
@@ -27,7 +28,8 @@ commands:
           flash: `edgeimage flash` (write + read-back verify) of a signed 4 GiB image with
           600 MiB of data to a sparse file / loop device, and to 4 at once, vs bmaptool copy
           with the .bmap and zstd -dc | dd (--runs N; root for loop devices and cold caches)
-  dist    (not implemented yet)
+  dist    the static edgeimage binary (musl, else static glibc) in target/dist/, the
+          installer stick's /init
 ";
 
 fn main() -> ExitCode {
@@ -43,10 +45,7 @@ fn main() -> ExitCode {
         "media" => report(media::media(&rest)),
         "test" => report(test::main(&rest)),
         "bench" => report(bench::main(&rest)),
-        "dist" => {
-            eprintln!("xtask {cmd}: not implemented yet");
-            ExitCode::from(2)
-        }
+        "dist" => report(dist::main(&rest)),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             ExitCode::SUCCESS
