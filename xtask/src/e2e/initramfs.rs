@@ -120,6 +120,18 @@ pub fn build(root: &Root, out: &Path) -> Result<Vec<String>> {
     Ok(order)
 }
 
+/// `wanted` modules and their dependencies (read from each module's `.modinfo`), in load
+/// order, as kernel module names.
+pub fn load_order(root: &Root, wanted: &[&str]) -> Result<Vec<String>> {
+    let index = index_modules(&root.modules())?;
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    for name in wanted {
+        resolve(name, &index, &mut seen, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
+}
+
 /// Module name (with `_`, as the kernel names it) → `.ko` file.
 fn index_modules(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let mut index = BTreeMap::new();

@@ -36,6 +36,7 @@ use edgeimage::extension::fixtures::{self as ext_fixtures, Form};
 
 mod fetch;
 mod initramfs;
+mod installer;
 mod qemu;
 mod scratch;
 
@@ -64,6 +65,8 @@ options:
                          `edgeimage build` (checks the harness itself; no extensions or
                          configuration)
   --refresh              download and unpack the packages again
+  --installer-only       only the installer stick runs (install, tampered payload, two
+                         matching disks, no matching disk)
   --accel auto|tcg|kvm   accelerator (default auto: KVM only if a probe boot works)
   --timeout SECS         per boot (default 300)
 ";
@@ -160,6 +163,8 @@ struct Opts {
     refresh: bool,
     accel: Option<Accel>,
     timeout: Duration,
+    /// Only the installer runs (`--installer-only`).
+    installer_only: bool,
 }
 
 fn parse(args: &[String]) -> Result<Option<Opts>> {
@@ -170,6 +175,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>> {
         refresh: false,
         accel: None,
         timeout: Duration::from_secs(300),
+        installer_only: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -178,6 +184,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>> {
             "--skip-if-unavailable" => o.skip_if_unavailable = true,
             "--scratch" => o.scratch = true,
             "--refresh" => o.refresh = true,
+            "--installer-only" => o.installer_only = true,
             "--accel" => {
                 o.accel = match it.next().map(String::as_str) {
                     Some("auto") => None,
@@ -290,7 +297,7 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
     let mut accel = opts.accel;
     let mut failed = Vec::new();
     let mut summary = Vec::new();
-    for v in VARIANTS {
+    for v in VARIANTS.iter().filter(|_| !opts.installer_only) {
         println!(
             "\ne2e: ===== image {} ({} configuration) =====",
             v.name,
@@ -298,9 +305,9 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
         );
         let setup = setup_for(v.name, &root.kver);
         let r = (|| -> Result<f64> {
-            let inputs = write_inputs(paths, &v)?;
+            let inputs = write_inputs(paths, v)?;
             let profile = write_profile(paths, &setup, Some(&inputs))?;
-            let (disk, expect) = build_with_edgeimage(paths, &bin, &setup, &profile, Some(&v))?;
+            let (disk, expect) = build_with_edgeimage(paths, &bin, &setup, &profile, Some(v))?;
             println!("e2e: image {}", disk.display());
             println!("e2e: expected /proc/cmdline: {}", expect.cmdline);
             let (boot, a) = boot_with_accel(&root, paths, &disk, v.name, accel, opts)?;
@@ -317,15 +324,26 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
             }
         }
     }
+    match installer::run(paths, &root, &bin, accel.unwrap_or(Accel::Tcg), opts) {
+        Ok((s, f)) => {
+            summary.extend(s);
+            failed.extend(f);
+        }
+        Err(e) => {
+            eprintln!("e2e: installer FAILED: {e:#}");
+            summary.push("installer: FAILED".into());
+            failed.push(format!("installer: {e:#}"));
+        }
+    }
     println!("\ne2e: summary:");
     for l in &summary {
         println!("  {l}");
     }
     if !failed.is_empty() {
         bail!(
-            "{} of {} images failed:\n{}",
+            "{} of {} runs failed:\n{}",
             failed.len(),
-            VARIANTS.len(),
+            summary.len(),
             failed.join("\n")
         );
     }

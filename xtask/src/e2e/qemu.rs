@@ -49,12 +49,47 @@ pub fn kvm_candidate() -> Result<(), String> {
     }
 }
 
+/// A disk attached to the VM.
+pub struct Drive<'a> {
+    pub file: &'a Path,
+    pub bus: Bus,
+    /// Writes go to a temporary overlay (the file is not changed).
+    pub snapshot: bool,
+    /// The serial number the guest sees (virtio and USB).
+    pub serial: Option<&'a str>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    Virtio,
+    /// A USB mass-storage stick on an xHCI controller (booted first).
+    Usb,
+}
+
 /// Boots `disk` (read-only: snapshot=on) and waits for QEMU to end or `timeout`. `tag` names
 /// the run's files (`serial-<tag>-<accel>.log`).
 pub fn boot(
     root: &Root,
     run_dir: &Path,
     disk: &Path,
+    tag: &str,
+    accel: Accel,
+    timeout: Duration,
+) -> Result<Boot> {
+    let drive = Drive {
+        file: disk,
+        bus: Bus::Virtio,
+        snapshot: true,
+        serial: None,
+    };
+    boot_drives(root, run_dir, &[drive], tag, accel, timeout)
+}
+
+/// Boots with `drives` attached and waits for QEMU to end or `timeout`.
+pub fn boot_drives(
+    root: &Root,
+    run_dir: &Path,
+    drives: &[Drive],
     tag: &str,
     accel: Accel,
     timeout: Duration,
@@ -98,11 +133,6 @@ pub fn boot(
             "if=pflash,format=raw,unit=1,file={}",
             qemu_path(&vars)
         ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,snapshot=on",
-            qemu_path(disk)
-        ))
         .args([
             "-nodefaults",
             "-display",
@@ -116,6 +146,21 @@ pub fn boot(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr_file);
+    if drives.iter().any(|d| d.bus == Bus::Usb) {
+        cmd.args(["-device", "qemu-xhci,id=xhci"]);
+    }
+    for (i, d) in drives.iter().enumerate() {
+        cmd.arg("-drive").arg(format!(
+            "if=none,id=d{i},format=raw,file={}{}",
+            qemu_path(d.file),
+            if d.snapshot { ",snapshot=on" } else { "" }
+        ));
+        let serial = d.serial.map(|s| format!(",serial={s}")).unwrap_or_default();
+        cmd.arg("-device").arg(match d.bus {
+            Bus::Virtio => format!("virtio-blk-pci,drive=d{i}{serial}"),
+            Bus::Usb => format!("usb-storage,bus=xhci.0,drive=d{i},bootindex=0{serial}"),
+        });
+    }
     if accel == Accel::Kvm {
         cmd.args(["-cpu", "host"]);
     }
