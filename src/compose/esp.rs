@@ -10,13 +10,14 @@
 
 use anyhow::{Context, Result};
 
-use crate::compose::fat::{self, FatFile, FatParams};
+use crate::compose::fat::{self, FatFile, FatParams, LabelRule};
 use crate::layout::Layout;
 use crate::talos::{Arch, TalosVersion};
 
 /// The loader configuration Talos writes.
 pub const LOADER_CONF: &str = "# systemd-boot configuration written by edgeimage\n\ntimeout 10\n";
 
+/// Volume label and GPT partition name of the ESP.
 pub const LABEL: &str = "EFI";
 
 /// Path of the UKI inside the ESP.
@@ -29,17 +30,25 @@ pub fn loader_path(arch: Arch) -> String {
     format!("EFI/boot/{}", arch.efi_boot_name())
 }
 
+/// What goes into an ESP.
 pub struct EspInput<'a> {
-    pub size: u64,
+    /// Partition size in bytes; `None`: the smallest FAT32 volume that holds the files (a
+    /// whole number of MiB).
+    pub size: Option<u64>,
     pub first_lba: u64,
     pub volume_id: u32,
     pub epoch: u64,
     pub arch: Arch,
-    pub version: &'a TalosVersion,
+    /// Where the UKI goes ([`uki_path`] for a Talos disk image).
+    pub uki_path: String,
+    /// The text of `loader/loader.conf` ([`LOADER_CONF`] for a Talos disk image).
+    pub loader_conf: &'a str,
     pub systemd_boot: Layout,
     pub uki: Layout,
 }
 
+/// Compose the ESP: FAT32 labelled [`LABEL`] holding systemd-boot, the UKI and the loader
+/// configuration.
 pub fn build(input: EspInput) -> Result<Layout> {
     let files = vec![
         FatFile {
@@ -47,21 +56,25 @@ pub fn build(input: EspInput) -> Result<Layout> {
             content: input.systemd_boot,
         },
         FatFile {
-            path: uki_path(input.version),
+            path: input.uki_path,
             content: input.uki,
         },
         FatFile {
             path: "loader/loader.conf".into(),
-            content: Layout::from_bytes(LOADER_CONF.as_bytes().to_vec()),
+            content: Layout::from_bytes(input.loader_conf.as_bytes().to_vec()),
         },
     ];
     let params = FatParams {
-        size: input.size,
+        size: input.size.unwrap_or(0),
         label: LABEL.into(),
         volume_id: input.volume_id,
         hidden_sectors: u32::try_from(input.first_lba)
             .context("the ESP starts beyond the 2 TiB a FAT boot sector can describe")?,
         mtime: input.epoch,
     };
-    fat::build_fat32(&params, &files).context("composing the ESP (FAT32)")
+    match input.size {
+        Some(_) => fat::build_fat32(&params, &files),
+        None => fat::build_smallest(&params, &files, &[], LabelRule::Uppercase, fat::min_size()),
+    }
+    .context("composing the ESP (FAT32)")
 }

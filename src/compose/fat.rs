@@ -31,6 +31,10 @@
 //! (below about 2.1 MiB) get FAT12 with 1-sector clusters. One reserved sector (the boot
 //! sector), grown just enough that the data region starts on a cluster boundary; two FATs; a
 //! fixed root directory of 512 entries (16 KiB); no FSInfo sector, no backup boot sector.
+//!
+//! Directories may also be given by themselves, and stay empty ([`build_fat_dirs`]: the
+//! installer stick's `records/`); [`build_smallest`] picks the smallest whole number of MiB
+//! that holds the files (the installer stick's ESP and payload partition).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -546,7 +550,7 @@ struct TreeDir {
     entries: BTreeMap<String, (String, TreeNode)>,
 }
 
-fn build_tree(files: &[FatFile]) -> Result<TreeDir> {
+fn build_tree(files: &[FatFile], dirs: &[&str]) -> Result<TreeDir> {
     let mut root = TreeDir::default();
     // Who created each directory / file, for error messages.
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
@@ -556,32 +560,10 @@ fn build_tree(files: &[FatFile]) -> Result<TreeDir> {
         for part in &parts {
             check_name(part, path)?;
         }
-        let Some((last, dirs)) = parts.split_last() else {
+        let Some((last, parents)) = parts.split_last() else {
             bail!("invalid path {path:?}: empty");
         };
-        let mut dir = &mut root;
-        let mut prefix = String::new();
-        for part in dirs {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            let (name, node) = dir
-                .entries
-                .entry(fold(part))
-                .or_insert_with(|| (part.to_string(), TreeNode::Dir(TreeDir::default())));
-            let owner = *owners.entry(fold(&prefix)).or_insert(path);
-            let TreeNode::Dir(sub) = node else {
-                bail!("path {path:?} needs {prefix:?} as a directory, but {owner:?} is a file");
-            };
-            if name != part {
-                bail!(
-                    "path {path:?} spells directory {name:?} as {part:?} (from {owner:?}); \
-                     FAT names are case-insensitive, use one spelling"
-                );
-            }
-            dir = sub;
-        }
+        let dir = walk_dirs(&mut root, parents, path, &mut owners)?;
         let full = fold(path);
         if let Some((_, node)) = dir.entries.get(&fold(last)) {
             let other = owners.get(&full).copied().unwrap_or("?");
@@ -598,7 +580,48 @@ fn build_tree(files: &[FatFile]) -> Result<TreeDir> {
             .insert(fold(last), (last.to_string(), TreeNode::File(index)));
         owners.insert(full, path);
     }
+    for &path in dirs {
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts {
+            check_name(part, path)?;
+        }
+        walk_dirs(&mut root, &parts, path, &mut owners)?;
+    }
     Ok(root)
+}
+
+/// The directory `parts` below `root`, created as needed; `path` (the file or directory that
+/// needs it) names it in errors and in `owners`.
+fn walk_dirs<'t, 'p>(
+    root: &'t mut TreeDir,
+    parts: &[&str],
+    path: &'p str,
+    owners: &mut BTreeMap<String, &'p str>,
+) -> Result<&'t mut TreeDir> {
+    let mut dir = root;
+    let mut prefix = String::new();
+    for part in parts {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        let (name, node) = dir
+            .entries
+            .entry(fold(part))
+            .or_insert_with(|| (part.to_string(), TreeNode::Dir(TreeDir::default())));
+        let owner = *owners.entry(fold(&prefix)).or_insert(path);
+        let TreeNode::Dir(sub) = node else {
+            bail!("path {path:?} needs {prefix:?} as a directory, but {owner:?} is a file");
+        };
+        if name != part {
+            bail!(
+                "path {path:?} spells directory {name:?} as {part:?} (from {owner:?}); \
+                 FAT names are case-insensitive, use one spelling"
+            );
+        }
+        dir = sub;
+    }
+    Ok(dir)
 }
 
 enum ChildKind {
@@ -890,21 +913,70 @@ fn set_fat_entry(fat: &mut [u8], t: FatType, n: usize, value: u32) {
 pub fn build_fat32(params: &FatParams, files: &[FatFile]) -> Result<Layout> {
     let label = validate_label(&params.label, LabelRule::Uppercase)?;
     let g = Geometry::for_size(params.size)?;
-    build_with(params, files, &g, &label, "ESP")
+    build_with(params, files, &[], &g, &label, "ESP")
 }
 
 /// Build a FAT volume of any size holding `files`: FAT32 from [`min_size`] on (the same bytes
 /// as [`build_fat32`]), FAT16 or FAT12 below. The result is exactly `params.size` bytes.
 pub fn build_fat(params: &FatParams, files: &[FatFile], rule: LabelRule) -> Result<Layout> {
+    build_fat_dirs(params, files, &[], rule)
+}
+
+/// [`build_fat`] that also creates the directories `dirs` (`/`-separated paths from the root,
+/// parents implied), which may stay empty.
+pub fn build_fat_dirs(
+    params: &FatParams,
+    files: &[FatFile],
+    dirs: &[&str],
+    rule: LabelRule,
+) -> Result<Layout> {
     let label = validate_label(&params.label, rule)?;
     let g = Geometry::for_any_size(params.size)?;
     let noun = format!("{} volume", g.fat_type.as_str());
-    build_with(params, files, &g, &label, &noun)
+    build_with(params, files, dirs, &g, &label, &noun)
+}
+
+/// The smallest volume holding `files` and the directories `dirs`: a whole number of MiB and
+/// at least `at_least` bytes (`params.size` is not used). It is FAT32 from [`min_size`] on,
+/// FAT16 or FAT12 below, as [`build_fat_dirs`] makes it; the layout's length is the size
+/// chosen.
+///
+/// The search starts at the files' bytes (a lower bound: no volume holds less) and grows by
+/// 1 MiB until everything fits; the FATs, directories and cluster slack of real volumes take
+/// a few MiB at most, so it ends after a few steps.
+pub fn build_smallest(
+    params: &FatParams,
+    files: &[FatFile],
+    dirs: &[&str],
+    rule: LabelRule,
+    at_least: u64,
+) -> Result<Layout> {
+    // Names and labels fail the same at every size: report them once.
+    validate_label(&params.label, rule)?;
+    build_tree(files, dirs)?;
+    let data: u64 = files
+        .iter()
+        .map(|f| f.content.len().div_ceil(SECTOR_SIZE) * SECTOR_SIZE)
+        .sum();
+    let mut size = data.max(at_least).max(1).div_ceil(MIB) * MIB;
+    let limit = size.saturating_mul(2).saturating_add(64 * MIB);
+    loop {
+        let p = FatParams {
+            size,
+            ..params.clone()
+        };
+        match build_fat_dirs(&p, files, dirs, rule) {
+            Ok(l) => return Ok(l),
+            Err(e) if size >= limit => return Err(e),
+            Err(_) => size += MIB,
+        }
+    }
 }
 
 fn build_with(
     params: &FatParams,
     files: &[FatFile],
+    dirs: &[&str],
     g: &Geometry,
     label: &[u8; 11],
     noun: &str,
@@ -920,7 +992,7 @@ fn build_with(
     };
 
     // The tree, flattened in depth-first pre-order (root first).
-    let tree = build_tree(files)?;
+    let tree = build_tree(files, dirs)?;
     let mut dirs = Vec::new();
     flatten(tree, String::new(), None, &mut dirs);
 
@@ -1850,6 +1922,103 @@ mod tests {
         }
         // 255 units is fine.
         build_fat32(&params(64 * MIB), &[file(&"n".repeat(255), b"x")]).unwrap();
+    }
+
+    #[test]
+    fn empty_directories_are_created_and_read_back() {
+        let files = vec![file("logs/a.txt", b"one"), file("README.txt", b"two")];
+        let mut p = params(16 * MIB);
+        p.label = "RECORDS".into();
+        let l = build_fat_dirs(
+            &p,
+            &files,
+            &["records", "logs/old/deep"],
+            LabelRule::Uppercase,
+        )
+        .unwrap();
+        assert_eq!(l.len(), 16 * MIB);
+        let img = write_sparse(&l);
+        fsck_clean(img.path());
+        let disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(img.path())
+            .unwrap();
+        let fs = fatfs::FileSystem::new(disk, fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fs.fat_type(), fatfs::FatType::Fat16);
+        let names = |d: fatfs::Dir<'_, std::fs::File>| -> Vec<String> {
+            d.iter()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n != "." && n != "..")
+                .collect()
+        };
+        let root = fs.root_dir();
+        assert_eq!(names(root.clone()), ["logs", "README.txt", "records"]);
+        assert!(names(root.open_dir("records").unwrap()).is_empty());
+        assert!(names(root.open_dir("logs/old/deep").unwrap()).is_empty());
+        assert_eq!(names(root.open_dir("logs").unwrap()), ["a.txt", "old"]);
+        // A writer can use the empty directory.
+        if let Some((ok, text)) = run(
+            "mcopy",
+            &[
+                "-i",
+                img.path().to_str().unwrap(),
+                "/etc/hostname",
+                "::/records/r.json",
+            ],
+        ) {
+            assert!(ok, "{text}");
+            fsck_clean(img.path());
+        }
+        let e = build_fat_dirs(&p, &files, &["README.txt/x"], LabelRule::Uppercase)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"README.txt\" is a file"), "{e}");
+        let e = build_fat_dirs(&p, &files, &["bad:name"], LabelRule::Uppercase)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not allowed in a FAT name"), "{e}");
+    }
+
+    #[test]
+    fn smallest_volume_search() {
+        let data = pattern(3 << 20, 12);
+        let (_keep, backing) = shared_file(&data);
+        let mut big = Layout::new(3 << 20);
+        big.put_file(0, backing, 0, 3 << 20).unwrap();
+        let files = vec![
+            FatFile {
+                path: "t.raw.zst".into(),
+                content: big,
+            },
+            file("trust/trusted/k.pub", b"key"),
+        ];
+        let p = params(0);
+        let l = build_smallest(&p, &files, &[], LabelRule::Uppercase, MIB).unwrap();
+        // 3 MiB of data do not fit 3 MiB of volume; 4 MiB hold them (FAT16).
+        assert_eq!(l.len(), 4 * MIB);
+        assert!(build_fat(
+            &FatParams {
+                size: 3 * MIB,
+                ..p.clone()
+            },
+            &files,
+            LabelRule::Uppercase
+        )
+        .is_err());
+        let img = write_sparse(&l);
+        fsck_clean(img.path());
+        // At least the FAT32 minimum: the smallest FAT32 volume, a whole number of MiB.
+        let l = build_smallest(&p, &files, &[], LabelRule::Uppercase, min_size()).unwrap();
+        assert_eq!(l.len(), min_size().div_ceil(MIB) * MIB);
+        let img = write_sparse(&l);
+        fsck_clean(img.path());
+        fatfs_check(img.path(), &files, "EFI");
+        // Names are checked once, not at every size.
+        let e = build_smallest(&p, &[file("a*b", b"x")], &[], LabelRule::Uppercase, MIB)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not allowed in a FAT name"), "{e}");
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub const FIRST_OFFSET: u64 = 1 << 20;
 
 use crate::config::delivery::METAL_ISO_LABEL;
 
-/// GPT type of the configuration partition: Microsoft basic data (a FAT filesystem).
+/// GPT type of FAT data partitions (the `metal-iso` configuration partition, the installer
+/// stick's payload and records): Microsoft basic data.
 pub const TYPE_BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
 
 /// GPT type of the partition that carries the signed manifest: edgeimage's own type (UUID
@@ -79,8 +80,58 @@ pub struct Composition {
     pub layers: Vec<initramfs::LayerInfo>,
 }
 
+/// A partition to place: GPT name (also the label its GUID derives from), type GUID, and
+/// content (the partition is exactly as long as the content).
+pub type PartitionContent<'a> = (&'a str, &'a str, &'a Layout);
+
+/// Lay `parts` out one after another from [`FIRST_OFFSET`] on a disk of `disk_size` bytes,
+/// with the partition table (GUIDs derived from the namespace `ns`, see [`gpt`]) and each
+/// partition's content placed. Returns the disk and where each partition went.
+pub fn place_partitions(
+    disk_size: u64,
+    ns: &[u8; 16],
+    parts: &[PartitionContent],
+) -> Result<(Layout, Vec<Placed>)> {
+    let mut specs = Vec::new();
+    let mut placed = Vec::new();
+    let mut offset = FIRST_OFFSET;
+    for &(label, ty, content) in parts {
+        let size = content.len();
+        if size == 0 || size % gpt::SECTOR != 0 {
+            anyhow::bail!("partition {label}: {size} bytes is not a positive number of sectors");
+        }
+        let type_guid: uuid::Uuid = ty.parse()?;
+        specs.push(gpt::PartSpec {
+            label: label.to_string(),
+            type_guid,
+            first_lba: offset / gpt::SECTOR,
+            sectors: size / gpt::SECTOR,
+        });
+        placed.push(Placed {
+            number: placed.len() as u32 + 1,
+            label: label.to_string(),
+            type_guid: ty.to_string(),
+            guid: gpt::guid_v8(ns, label).to_string(),
+            offset,
+            size,
+        });
+        offset += size;
+    }
+    let mut layout = gpt::table(disk_size, ns, &specs)?;
+    for (p, (_, _, content)) in placed.iter().zip(parts) {
+        layout.put_layout(p.offset, content)?;
+    }
+    Ok((layout, placed))
+}
+
+/// The FAT volume serial of a partition: the first 4 bytes of its GUID.
+pub fn volume_id(guid: &uuid::Uuid) -> u32 {
+    let b = guid.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
 /// Largest stub accepted (systemd's are about 100 KiB).
-const STUB_LIMIT: u64 = 16 << 20;
+pub const STUB_LIMIT: u64 = 16 << 20;
 
 /// Compose the disk image for a profile from checked assets and its resolved plan.
 pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Result<Composition> {
@@ -115,12 +166,13 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     let ns = gpt::namespace(&profile.name);
     let esp_guid = gpt::guid_v8(&ns, esp::LABEL);
     let esp_layout = esp::build(esp::EspInput {
-        size: profile.esp_size,
+        size: Some(profile.esp_size),
         first_lba: FIRST_OFFSET / gpt::SECTOR,
-        volume_id: u32::from_le_bytes(esp_guid.as_bytes()[..4].try_into()?),
+        volume_id: volume_id(&esp_guid),
         epoch,
         arch: profile.arch,
-        version: &profile.talos,
+        uki_path: esp::uki_path(&profile.talos),
+        loader_conf: esp::LOADER_CONF,
         systemd_boot: file_layout(&a.systemd_boot)?,
         uki,
     })?;
@@ -128,45 +180,15 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     let metal_iso = plan.config.as_ref().and_then(|c| c.metal_iso.as_ref());
 
     let mut specs = vec![
-        (esp::LABEL, gpt::TYPE_EFI, profile.esp_size, &esp_layout),
-        ("META", gpt::TYPE_LINUX_FS, META_SIZE, &meta_layout),
+        (esp::LABEL, gpt::TYPE_EFI, &esp_layout),
+        ("META", gpt::TYPE_LINUX_FS, &meta_layout),
     ];
     if let Some(iso) = metal_iso {
-        specs.push((METAL_ISO_LABEL, TYPE_BASIC_DATA, iso.len(), iso));
+        specs.push((METAL_ISO_LABEL, TYPE_BASIC_DATA, iso));
     }
     let manifest_layout = Layout::new(MANIFEST_PART_SIZE);
-    specs.push((
-        MANIFEST_LABEL,
-        TYPE_MANIFEST,
-        MANIFEST_PART_SIZE,
-        &manifest_layout,
-    ));
-    let mut parts = Vec::new();
-    let mut placed = Vec::new();
-    let mut offset = FIRST_OFFSET;
-    for (label, ty, size, _) in &specs {
-        let (label, ty, size) = (*label, *ty, *size);
-        let type_guid: uuid::Uuid = ty.parse()?;
-        parts.push(gpt::PartSpec {
-            label: label.to_string(),
-            type_guid,
-            first_lba: offset / gpt::SECTOR,
-            sectors: size / gpt::SECTOR,
-        });
-        placed.push(Placed {
-            number: placed.len() as u32 + 1,
-            label: label.to_string(),
-            type_guid: ty.to_string(),
-            guid: gpt::guid_v8(&ns, label).to_string(),
-            offset,
-            size,
-        });
-        offset += size;
-    }
-    let mut layout = gpt::table(profile.disk_size, &ns, &parts)?;
-    for (p, (_, _, _, content)) in placed.iter().zip(&specs) {
-        layout.put_layout(p.offset, content)?;
-    }
+    specs.push((MANIFEST_LABEL, TYPE_MANIFEST, &manifest_layout));
+    let (layout, mut placed) = place_partitions(profile.disk_size, &ns, &specs)?;
     // The manifest partition was placed last; its content is written after the rest.
     let manifest_partition = placed
         .pop()
