@@ -13,6 +13,10 @@ use serde::Deserialize;
 
 use crate::talos::{Arch, Cmdline, TalosVersion, MAX_CMDLINE};
 
+pub mod installer;
+
+pub use installer::InstallerSpec;
+
 /// The profile as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +40,8 @@ struct RawProfile {
     #[serde(default)]
     build_number: u64,
     signing: Option<RawSigning>,
+    installer: Option<installer::RawInstaller>,
+    install: Option<installer::RawInstall>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +223,8 @@ pub struct Profile {
     pub build_number: u64,
     /// The secret key `edgeimage build` signs with when no `--sign-key` is given.
     pub signing: Option<Signing>,
+    /// `[installer]` (with `[install]`): also build an installer stick image.
+    pub installer: Option<InstallerSpec>,
 }
 
 /// `[signing]`: which key signs the profile's builds.
@@ -475,6 +483,15 @@ impl Profile {
             }
         };
 
+        let installer = installer::parse(
+            raw.installer,
+            raw.install,
+            base,
+            raw.arch,
+            &talos,
+            &field_err,
+        )?;
+
         use sha2::Digest;
         Ok(Profile {
             path: path.to_path_buf(),
@@ -496,6 +513,7 @@ impl Profile {
             schematic: raw.schematic.map(|n| base.join(n)),
             build_number: raw.build_number,
             signing,
+            installer,
         })
     }
 
