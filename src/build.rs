@@ -1,10 +1,12 @@
 //! `edgeimage build`: profile → checked assets → composed layout → written artifacts:
 //! `<name>.raw.zst` (and `<name>.raw`), `<name>.manifest.json`, its signature
-//! `<name>.manifest.json.minisig` when a key is given, and `<name>.bmap`.
+//! `<name>.manifest.json.minisig` when a key is given, and `<name>.bmap`; with an
+//! `[installer]` section also `<name>-installer.raw.zst` (and `<name>-installer.raw`), the
+//! installer stick carrying those outputs (see [`crate::installer`]).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::artifact::manifest::{self, Manifest};
 use crate::artifact::{self, Measured, Outputs};
@@ -29,6 +31,9 @@ pub struct BuildOptions {
     /// Where the key's passphrase comes from (overrides the profile's `passphrase_env`;
     /// default: ask on the terminal, only if the key is encrypted).
     pub passphrase_env: Option<String>,
+    /// The static `edgeimage` for the installer's `/init` (overrides the profile's
+    /// `[installer] binary`).
+    pub installer_binary: Option<PathBuf>,
 }
 
 /// What was built.
@@ -54,6 +59,8 @@ pub struct BuildReport {
     /// Key ID of the signing key.
     pub key_id: Option<String>,
     pub bmap: PathBuf,
+    /// The installer image, when the profile has an `[installer]` section.
+    pub installer: Option<crate::installer::InstallerReport>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -102,6 +109,30 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
     let profile = Profile::load(&opts.profile)?;
     // The key first: a wrong passphrase should not cost a whole build.
     let key = signing_key(opts, &profile)?;
+    // The installer's inputs next: a bad [installer] should not cost one either.
+    let installer = match (&profile.installer, &key) {
+        (None, _) => {
+            if let Some(b) = &opts.installer_binary {
+                bail!(
+                    "--installer-binary {} is given, but profile {} has no [installer] section; add one or leave the option out",
+                    b.display(),
+                    profile.path.display()
+                );
+            }
+            None
+        }
+        (Some(_), None) => bail!(
+            "profile {}: [installer]: the installer needs a signed payload: pass --sign-key or set [signing] key",
+            profile.path.display()
+        ),
+        (Some(spec), Some(k)) => {
+            progress.phase("checking the installer's inputs");
+            Some((
+                spec,
+                crate::installer::prepare(&profile, spec, opts.installer_binary.as_deref(), k)?,
+            ))
+        }
+    };
     progress.phase("checking assets");
     let a = assets::load(&profile, opts.assets.as_deref())?;
     progress.phase("checking extensions and configuration");
@@ -222,11 +253,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
     );
     let bytes = doc.to_canonical()?;
     let manifest_path = opts.out_dir.join(format!("{}.manifest.json", profile.name));
+    let signature_text = sign(&doc, &bytes)?;
     let sig_path = opts
         .out_dir
         .join(format!("{}.manifest.json.minisig", profile.name));
     artifact::atomic::write(&manifest_path, &bytes, 0o644)?;
-    let signature = match sign(&doc, &bytes)? {
+    let signature = match &signature_text {
         Some(text) => Some(artifact::atomic::write(&sig_path, text.as_bytes(), 0o644)?),
         None => {
             // A signature left from an earlier build would not match this manifest.
@@ -260,6 +292,48 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
     let bmap_text =
         artifact::bmap::render(&raw_name, comp.layout.len(), manifest::BLOCK_SIZE, &ranges)?;
     artifact::atomic::write(&bmap_path, bmap_text.as_bytes(), 0o644)?;
+
+    let installer = match (installer, &signature_text) {
+        (Some((spec, prepared)), Some(sig)) => Some(crate::installer::build(
+            &profile,
+            spec,
+            &prepared,
+            &a,
+            &crate::installer::Payload {
+                image: &outputs.zst,
+                image_size: outputs.zst_size,
+                manifest: &bytes,
+                signature: sig,
+            },
+            &crate::installer::Target {
+                out_dir: &opts.out_dir,
+                raw: opts.raw,
+                secret: plan.config.is_some(),
+                epoch: opts.epoch,
+            },
+            progress,
+        )?),
+        (Some(_), None) => {
+            bail!("the installer needs a signed payload, but the manifest was not signed")
+        }
+        (None, _) => {
+            // An installer left from an earlier build carries an older payload.
+            let stem = crate::installer::image_stem(&profile.name);
+            for stale in [format!("{stem}.raw.zst"), format!("{stem}.raw")] {
+                let p = opts.out_dir.join(stale);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("removing the stale installer image {}", p.display())
+                        })
+                    }
+                }
+            }
+            None
+        }
+    };
     progress.finish();
 
     Ok(BuildReport {
@@ -309,6 +383,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         key_id: key.as_ref().map(|k| k.key_id_hex()),
         signature,
         bmap: bmap_path,
+        installer,
     })
 }
 

@@ -2,9 +2,9 @@
 //!
 //! Data flows one way: [`profile`] → [`assets`] → [`compose`] → [`artifact`] (image,
 //! manifest, block map) → [`sign`] / [`trust`] → [`verify`]. [`build`] runs the chain up to
-//! signing; [`inspect`] reads an image back; [`verify`] proves an image, a compressed image or
-//! a written disk against a trust store. The binary (`src/main.rs`) only parses arguments and
-//! calls these.
+//! signing, then [`installer`] makes the installer stick image; [`inspect`] reads an image
+//! back; [`verify`] proves an image, a compressed image or a written disk against a trust
+//! store. The binary (`src/main.rs`) only parses arguments and calls these.
 
 pub mod artifact;
 pub mod assets;
@@ -15,6 +15,7 @@ pub mod extension;
 pub mod flash;
 pub mod inspect;
 pub mod install;
+pub mod installer;
 pub mod layout;
 pub mod pe;
 pub mod plan;

@@ -44,6 +44,10 @@ enum Command {
         /// line); default: the profile's `passphrase_env`, else ask on the terminal.
         #[arg(long, value_name = "VAR")]
         passphrase_env: Option<String>,
+        /// The static edgeimage the installer image runs as /init (profiles with
+        /// [installer]; default: the profile's `binary`, else this executable if static).
+        #[arg(long, value_name = "PATH")]
+        installer_binary: Option<PathBuf>,
     },
     /// Sign an existing manifest (`<name>.manifest.json` → `<name>.manifest.json.minisig`).
     Sign {
@@ -388,6 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             quiet,
             sign_key,
             passphrase_env,
+            installer_binary,
         } => {
             let opts = edgeimage::build::BuildOptions {
                 profile,
@@ -397,6 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 epoch: edgeimage::build::source_date_epoch()?,
                 sign_key,
                 passphrase_env,
+                installer_binary,
             };
             let mut reporter = edgeimage::progress::Reporter::stderr(quiet);
             let report = edgeimage::build::build(&opts, &mut reporter)?;
@@ -418,6 +424,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     _ => println!("not signed (no --sign-key and no [signing] key in the profile)"),
                 }
                 println!("built {}", report.bmap.display());
+                if let Some(i) = &report.installer {
+                    println!("built {}", i.outputs.zst.display());
+                    if let Some(r) = &i.outputs.raw {
+                        println!("built {}", r.display());
+                    }
+                }
             }
         }
         Command::Sign {

@@ -115,6 +115,49 @@ pub fn load(profile: &Profile, source: Option<&Path>) -> Result<BootAssets> {
     })
 }
 
+/// A kernel outside the asset source (the installer's own `[installer] kernel`), checked like
+/// the disk image's: opened once, pinned to `sha256`, an EFI-stub kernel for the profile's
+/// architecture. `field` is the profile field that names it. Returns the kernel and its
+/// release, read from an x86 kernel's header (arm64 kernels do not carry it).
+pub fn load_kernel_file(
+    field: &'static str,
+    path: &Path,
+    sha256: &str,
+    profile: &Profile,
+) -> Result<(Asset, Option<String>)> {
+    let file = File::open(path).with_context(|| {
+        format!(
+            "profile {}: field `{field}`: cannot open {}",
+            profile.path.display(),
+            path.display()
+        )
+    })?;
+    if !file.metadata()?.is_file() {
+        bail!(
+            "profile {}: field `{field}`: {} is not a regular file",
+            profile.path.display(),
+            path.display()
+        );
+    }
+    let a = hash_asset(
+        field,
+        path.display().to_string(),
+        SharedFile::new(file, path),
+    )?;
+    if a.sha256 != sha256 {
+        bail!(
+            "profile {}: field `{field}`: {} does not match its pin: the profile pins sha256 {sha256}, the file has {} ({} bytes); use the file the pin names, or if this file is right, set {field}.sha256 to its digest",
+            profile.path.display(),
+            a.origin,
+            a.sha256,
+            a.len
+        );
+    }
+    check_efi(&a, profile.arch, false)?;
+    let release = bzimage_version(&a)?;
+    Ok((a, release))
+}
+
 fn open_all(src: &Source, profile: &Profile) -> Result<[Asset; 4]> {
     let pins = profile.assets.all();
     match src {
