@@ -38,6 +38,9 @@ pub struct InitrdInfo {
     pub firmware_files: usize,
     /// Set when the walk stopped early (an archive format it cannot read, e.g. xz).
     pub note: Option<String>,
+    /// The installer's configuration (`etc/edgeimage/installer.json`), when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installer_config: Option<String>,
 }
 
 const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -183,6 +186,13 @@ fn read_cpio<R: Read>(r: &mut R, info: &mut InitrdInfo) -> Result<usize> {
             let mut text = vec![0u8; size as usize];
             r.read_exact(&mut text)?;
             info.extensions_yaml = Some(String::from_utf8_lossy(&text).into_owned());
+        } else if is_file
+            && name == crate::install::config::CONFIG_PATH.trim_start_matches('/')
+            && size <= YAML_LIMIT
+        {
+            let mut text = vec![0u8; size as usize];
+            r.read_exact(&mut text)?;
+            info.installer_config = Some(String::from_utf8_lossy(&text).into_owned());
         } else if is_file && name.ends_with(".sqsh") && !name.contains('/') {
             let mut h = Sha256::new();
             let n = io::copy(&mut r.take(size), &mut h)?;

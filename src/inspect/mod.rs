@@ -13,6 +13,7 @@ use crate::compose::gpt::{self, PartitionInfo};
 use crate::compose::{meta, uki};
 
 pub mod initrd;
+pub mod installer;
 
 #[derive(Debug, Serialize)]
 pub struct Inspection {
@@ -33,6 +34,9 @@ pub struct Inspection {
     pub config: Option<ConfigReport>,
     /// What the manifest partition says (not verified here: `edgeimage verify` does that).
     pub manifest: Option<ManifestSummary>,
+    /// An installer image's configuration, payload and records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installer: Option<installer::InstallerInfo>,
 }
 
 /// The manifest carried inside the image.
@@ -254,6 +258,8 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         .iter()
         .find(|p| p.label == crate::compose::MANIFEST_LABEL)
         .map(|p| manifest_of(&file, p));
+    let installer = installer::is_installer(&partitions)
+        .then(|| installer::describe(&file, &partitions, uki.as_ref()));
     // The inline configuration is the configuration itself: never shown.
     let mut uki = uki;
     if let Some(u) = uki.as_mut() {
@@ -276,6 +282,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         schematic_id,
         config,
         manifest,
+        installer,
     })
 }
 
@@ -549,10 +556,16 @@ pub fn render(i: &Inspection) -> Result<String> {
     )?;
     writeln!(s, "disk GUID  {}", i.disk_guid)?;
     writeln!(s, "partitions")?;
+    let width = i
+        .partitions
+        .iter()
+        .map(|p| p.label.len())
+        .max()
+        .unwrap_or(0);
     for p in &i.partitions {
         writeln!(
             s,
-            "  {:>2} {:<8} {:>12} bytes at {:>12}  type {}  guid {}",
+            "  {:>2} {:<width$} {:>12} bytes at {:>12}  type {}  guid {}",
             p.number, p.label, p.size, p.offset, p.type_guid, p.guid
         )?;
     }
@@ -670,6 +683,9 @@ pub fn render(i: &Inspection) -> Result<String> {
         if let Some(n) = &c.note {
             writeln!(s, "  note     {n}")?;
         }
+    }
+    if let Some(inst) = &i.installer {
+        installer::render(&mut s, inst)?;
     }
     if let Some(m) = &i.meta {
         match m.copy {
