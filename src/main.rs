@@ -346,16 +346,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 work,
                 style: edgeimage::flash::ui::Style::choose(false, quiet || json),
             };
+            // Progress and verdict go to stderr as they happen.
             let report = run::run(&opts, cancel_on_signals());
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.record)?);
-            }
-            for l in &report.lines {
-                if json {
-                    eprintln!("{l}");
-                } else {
-                    println!("{l}");
-                }
             }
             return Ok(if report.ok { 0 } else { 1 });
         }

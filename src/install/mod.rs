@@ -68,9 +68,6 @@ pub fn init_main() -> ! {
         style: crate::flash::ui::Style::choose(false, false),
     };
     let report = run::run(&opts, Arc::new(AtomicBool::new(false)));
-    for l in &report.lines {
-        eprintln!("edgeimage install: {l}");
-    }
     let action = if report.ok {
         cfg.on_success
     } else {

@@ -78,7 +78,8 @@ pub struct InstallRecord {
 #[derive(Debug)]
 pub struct InstallReport {
     pub ok: bool,
-    /// Lines for the console, the last one the verdict.
+    /// What was said on stderr as it happened (`edgeimage install: …` lines), the last one the
+    /// verdict.
     pub lines: Vec<String>,
     pub record: InstallRecord,
     /// Where the record was written, or why it was not.
@@ -357,9 +358,14 @@ pub fn run(opts: &InstallOptions, cancel: Arc<AtomicBool>) -> InstallReport {
         }
         (None, None) => Err("no records partition and no --records directory".into()),
     };
-    match &record_place {
-        Ok(p) => lines.insert(lines.len() - 1, format!("record written: {}", p.display())),
-        Err(e) => lines.insert(lines.len() - 1, format!("RECORD NOT WRITTEN: {e}")),
+    let place = match &record_place {
+        Ok(p) => format!("record written: {}", p.display()),
+        Err(e) => format!("RECORD NOT WRITTEN: {e}"),
+    };
+    lines.insert(lines.len() - 1, place);
+    // The verdict's lines as they happen were printed already; these come last.
+    for l in &lines[lines.len() - 2..] {
+        eprintln!("edgeimage install: {l}");
     }
     InstallReport {
         ok,
@@ -494,6 +500,7 @@ fn steps(
         rec.image_sha256 = f["image_sha256"].as_str().map(str::to_string);
     }
     for l in &summary.lines {
+        eprintln!("edgeimage install: {l}");
         lines.push(l.clone());
     }
     if summary.exit_code != flash::exit::OK {

@@ -83,17 +83,25 @@ fn records(stick: &Path) -> Result<Vec<serde_json::Value>> {
     Ok(out)
 }
 
-/// Flip one byte in the middle of the payload's `.raw.zst` inside the stick image.
+/// Flip one byte in the middle of the payload's `.raw.zst` inside the stick image (searched
+/// for inside the payload partition only: the same kernel bytes are in the ESP too).
 fn tamper(stick: &Path, zst: &Path) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let payload = fs::read(zst)?;
     let at = payload.len() / 2;
     let needle = &payload[at..at + 64];
     let img = fs::read(stick)?;
-    let pos = img
-        .windows(64)
-        .position(|w| w == needle)
-        .context("the payload's bytes are not in the stick image")?;
+    let (_, parts) = edgeimage::compose::gpt::read(fs::File::open(stick)?)?;
+    let p = parts
+        .iter()
+        .find(|p| p.label == edgeimage::install::config::PAYLOAD_PARTNAME)
+        .context("the stick has no payload partition")?;
+    let (start, end) = (p.offset as usize, (p.offset + p.size) as usize);
+    let pos = start
+        + img[start..end.min(img.len())]
+            .windows(64)
+            .position(|w| w == needle)
+            .context("the payload's bytes are not in the payload partition")?;
     let f = fs::OpenOptions::new().write(true).open(stick)?;
     f.write_all_at(&[img[pos] ^ 0x01], pos as u64)?;
     Ok(())
