@@ -30,6 +30,10 @@ fn payload(b: &Built) -> PathBuf {
 }
 
 fn config(dir: &Path, disk: Value, build_number: u64) -> PathBuf {
+    config_with(dir, disk, build_number, false)
+}
+
+fn config_with(dir: &Path, disk: Value, build_number: u64, wipe_metas: bool) -> PathBuf {
     let p = dir.join("installer.json");
     let c = json!({
         "format": "edgeimage-installer-1",
@@ -38,7 +42,7 @@ fn config(dir: &Path, disk: Value, build_number: u64) -> PathBuf {
         "modules": [],
         "wait_seconds": 3,
         "disk": disk,
-        "wipe_other_metas": false,
+        "wipe_other_metas": wipe_metas,
         "on_success": "reboot",
         "on_failure": "poweroff",
     });
@@ -241,4 +245,33 @@ fn a_configuration_that_would_reboot_after_a_failure_is_refused() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn stale_metas_on_other_disks_are_wiped_when_the_profile_says_so() {
+    let b = signed();
+    let p = payload(&b);
+    let sim = host(&b, true);
+    // vdb carries an older Talos install: its META partition would make Talos pick it.
+    let vdb = "sys/devices/pci0000:00/0000:00:05.0/virtio2/block/vdb";
+    sim.gpt_partition(vdb, "vdb2", 2, "240:18", 1 << 20, "META", 0x5a);
+    sim.gpt_partition(vdb, "vdb3", 3, "240:19", 1 << 20, "STATE", 0x5a);
+    let cfg = config_with(
+        b.dir(),
+        json!({"transports": ["virtio"], "serials": ["VDISK-1"]}),
+        0,
+        true,
+    );
+    let r = install(&b, &sim.root, &cfg, &p, "metas");
+    assert!(r.out.status.success(), "{}", r.text());
+    assert!(
+        r.text().contains("wiped stale META on /dev/vdb2"),
+        "{}",
+        r.text()
+    );
+    let meta = fs::read(sim.root.join("dev/vdb2")).unwrap();
+    assert!(meta.iter().all(|&x| x == 0), "META must be zeroed");
+    let state = fs::read(sim.root.join("dev/vdb3")).unwrap();
+    assert!(state.iter().all(|&x| x == 0x5a), "only META is touched");
+    assert_eq!(r.record()["metas_wiped"], json!(["/dev/vdb2"]));
 }

@@ -354,6 +354,38 @@ impl FakeSystem {
         dir
     }
 
+    /// A partition `name` (number `n`) of the disk at sysfs directory `disk`, with its GPT
+    /// name in `uevent` (and `/sys/class/block/<name>`), `/dev/<name>` holding `bytes` of
+    /// `fill`.
+    pub fn gpt_partition(
+        &self,
+        disk: &str,
+        name: &str,
+        n: u32,
+        dev: &str,
+        bytes: u64,
+        partname: &str,
+        fill: u8,
+    ) {
+        self.partition(disk, name, n, dev, bytes);
+        let (maj, min) = dev.split_once(':').unwrap();
+        self.file(
+            &format!("{disk}/{name}/uevent"),
+            &format!("MAJOR={maj}\nMINOR={min}\nDEVNAME={name}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={partname}\n"),
+        );
+        fs::create_dir_all(self.root.join("sys/class/block")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../{}/{name}", &disk[4..]),
+            self.root.join(format!("sys/class/block/{name}")),
+        )
+        .unwrap();
+        fs::write(
+            self.root.join(format!("dev/{name}")),
+            vec![fill; bytes as usize],
+        )
+        .unwrap();
+    }
+
     /// A partition `name` (number `n`) of the disk at sysfs directory `disk`.
     pub fn partition(&self, disk: &str, name: &str, n: u32, dev: &str, bytes: u64) {
         let dir = format!("{disk}/{name}");
