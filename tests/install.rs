@@ -254,8 +254,8 @@ fn stale_metas_on_other_disks_are_wiped_when_the_profile_says_so() {
     let sim = host(&b, true);
     // vdb carries an older Talos install: its META partition would make Talos pick it.
     let vdb = "sys/devices/pci0000:00/0000:00:05.0/virtio2/block/vdb";
-    sim.gpt_partition(vdb, "vdb2", 2, "240:18", 1 << 20, "META", 0x5a);
-    sim.gpt_partition(vdb, "vdb3", 3, "240:19", 1 << 20, "STATE", 0x5a);
+    sim.gpt_partition(vdb, "vdb2", 2, "240:18", 1 << 20, "META");
+    sim.gpt_partition(vdb, "vdb3", 3, "240:19", 1 << 20, "STATE");
     let cfg = config_with(
         b.dir(),
         json!({"transports": ["virtio"], "serials": ["VDISK-1"]}),
@@ -272,6 +272,6 @@ fn stale_metas_on_other_disks_are_wiped_when_the_profile_says_so() {
     let meta = fs::read(sim.root.join("dev/vdb2")).unwrap();
     assert!(meta.iter().all(|&x| x == 0), "META must be zeroed");
     let state = fs::read(sim.root.join("dev/vdb3")).unwrap();
-    assert!(state.iter().all(|&x| x == 0x5a), "only META is touched");
+    assert!(state.iter().all(|&x| x == FILL), "only META is touched");
     assert_eq!(r.record()["metas_wiped"], json!(["/dev/vdb2"]));
 }

@@ -302,6 +302,9 @@ impl Built {
 // A simulated system: sysfs, /proc and /dev as plain files under a directory, for
 // `--system-root` / `system_root` (disks are regular files there).
 
+/// What [`FakeSystem::gpt_partition`] fills a partition with.
+pub const FILL: u8 = 0x5a;
+
 pub struct FakeSystem {
     pub root: PathBuf,
 }
@@ -356,7 +359,7 @@ impl FakeSystem {
 
     /// A partition `name` (number `n`) of the disk at sysfs directory `disk`, with its GPT
     /// name in `uevent` (and `/sys/class/block/<name>`), `/dev/<name>` holding `bytes` of
-    /// `fill`.
+    /// [`FILL`].
     pub fn gpt_partition(
         &self,
         disk: &str,
@@ -365,7 +368,6 @@ impl FakeSystem {
         dev: &str,
         bytes: u64,
         partname: &str,
-        fill: u8,
     ) {
         self.partition(disk, name, n, dev, bytes);
         let (maj, min) = dev.split_once(':').unwrap();
@@ -381,7 +383,7 @@ impl FakeSystem {
         .unwrap();
         fs::write(
             self.root.join(format!("dev/{name}")),
-            vec![fill; bytes as usize],
+            vec![FILL; bytes as usize],
         )
         .unwrap();
     }
