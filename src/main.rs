@@ -154,6 +154,45 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Watch for disks appearing on allowed ports and write the image to each as it arrives
+    /// (several at once), unattended. Never a disk that was present when the station started,
+    /// never one on a port no rule allows. Status lines on stderr, or JSON events with
+    /// --json (station-start, arrived, ignored, finished, gone, station-done).
+    Station {
+        /// The image (as for flash).
+        image: PathBuf,
+        /// Allowed ports: sysfs:GLOB (the disk's sysfs device path), by-id:GLOB, or
+        /// transport:NAME; repeat or separate with commas.
+        #[arg(long, value_name = "RULE", value_delimiter = ',', required = true)]
+        ports: Vec<String>,
+        /// The trust store (trusted/*.pub, revoked); default: $EDGEIMAGE_TRUST.
+        #[arg(long, value_name = "DIR", env = "EDGEIMAGE_TRUST")]
+        trust: Option<PathBuf>,
+        /// Write an image that is unsigned or signed by an unknown key.
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Refuse builds older than this build number.
+        #[arg(long, value_name = "N")]
+        min_build: Option<u64>,
+        /// Refuse media built from another profile.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Append one JSON record per device to this file.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Devices written at once.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        parallel: usize,
+        /// Stop after this many devices finished.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+        /// Stop after this many seconds with nothing running and nothing arriving.
+        #[arg(long, value_name = "SECONDS")]
+        idle_exit: Option<u64>,
+        /// Events as JSON lines on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the disks that could be flashed: path, by-id, model, serial, size, transport,
     /// and why a disk would be refused (mounted, held, system disk, …). Reads sysfs and
     /// /proc only, so it also works in an initramfs.
@@ -352,6 +391,56 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&report.record)?);
             }
             return Ok(if report.ok { 0 } else { 1 });
+        }
+        Command::Station {
+            image,
+            ports,
+            trust,
+            allow_unsigned,
+            min_build,
+            profile,
+            record,
+            parallel,
+            count,
+            idle_exit,
+            json,
+        } => {
+            use edgeimage::flash::{self, station};
+            let ports = ports
+                .iter()
+                .map(|p| station::PortRule::parse(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = station::StationOptions {
+                flash: flash::FlashOptions {
+                    image,
+                    targets: Vec::new(),
+                    source: flash::source::SourceOptions {
+                        trust,
+                        allow_unsigned,
+                        manifest: None,
+                        bmap: None,
+                        min_build,
+                        profile,
+                    },
+                    yes: true,
+                    force: Vec::new(),
+                    record,
+                    settings: Default::default(),
+                    style: flash::ui::Style::Quiet,
+                    system_root: PathBuf::from("/"),
+                },
+                ports,
+                parallel,
+                count,
+                idle_exit: idle_exit.map(std::time::Duration::from_secs),
+                json,
+            };
+            let sum = station::run(&opts, cancel_on_signals())?;
+            return Ok(if sum.failed > 0 {
+                edgeimage::flash::exit::TARGET_FAILED
+            } else {
+                0
+            });
         }
         Command::Devices { json } => {
             let sys = edgeimage::flash::devices::System::host();

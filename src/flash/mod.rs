@@ -21,6 +21,7 @@ pub mod medium;
 pub mod pipeline;
 pub mod record;
 pub mod source;
+pub mod station;
 pub mod ui;
 
 use std::path::{Path, PathBuf};
