@@ -439,6 +439,7 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
         match opened {
             Ok(m) => jobs.push(Job {
                 medium: Box::new(m),
+                extra: Vec::new(),
                 before_write: t
                     .disk
                     .clone()

@@ -122,6 +122,9 @@ pub type BeforeWrite = Box<dyn FnOnce(&dyn Medium) -> anyhow::Result<()> + Send>
 /// One target for the engine.
 pub struct Job {
     pub medium: Box<dyn Medium>,
+    /// This target's own content (personalization), written and verified after the image's
+    /// data and before the partition table; empty for plain copies.
+    pub extra: Vec<Chunk>,
     /// Called once before the first write (re-checks the disk's identity).
     pub before_write: Option<BeforeWrite>,
 }
@@ -237,6 +240,7 @@ struct Writer {
     index: usize,
     medium: Arc<dyn Medium>,
     before_write: Option<BeforeWrite>,
+    extra: Vec<Arc<Chunk>>,
     queue: Arc<Queue<Msg>>,
     events: Sender<Event>,
     settings: Settings,
@@ -527,6 +531,15 @@ impl Writer {
                 self.touch();
             }
         }
+        if !self.extra.is_empty() {
+            let extra = std::mem::take(&mut self.extra);
+            for c in &extra {
+                self.write(c)?;
+                self.written += c.data.as_slice().len() as u64;
+            }
+            self.sync()?;
+            self.verifier().check(&extra)?;
+        }
         self.phase = Phase::PartitionTable;
         self.table_started = true;
         self.report(true);
@@ -617,6 +630,7 @@ pub fn run(
             index,
             medium: Arc::from(job.medium),
             before_write: job.before_write,
+            extra: job.extra.into_iter().map(Arc::new).collect(),
             queue: queue.clone(),
             events: events.clone(),
             settings: settings.clone(),
@@ -918,6 +932,7 @@ mod tests {
             .into_iter()
             .map(|m| Job {
                 medium: Box::new(m) as Box<dyn Medium>,
+                extra: Vec::new(),
                 before_write: None,
             })
             .collect();
@@ -971,6 +986,50 @@ mod tests {
     }
 
     #[test]
+    fn each_target_gets_its_own_extra_content_verified() {
+        let d = tempfile::tempdir().unwrap();
+        let (img, want) = image(d.path());
+        let (a, a_data) = Mem::new(24 << 20);
+        let (b, b_data) = Mem::new(24 << 20);
+        let extra = |tag: u8| {
+            let mut buf = AlignedBuf::new(4096);
+            buf.as_mut_slice().fill(tag);
+            vec![Chunk {
+                offset: 6 << 20,
+                data: buf,
+            }]
+        };
+        let jobs = vec![
+            Job {
+                medium: Box::new(a),
+                extra: extra(1),
+                before_write: None,
+            },
+            Job {
+                medium: Box::new(b),
+                extra: extra(2),
+                before_write: None,
+            },
+        ];
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let (r, e) = run(
+            &img,
+            jobs,
+            &settings(),
+            tx,
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert!(e.is_none() && r.iter().all(|x| x.ok), "{r:?}");
+        for (data, tag) in [(a_data, 1u8), (b_data, 2u8)] {
+            let got = data.lock().unwrap();
+            let at = 6usize << 20;
+            assert!(got[at..at + 4096].iter().all(|&x| x == tag));
+            assert_eq!(&got[..at], &want[..at]);
+            assert_eq!(&got[at + 4096..24 << 20], &want[at + 4096..]);
+        }
+    }
+
+    #[test]
     fn the_partition_table_is_written_last() {
         let d = tempfile::tempdir().unwrap();
         let (img, _) = image(d.path());
@@ -1004,6 +1063,7 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let jobs = vec![Job {
             medium: Box::new(Order(m, order.clone())),
+            extra: Vec::new(),
             before_write: None,
         }];
         let (r, _) = run(
@@ -1032,6 +1092,7 @@ mod tests {
         let cancel = Arc::new(AtomicBool::new(true));
         let jobs = vec![Job {
             medium: Box::new(m),
+            extra: Vec::new(),
             before_write: None,
         }];
         let (r, _) = run(&img, jobs, &settings(), tx, cancel);

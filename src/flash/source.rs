@@ -510,6 +510,43 @@ impl Image {
         self.pieces.iter().map(|(a, b)| b - a).sum()
     }
 
+    /// Read `len` bytes at image offset `offset` directly (raw images, and seekable `.zst`
+    /// through the frames holding them): for per-device content computed from the image's
+    /// own bytes (a personalized META starts from the base one). Streams cannot do this.
+    pub fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let what = self.path.display().to_string();
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.size)
+            .ok_or_else(|| anyhow!("{what}: bytes {offset}+{len} lie outside the image"))?;
+        let f = File::open(&self.path).with_context(|| format!("cannot open {what}"))?;
+        match (self.format, &self.seek) {
+            (Format::Raw, _) => {
+                let mut v = vec![0u8; len as usize];
+                f.read_exact_at(&mut v, offset)
+                    .with_context(|| format!("reading bytes {offset}-{} of {what}", end - 1))?;
+                Ok(v)
+            }
+            (Format::SeekableZstd, Some(table)) => {
+                let frames: Vec<usize> = table.frames_overlapping(offset, end).collect();
+                let mut v = vec![0u8; len as usize];
+                seekable::decompress_frames(&f, &what, table, &frames, 1, &mut |_, at, bytes| {
+                    let (a, b) = (at.max(offset), (at + bytes.len() as u64).min(end));
+                    if a < b {
+                        v[(a - offset) as usize..(b - offset) as usize]
+                            .copy_from_slice(&bytes[(a - at) as usize..(b - at) as usize]);
+                    }
+                    Ok(true)
+                })?;
+                Ok(v)
+            }
+            _ => bail!(
+                "{what} is a {} stream: per-device content needs a raw image or a seekable .raw.zst (as edgeimage build writes)",
+                self.format.as_str()
+            ),
+        }
+    }
+
     /// Stream every piece, in order, as aligned chunks. `out` returns `false` to stop early.
     /// Returns the number of bytes the image decompressed to (for sequential streams) or its
     /// size.
@@ -747,6 +784,44 @@ mod tests {
         assert_eq!(s[0], Path::new("/x/demo"));
         let s = stems(Path::new("/x/a.img.xz"));
         assert!(s.contains(&PathBuf::from("/x/a.img")) && s.contains(&PathBuf::from("/x/a")));
+    }
+
+    #[test]
+    fn read_range_from_raw_and_seekable_zst() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(5u32 << 20) + 123)
+            .map(|i| (i.wrapping_mul(2654435761) >> 9) as u8)
+            .collect();
+        let raw = d.path().join("x.raw");
+        std::fs::write(&raw, &data).unwrap();
+        let zst = d.path().join("x.raw.zst");
+        let mut w = seekable::SeekableWriter::new(Vec::new(), 3, 2).unwrap();
+        w.write_all(&data).unwrap();
+        std::fs::write(&zst, w.finish().unwrap()).unwrap();
+        let opts = SourceOptions {
+            allow_unsigned: true,
+            ..Default::default()
+        };
+        for p in [&raw, &zst] {
+            let img = Image::open(p, &opts).unwrap();
+            for (o, l) in [
+                (0u64, 10u64),
+                ((1 << 20) - 5, 10),
+                (3 << 20, 2 << 20),
+                (data.len() as u64 - 7, 7),
+            ] {
+                let got = img.read_range(o, l).unwrap();
+                assert_eq!(
+                    &got[..],
+                    &data[o as usize..(o + l) as usize],
+                    "{} {o}+{l}",
+                    p.display()
+                );
+            }
+            let e = img.read_range(data.len() as u64 - 1, 2).unwrap_err();
+            assert!(e.to_string().contains("outside the image"), "{e}");
+        }
     }
 
     #[test]
