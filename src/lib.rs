@@ -12,6 +12,7 @@ pub mod build;
 pub mod compose;
 pub mod config;
 pub mod extension;
+pub mod factory;
 pub mod flash;
 pub mod inspect;
 pub mod install;
