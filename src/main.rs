@@ -234,6 +234,9 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Read factory record logs.
+    #[command(subcommand)]
+    Records(RecordsCommand),
     /// Manage signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -242,6 +245,22 @@ enum Command {
         /// The image: `<name>.raw` or `<name>.raw.zst`.
         image: PathBuf,
         /// Machine-readable JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordsCommand {
+    /// Totals, failures by kind, rows written twice (there must be none) and, with
+    /// --inventory, the rows not written yet. Exit code 0, or 1 when a row was written twice.
+    Summarize {
+        /// The append-only record log (JSON lines).
+        log: PathBuf,
+        /// The inventory the line works through.
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -441,6 +460,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 0
             });
+        }
+        Command::Records(RecordsCommand::Summarize {
+            log,
+            inventory,
+            json,
+        }) => {
+            use edgeimage::factory;
+            let l = factory::log::read(&log)?;
+            for t in &l.torn {
+                eprintln!("warning: {}", t.message);
+            }
+            let inv = inventory
+                .as_deref()
+                .map(factory::Inventory::load)
+                .transpose()?;
+            let sum = factory::log::summarize(&l.entries, inv.as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sum)?);
+            } else {
+                print!("{}", sum.render());
+            }
+            return Ok(if sum.ok() { 0 } else { 1 });
         }
         Command::Devices { json } => {
             let sys = edgeimage::flash::devices::System::host();
