@@ -201,6 +201,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
                 offset: p.offset,
                 size: p.size,
                 sha256: sha.clone(),
+                slot: false,
             })
             .collect(),
         manifest_partition: mp.clone(),
@@ -211,6 +212,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         },
         artifact,
         provenance: provenance.clone(),
+        slots: Vec::new(),
+        meta_base: Vec::new(),
     };
     let sign = |doc: &Manifest, bytes: &[u8]| -> Result<Option<String>> {
         key.as_ref()

@@ -4,7 +4,8 @@
 //! manifest, block map) → [`sign`] / [`trust`] → [`verify`]. [`build`] runs the chain up to
 //! signing, then [`installer`] makes the installer stick image; [`inspect`] reads an image
 //! back; [`verify`] proves an image, a compressed image or a written disk against a trust
-//! store. The binary (`src/main.rs`) only parses arguments and calls these.
+//! store; [`personalize`] makes a device's own slot partitions (META keys, `metal-iso`) from
+//! a signed image. The binary (`src/main.rs`) only parses arguments and calls these.
 
 pub mod artifact;
 pub mod assets;
@@ -19,6 +20,7 @@ pub mod install;
 pub mod installer;
 pub mod layout;
 pub mod pe;
+pub mod personalize;
 pub mod plan;
 pub mod profile;
 pub mod progress;

@@ -26,6 +26,12 @@
 //!   the machine configuration's digest (never its content), edgeimage's version,
 //!   `SOURCE_DATE_EPOCH`.
 //! - `build_number`: the profile's release counter; `verify --min-build` refuses older ones.
+//! - `slots` (only when the profile has `[[personalize]]` entries): the personalization slots,
+//!   parts of the image a flasher writes per device (see [`crate::personalize`]). A slot's
+//!   partition stays in `partitions` with its base digest and `"slot": true`, but the block map
+//!   does not cover it, and `image.sha256` reads it as zeros like the manifest partition.
+//!   `meta_base` (only with a META slot) holds the SHA-256 of every value the build wrote into
+//!   META, which `verify` requires unchanged while the slot keys may hold anything.
 //!
 //! # The manifest partition
 //!
@@ -79,6 +85,13 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
     pub provenance: Provenance,
+    /// Personalization slots (absent from manifests of images without any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<Slot>,
+    /// The base META values (key and SHA-256), present when a slot is a META key and the build
+    /// wrote any META value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta_base: Vec<MetaBase>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +113,78 @@ pub struct PartitionInfo {
     pub guid: String,
     pub offset: u64,
     pub size: u64,
-    /// SHA-256 of all `size` bytes.
+    /// SHA-256 of all `size` bytes (for a slot partition: of the base image's content).
+    pub sha256: String,
+    /// The partition holds a personalization slot: its bytes differ per device, the block map
+    /// does not cover it, and `image.sha256` reads it as zeros.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slot: bool,
+}
+
+/// What a personalization slot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotKind {
+    /// A Talos META key (`meta_key`) in the `META` partition.
+    Meta,
+    /// `config.yaml` on the `metal-iso` partition.
+    MetalIso,
+}
+
+impl SlotKind {
+    /// The name used in the manifest and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotKind::Meta => "meta",
+            SlotKind::MetalIso => "metal-iso",
+        }
+    }
+}
+
+/// A personalization slot: part of the image a flasher writes per device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    /// The profile's `[[personalize]] name`.
+    pub name: String,
+    pub kind: SlotKind,
+    /// The META key (META slots only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_key: Option<u8>,
+    /// The partition whose content the slot changes (also listed in `partitions`).
+    pub partition: SlotPartition,
+    /// The value is a secret: flashers and readers never show it.
+    pub secret: bool,
+    /// SHA-256 of the template the value is rendered from.
+    pub template_sha256: String,
+}
+
+impl Slot {
+    /// `META 0x0a` or `metal-iso`, for messages.
+    pub fn place(&self) -> String {
+        match (self.kind, self.meta_key) {
+            (SlotKind::Meta, Some(k)) => format!("META 0x{k:02x}"),
+            (kind, _) => kind.as_str().to_string(),
+        }
+    }
+}
+
+/// Where a slot's partition is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotPartition {
+    pub number: u32,
+    pub label: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// One META value the build wrote, by its digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaBase {
+    pub key: u8,
+    /// SHA-256 of the value's bytes.
     pub sha256: String,
 }
 
@@ -263,7 +347,120 @@ impl Manifest {
                 bail!("{what} at byte {off} of {size} bytes lies past the image's end");
             }
         }
+        self.check_slots()
+    }
+
+    /// Consistency of the personalization slots: each names a partition of `partitions`
+    /// marked `slot` (META slots the `META` partition, the metal-iso slot the `metal-iso`
+    /// one), names and META keys are unique and allowed, no block-map range reaches into a
+    /// slot partition, and `meta_base` is sorted, only present with a META slot, and holds
+    /// no slot key.
+    fn check_slots(&self) -> Result<()> {
+        use crate::compose::meta::META_LABEL;
+        use crate::config::delivery::METAL_ISO_LABEL;
+        use crate::personalize::{self, MAX_SLOT_PARTITION};
+        for (i, s) in self.slots.iter().enumerate() {
+            let f = format!("slots[{i}]");
+            if !personalize::valid_name(&s.name) {
+                bail!("{f}.name {:?} is not a slot name", s.name);
+            }
+            if self.slots[..i].iter().any(|o| o.name == s.name) {
+                bail!("{f}.name {:?} is used twice", s.name);
+            }
+            let label = match (s.kind, s.meta_key) {
+                (SlotKind::Meta, Some(k)) if personalize::is_meta_key(k) => {
+                    if self.slots[..i].iter().any(|o| o.meta_key == Some(k)) {
+                        bail!("{f}.meta_key 0x{k:02x} belongs to two slots");
+                    }
+                    META_LABEL
+                }
+                (SlotKind::Meta, k) => bail!("{f}.meta_key {k:?} is not a personalization key"),
+                (SlotKind::MetalIso, None) => {
+                    if self.slots[..i].iter().any(|o| o.kind == SlotKind::MetalIso) {
+                        bail!("{f}: a second metal-iso slot");
+                    }
+                    METAL_ISO_LABEL
+                }
+                (SlotKind::MetalIso, Some(_)) => bail!("{f}: a metal-iso slot has no meta_key"),
+            };
+            if !is_sha256_hex(&s.template_sha256) {
+                bail!("{f}.template_sha256 is not a SHA-256 in lowercase hex");
+            }
+            let sp = &s.partition;
+            let Some(p) = self.partitions.iter().find(|p| p.number == sp.number) else {
+                bail!("{f}.partition: no partition {} in partitions", sp.number);
+            };
+            if (p.label.as_str(), p.offset, p.size) != (sp.label.as_str(), sp.offset, sp.size)
+                || p.label != label
+                || !p.slot
+            {
+                bail!(
+                    "{f}.partition does not match partition {} ({}) of partitions, or that is not a slot partition labelled {label}",
+                    p.number,
+                    p.label
+                );
+            }
+            if p.size > MAX_SLOT_PARTITION {
+                bail!(
+                    "{f}.partition is {} bytes; slot partitions are at most {MAX_SLOT_PARTITION}",
+                    p.size
+                );
+            }
+            if p.guid.parse::<uuid::Uuid>().is_err() {
+                bail!(
+                    "partition {} ({}): guid {:?} is not a GUID",
+                    p.number,
+                    p.label,
+                    p.guid
+                );
+            }
+        }
+        for p in self.partitions.iter().filter(|p| p.slot) {
+            if !self.slots.iter().any(|s| s.partition.number == p.number) {
+                bail!(
+                    "partition {} ({}) is marked slot, but no slot names it",
+                    p.number,
+                    p.label
+                );
+            }
+            let end = p.offset + p.size;
+            if let Some((i, r)) = self.block_map.ranges.iter().enumerate().find(|(_, r)| {
+                let (a, b) = self.byte_range(r);
+                a < end && b > p.offset
+            }) {
+                bail!(
+                    "block_map.ranges[{i}] ({}-{}) reaches into slot partition {} ({}), whose bytes differ per device",
+                    r.first,
+                    r.last,
+                    p.number,
+                    p.label
+                );
+            }
+        }
+        if !self.meta_base.is_empty() && !self.slots.iter().any(|s| s.kind == SlotKind::Meta) {
+            bail!("meta_base is given, but no slot is a META key");
+        }
+        for (i, b) in self.meta_base.iter().enumerate() {
+            if i > 0 && self.meta_base[i - 1].key >= b.key {
+                bail!("meta_base[{i}]: keys are not in ascending order or repeat");
+            }
+            if !is_sha256_hex(&b.sha256) {
+                bail!("meta_base[{i}].sha256 is not a SHA-256 in lowercase hex");
+            }
+            if self.slots.iter().any(|s| s.meta_key == Some(b.key)) {
+                bail!(
+                    "meta_base[{i}]: key 0x{:02x} is also a slot; a slot key has no base value",
+                    b.key
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The partitions holding personalization slots (each once), in GPT order: a flasher
+    /// writes them besides the block map, with their base content or the device's values.
+    pub fn slot_partitions(&self) -> Vec<&PartitionInfo> {
+        self.partitions.iter().filter(|p| p.slot).collect()
     }
 
     /// The trusted comment that binds a signature to this manifest's profile, Talos version
@@ -469,6 +666,7 @@ mod tests {
                 offset: 1 << 20,
                 size: 4 << 20,
                 sha256: "b".repeat(64),
+                slot: false,
             }],
             manifest_partition: crate::compose::Placed {
                 number: 2,
@@ -509,6 +707,8 @@ mod tests {
                 schematic: None,
                 machine_config: None,
             },
+            slots: vec![],
+            meta_base: vec![],
         }
     }
 
@@ -568,6 +768,214 @@ mod tests {
             .to_string()
             .contains("past the image"));
     }
+
+    /// `sample()` with a META partition (6-7 MiB) holding slot `net` (META 0x0a), a
+    /// metal-iso partition (7-8 MiB) holding slot `cfg`, and one base META value.
+    fn with_slots() -> Manifest {
+        let mut m = sample();
+        for (number, label, offset) in [(3, "META", 6u64 << 20), (4, "metal-iso", 7 << 20)] {
+            m.partitions.push(PartitionInfo {
+                number,
+                label: label.into(),
+                type_guid: "T".into(),
+                guid: "0fc63daf-8483-4772-8e79-3d69d8477de4".into(),
+                offset,
+                size: 1 << 20,
+                sha256: "b".repeat(64),
+                slot: true,
+            });
+        }
+        let part = |n: u32, label: &str, offset: u64| SlotPartition {
+            number: n,
+            label: label.into(),
+            offset,
+            size: 1 << 20,
+        };
+        m.slots = vec![
+            Slot {
+                name: "net".into(),
+                kind: SlotKind::Meta,
+                meta_key: Some(0x0a),
+                partition: part(3, "META", 6 << 20),
+                secret: false,
+                template_sha256: "1".repeat(64),
+            },
+            Slot {
+                name: "cfg".into(),
+                kind: SlotKind::MetalIso,
+                meta_key: None,
+                partition: part(4, "metal-iso", 7 << 20),
+                secret: true,
+                template_sha256: "2".repeat(64),
+            },
+        ];
+        m.meta_base = vec![MetaBase {
+            key: 0x0c,
+            sha256: "3".repeat(64),
+        }];
+        m
+    }
+
+    #[test]
+    fn slots_round_trip_and_are_absent_without_slots() {
+        let text = String::from_utf8(sample().to_canonical().unwrap()).unwrap();
+        for key in ["\"slots\"", "\"meta_base\"", "\"slot\""] {
+            assert!(!text.contains(key), "{key} in {text}");
+        }
+        let m = with_slots();
+        m.check().unwrap();
+        let b = m.to_canonical().unwrap();
+        let text = String::from_utf8(b.clone()).unwrap();
+        assert!(
+            text.contains(
+                "\"meta_base\":[{\"key\":12,\"sha256\":\"3333333333333333333333333333333333333333333333333333333333333333\"}]"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("{\"kind\":\"meta\",\"meta_key\":10,\"name\":\"net\",\"partition\":{\"label\":\"META\",\"number\":3,"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{\"kind\":\"metal-iso\",\"name\":\"cfg\","),
+            "{text}"
+        );
+        assert!(text.contains("\"sha256\":\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\",\"size\":1048576,\"slot\":true,"), "{text}");
+        assert_eq!(Manifest::parse(&b, "m").unwrap(), m);
+        assert_eq!(
+            m.slot_partitions()
+                .iter()
+                .map(|p| p.number)
+                .collect::<Vec<_>>(),
+            [3, 4]
+        );
+        assert_eq!(m.slots[0].place(), "META 0x0a");
+        assert_eq!(m.slots[1].place(), "metal-iso");
+        // Spelled out empty or false: not canonical.
+        for (from, to) in [
+            ("\"meta_base\":[{", "\"meta_base\":[],\"x\":[{"),
+            ("\"slot\":true", "\"slot\":false"),
+        ] {
+            let edited = text.replacen(from, to, 1);
+            assert_ne!(edited, text);
+            assert!(Manifest::parse(edited.as_bytes(), "m").is_err(), "{edited}");
+        }
+        let mut plain = sample();
+        plain.partitions[0].slot = false;
+        let t = String::from_utf8(plain.to_canonical().unwrap()).unwrap();
+        let e = Manifest::parse(
+            t.replacen("\"sha256\":\"bbbb", "\"slot\":false,\"sha256\":\"bbbb", 1)
+                .as_bytes(),
+            "m",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("canonical"), "{e}");
+    }
+
+    #[test]
+    fn check_refuses_inconsistent_slots() {
+        type Edit = fn(&mut Manifest);
+        let cases: &[(Edit, &str)] = &[
+            (|m| m.slots[0].name = "Net".into(), "slots[0].name"),
+            (|m| m.slots[1].name = "net".into(), "used twice"),
+            (
+                |m| m.slots[0].meta_key = Some(0x0b),
+                "not a personalization key",
+            ),
+            (|m| m.slots[0].meta_key = None, "not a personalization key"),
+            (|m| m.slots[1].meta_key = Some(0x0c), "has no meta_key"),
+            (
+                |m| {
+                    let mut s = m.slots[0].clone();
+                    s.name = "two".into();
+                    m.slots.push(s);
+                },
+                "belongs to two slots",
+            ),
+            (
+                |m| {
+                    let mut s = m.slots[1].clone();
+                    s.name = "two".into();
+                    m.slots.push(s);
+                },
+                "a second metal-iso slot",
+            ),
+            (
+                |m| m.slots[0].template_sha256 = "x".into(),
+                "template_sha256",
+            ),
+            (|m| m.slots[0].partition.number = 9, "no partition 9"),
+            (
+                |m| m.slots[0].partition.offset += 4096,
+                "does not match partition 3",
+            ),
+            (
+                |m| m.partitions[1].slot = false,
+                "does not match partition 3",
+            ),
+            (
+                |m| m.slots[0].partition = m.slots[1].partition.clone(),
+                "labelled META",
+            ),
+            (|m| m.partitions[0].slot = true, "no slot names it"),
+            (|m| m.partitions[1].guid = "nope".into(), "is not a GUID"),
+            (
+                |m| {
+                    m.block_map.ranges.insert(
+                        1,
+                        BlockRange {
+                            first: 1792,
+                            last: 1800,
+                            sha256: "c".repeat(64),
+                        },
+                    );
+                    m.block_map.mapped_blocks += 9;
+                },
+                "reaches into slot partition 4 (metal-iso)",
+            ),
+            (
+                |m| {
+                    m.slots.remove(0);
+                    m.partitions.remove(1);
+                },
+                "meta_base is given, but no slot is a META key",
+            ),
+            (
+                |m| {
+                    m.meta_base.push(MetaBase {
+                        key: 0x0b,
+                        sha256: "3".repeat(64),
+                    })
+                },
+                "meta_base[1]: keys are not in ascending order",
+            ),
+            (|m| m.meta_base[0].key = 0x0a, "key 0x0a is also a slot"),
+            (
+                |m| m.meta_base[0].sha256 = "A".repeat(64),
+                "meta_base[0].sha256",
+            ),
+            (
+                |m| {
+                    for p in m.partitions.iter_mut().filter(|p| p.number == 4) {
+                        p.size = MAX_SLOT + (1 << 20);
+                    }
+                    m.slots[1].partition.size = MAX_SLOT + (1 << 20);
+                    m.image.size = 200 << 20;
+                },
+                "slot partitions are at most",
+            ),
+        ];
+        for (edit, want) in cases {
+            let mut m = with_slots();
+            m.check().unwrap();
+            edit(&mut m);
+            let e = m.check().expect_err(want).to_string();
+            assert!(e.contains(want), "wanted {want:?}: {e}");
+        }
+    }
+
+    const MAX_SLOT: u64 = crate::personalize::MAX_SLOT_PARTITION;
 
     #[test]
     fn places_and_ranges() {

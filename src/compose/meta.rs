@@ -20,8 +20,13 @@ use sha2::{Digest, Sha256};
 use crate::layout::Layout;
 use crate::profile::{MetaValue, META_SIZE};
 
+/// GPT name of the META partition (Talos finds it by this label and its size).
+pub const META_LABEL: &str = "META";
+/// Length of one ADV copy.
 pub const BLOCK_LEN: usize = 256 * 1024;
+/// Magic at the start of an ADV copy.
 pub const MAGIC1: u32 = 0x5a4b_3c2d;
+/// Magic at the end of an ADV copy.
 pub const MAGIC2: u32 = 0xa5b4_c3d2;
 const TRAILER: usize = 36;
 
@@ -105,6 +110,7 @@ pub fn parse_block(b: &[u8]) -> Option<Vec<(u32, Vec<u8>)>> {
 pub struct MetaContents {
     /// Which copy was used (1 or 2), or `None` when both are invalid (Talos: empty META).
     pub copy: Option<u8>,
+    /// `(tag, value)` records in the order they are stored.
     pub values: Vec<(u32, Vec<u8>)>,
 }
 

@@ -181,7 +181,7 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
 
     let mut specs = vec![
         (esp::LABEL, gpt::TYPE_EFI, &esp_layout),
-        ("META", gpt::TYPE_LINUX_FS, &meta_layout),
+        (meta::META_LABEL, gpt::TYPE_LINUX_FS, &meta_layout),
     ];
     if let Some(iso) = metal_iso {
         specs.push((METAL_ISO_LABEL, TYPE_BASIC_DATA, iso));

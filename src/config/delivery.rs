@@ -64,6 +64,8 @@ pub const STATE_SELINUX_LABEL: &str = "system_u:object_r:system_state_t:s0";
 pub const INLINE_PARAM: &str = "talos.config.inline";
 /// Filesystem (and partition) label Talos looks for (`constants.MetalConfigISOLabel`).
 pub const METAL_ISO_LABEL: &str = "metal-iso";
+/// The file Talos reads at the root of the `metal-iso` volume.
+pub const METAL_ISO_FILE: &str = "config.yaml";
 /// The kernel argument that makes Talos read the `metal-iso` volume.
 pub const METAL_ISO_ARG: &str = "talos.config=metal-iso";
 /// 1 MiB: a FAT12 volume with about 1 MB of room, far more than any configuration needs.
@@ -175,6 +177,19 @@ pub fn metal_iso_partition(
     volume_id: u32,
     first_lba: u32,
 ) -> Result<Layout> {
+    metal_iso_fat(cfg.bytes(), size, epoch, volume_id, first_lba)
+}
+
+/// [`metal_iso_partition`] for any `config.yaml` bytes: the same volume, byte for byte, for
+/// the same arguments (a flasher writes a device's own configuration with it, see
+/// [`crate::personalize::metal_iso_partition`]).
+pub fn metal_iso_fat(
+    config: &[u8],
+    size: u64,
+    epoch: u64,
+    volume_id: u32,
+    first_lba: u32,
+) -> Result<Layout> {
     let params = FatParams {
         size,
         label: METAL_ISO_LABEL.to_string(),
@@ -183,8 +198,8 @@ pub fn metal_iso_partition(
         mtime: epoch,
     };
     let files = [FatFile {
-        path: "config.yaml".to_string(),
-        content: Layout::from_bytes(cfg.bytes().to_vec()),
+        path: METAL_ISO_FILE.to_string(),
+        content: Layout::from_bytes(config.to_vec()),
     }];
     fat::build_fat(&params, &files, LabelRule::AllowLowercase)
         .context("composing the metal-iso configuration partition")
