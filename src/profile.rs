@@ -14,8 +14,10 @@ use serde::Deserialize;
 use crate::talos::{Arch, Cmdline, TalosVersion, MAX_CMDLINE};
 
 pub mod installer;
+pub mod personalize;
 
 pub use installer::InstallerSpec;
+pub use personalize::{SlotSpec, SlotTarget};
 
 /// The profile as written.
 #[derive(Debug, Deserialize)]
@@ -42,6 +44,8 @@ struct RawProfile {
     signing: Option<RawSigning>,
     installer: Option<installer::RawInstaller>,
     install: Option<installer::RawInstall>,
+    #[serde(default)]
+    personalize: Vec<personalize::RawSlot>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +229,8 @@ pub struct Profile {
     pub signing: Option<Signing>,
     /// `[installer]` (with `[install]`): also build an installer stick image.
     pub installer: Option<InstallerSpec>,
+    /// `[[personalize]]`: personalization slots, written per device at flash time.
+    pub personalize: Vec<SlotSpec>,
 }
 
 /// `[signing]`: which key signs the profile's builds.
@@ -492,6 +498,15 @@ impl Profile {
             &field_err,
         )?;
 
+        let personalize = personalize::parse(
+            raw.personalize,
+            base,
+            &meta,
+            raw.network.is_some(),
+            config.as_ref(),
+            &field_err,
+        )?;
+
         use sha2::Digest;
         Ok(Profile {
             path: path.to_path_buf(),
@@ -514,6 +529,7 @@ impl Profile {
             build_number: raw.build_number,
             signing,
             installer,
+            personalize,
         })
     }
 
@@ -601,7 +617,9 @@ fn parse_size(s: &Size) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-fn parse_meta_key(k: &str) -> std::result::Result<u8, String> {
+/// A META key as the profile writes it: 1-255, decimal or `0x`-hex, not one of Talos's own
+/// keys 0x06-0x09.
+pub(crate) fn parse_meta_key(k: &str) -> std::result::Result<u8, String> {
     let n = match k.strip_prefix("0x").or_else(|| k.strip_prefix("0X")) {
         Some(h) => u32::from_str_radix(h, 16),
         None => k.parse::<u32>(),
