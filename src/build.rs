@@ -61,6 +61,9 @@ pub struct BuildReport {
     pub bmap: PathBuf,
     /// The installer image, when the profile has an `[installer]` section.
     pub installer: Option<crate::installer::InstallerReport>,
+    /// The personalization slots, as the manifest describes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<manifest::Slot>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -137,14 +140,45 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
     let a = assets::load(&profile, opts.assets.as_deref())?;
     progress.phase("checking extensions and configuration");
     let plan = crate::plan::plan(&profile, opts.epoch)?;
+    for (i, s) in profile.personalize.iter().enumerate() {
+        if let crate::profile::SlotTarget::Meta(k) = s.target {
+            if plan.meta.iter().any(|m| m.key == k) {
+                bail!(
+                    "profile {}: field `personalize[{i}].meta_key`: META key 0x{k:02x} is also set by the schematic's meta values; a slot's key has no value in the base image: remove it from the schematic or drop the slot",
+                    profile.path.display()
+                );
+            }
+        }
+    }
     progress.phase("composing");
     let comp = compose::compose(&profile, &a, &plan, opts.epoch)?;
     let described = &comp.partitions;
     let mp = &comp.manifest_partition;
+    let slots = slots(&profile, described)?;
+    let mut slot_regions: Vec<(u64, u64)> = slots
+        .iter()
+        .map(|s| (s.partition.offset, s.partition.size))
+        .collect();
+    slot_regions.sort_unstable();
+    slot_regions.dedup();
+    let meta_base: Vec<manifest::MetaBase> =
+        if slots.iter().any(|s| s.kind == manifest::SlotKind::Meta) {
+            use sha2::Digest;
+            plan.meta
+                .iter()
+                .map(|m| manifest::MetaBase {
+                    key: m.key,
+                    sha256: hex::encode(sha2::Sha256::digest(&m.value)),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
     let spec = artifact::ImageSpec {
         layout: &comp.layout,
         partitions: described.iter().map(|p| (p.offset, p.size)).collect(),
         late: (mp.offset, mp.size),
+        slots: slot_regions,
     };
     let provenance = manifest::Provenance {
         edgeimage_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -201,7 +235,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
                 offset: p.offset,
                 size: p.size,
                 sha256: sha.clone(),
-                slot: false,
+                slot: slots.iter().any(|s| s.partition.number == p.number),
             })
             .collect(),
         manifest_partition: mp.clone(),
@@ -212,8 +246,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         },
         artifact,
         provenance: provenance.clone(),
-        slots: Vec::new(),
-        meta_base: Vec::new(),
+        slots: slots.clone(),
+        meta_base: meta_base.clone(),
     };
     let sign = |doc: &Manifest, bytes: &[u8]| -> Result<Option<String>> {
         key.as_ref()
@@ -277,9 +311,10 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
             None
         }
     };
-    // The block map of the written image: what the manifest maps, plus the manifest
-    // partition (bmaptool must write it too).
+    // The block map of the written image: what the manifest maps, the base content of the
+    // slot partitions, and the manifest partition (bmaptool must write them too).
     let mut ranges = measured.ranges.clone();
+    ranges.extend(measured.slot_ranges.iter().cloned());
     {
         use sha2::Digest;
         let bs = manifest::BLOCK_SIZE;
@@ -387,7 +422,50 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         signature,
         bmap: bmap_path,
         installer,
+        slots,
     })
+}
+
+/// The manifest's description of the profile's `[[personalize]]` slots: each with the
+/// partition it changes (META slots the `META` partition, the metal-iso slot `metal-iso`).
+fn slots(profile: &Profile, placed: &[Placed]) -> Result<Vec<manifest::Slot>> {
+    use crate::profile::SlotTarget;
+    profile
+        .personalize
+        .iter()
+        .map(|s| {
+            let (kind, meta_key, label) = match s.target {
+                SlotTarget::Meta(k) => {
+                    (manifest::SlotKind::Meta, Some(k), compose::meta::META_LABEL)
+                }
+                SlotTarget::MetalIso => (
+                    manifest::SlotKind::MetalIso,
+                    None,
+                    crate::config::delivery::METAL_ISO_LABEL,
+                ),
+            };
+            let p = placed.iter().find(|p| p.label == label).ok_or_else(|| {
+                anyhow!(
+                    "profile {}: slot {:?}: the image has no {label} partition",
+                    profile.path.display(),
+                    s.name
+                )
+            })?;
+            Ok(manifest::Slot {
+                name: s.name.clone(),
+                kind,
+                meta_key,
+                partition: manifest::SlotPartition {
+                    number: p.number,
+                    label: p.label.clone(),
+                    offset: p.offset,
+                    size: p.size,
+                },
+                secret: s.secret,
+                template_sha256: s.template_sha256.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The minisign signature of manifest `bytes` (the canonical form of `doc`); the trusted

@@ -14,6 +14,10 @@
 //! can decompress frames in parallel and skip those holding only unmapped space, and plain
 //! `zstd -d` reads the file as one stream.
 //!
+//! Slot regions (personalization slots' partitions, see [`crate::personalize`]) are written
+//! like everything else, and their partitions measured, but the block map leaves them out (their
+//! ranges are returned apart, for the `.bmap`) and the image's SHA-256 reads them as zeros.
+//!
 //! One region, the manifest partition, is *late*: its content (the signed manifest) depends on
 //! the digests of everything else. The writer stops writing at its start, lets the hashers
 //! finish the whole image (reading the late region as zeros), asks the caller for the late
@@ -50,7 +54,8 @@ const CHUNK: usize = 1 << 20;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Outputs {
     pub image_size: u64,
-    /// SHA-256 of the image with the late (manifest) region read as zeros.
+    /// SHA-256 of the image with the late (manifest) region and the slot regions read as
+    /// zeros.
     pub image_sha256: String,
     pub zst: PathBuf,
     pub zst_size: u64,
@@ -61,12 +66,15 @@ pub struct Outputs {
 /// What the stream measured, before the late region was written.
 #[derive(Clone, Debug)]
 pub struct Measured {
-    /// SHA-256 of the image with the late region read as zeros.
+    /// SHA-256 of the image with the late region and the slot regions read as zeros.
     pub image_sha256: String,
     /// SHA-256 of each described partition, in the order given.
     pub partitions: Vec<String>,
-    /// The block map of what the builder wrote (the late region excluded).
+    /// The block map of what the builder wrote (the late and slot regions excluded).
     pub ranges: Vec<BlockRange>,
+    /// The blocks the builder wrote inside the slot regions (for the `.bmap`, which writes
+    /// the base image whole).
+    pub slot_ranges: Vec<BlockRange>,
 }
 
 /// What to write: the layout, the partitions to measure, and the late region.
@@ -76,6 +84,9 @@ pub struct ImageSpec<'a> {
     pub partitions: Vec<(u64, u64)>,
     /// `(offset, size)` of the late region (unmapped in `layout`).
     pub late: (u64, u64),
+    /// `(offset, size)` of each slot region (a slot's partition): outside the block map, read
+    /// as zeros by the image's digest.
+    pub slots: Vec<(u64, u64)>,
 }
 
 /// A writer that hashes and counts what passes through.
@@ -98,8 +109,38 @@ impl<W: Write> Write for Tee<W> {
     }
 }
 
+/// Whether block range `(first, last)` lies inside one of the slot regions (ranges are cut at
+/// their boundaries, so a range is wholly inside or outside).
+fn in_slot(spec: &ImageSpec, (first, last): (u64, u64)) -> bool {
+    spec.slots
+        .iter()
+        .any(|&(o, l)| first * BLOCK_SIZE >= o && (last + 1).saturating_mul(BLOCK_SIZE) <= o + l)
+}
+
+/// Feed `data` (at byte `pos` of the image) to `h` with the bytes inside `zeroed` windows
+/// replaced by zeros.
+fn hash_zeroed(h: &mut Sha256, pos: u64, data: &[u8], zeroed: &[(u64, u64)]) {
+    let end = pos + data.len() as u64;
+    let mut at = pos;
+    for &(o, l) in zeroed {
+        let (a, b) = (o.max(at), (o + l).min(end));
+        if a >= b {
+            continue;
+        }
+        h.update(&data[(at - pos) as usize..(a - pos) as usize]);
+        let mut left = b - a;
+        while left > 0 {
+            let n = left.min(crate::layout::zeros().len() as u64) as usize;
+            h.update(&crate::layout::zeros()[..n]);
+            left -= n as u64;
+        }
+        at = b;
+    }
+    h.update(&data[(at - pos) as usize..]);
+}
+
 /// The block map of a layout: blocks holding mapped bytes, outside the late region, split at
-/// every partition boundary and at [`MAX_RANGE_BLOCKS`].
+/// every partition and slot boundary and at [`MAX_RANGE_BLOCKS`] (slot regions included).
 fn block_ranges(spec: &ImageSpec) -> Vec<(u64, u64)> {
     let (ls, ll) = spec.late;
     let extents: Vec<(u64, u64)> = spec
@@ -111,6 +152,7 @@ fn block_ranges(spec: &ImageSpec) -> Vec<(u64, u64)> {
     let boundaries: Vec<u64> = spec
         .partitions
         .iter()
+        .chain(&spec.slots)
         .flat_map(|&(o, s)| [o, o + s])
         .chain([ls, ls + ll])
         .collect();
@@ -153,6 +195,19 @@ pub fn write_image(
             e.offset,
             e.len
         );
+    }
+    let mut zeroed = spec.slots.clone();
+    zeroed.sort_unstable();
+    for (i, &(o, l)) in zeroed.iter().enumerate() {
+        let overlaps_next = zeroed.get(i + 1).is_some_and(|&(n, _)| n < o + l);
+        if o.checked_add(l).is_none_or(|e| e > total)
+            || (o < late_end && o + l > late_start)
+            || overlaps_next
+        {
+            bail!(
+                "the slot region {o}+{l} lies past the image's {total} bytes or overlaps the late region or another slot region"
+            );
+        }
     }
     let mode = if secret { 0o600 } else { 0o644 };
     std::fs::create_dir_all(out_dir).with_context(|| {
@@ -204,10 +259,13 @@ pub fn write_image(
                 pos += filled as u64;
             }
         });
+        let zeroed = &zeroed;
         let image_hasher = s.spawn(move || {
             let mut h = Sha256::new();
+            let mut pos = 0u64;
             for chunk in rx_image {
-                h.update(&chunk[..]);
+                hash_zeroed(&mut h, pos, &chunk, zeroed);
+                pos += chunk.len() as u64;
             }
             hex::encode(h.finalize())
         });
@@ -263,18 +321,20 @@ pub fn write_image(
             let (partitions, range_sums) = window_hasher
                 .join()
                 .map_err(|_| anyhow!("the range hashing thread failed"))?;
+            let (slot_ranges, ranges): (Vec<_>, Vec<_>) = block_ranges
+                .iter()
+                .zip(range_sums)
+                .map(|(&(first, last), sha256)| BlockRange {
+                    first,
+                    last,
+                    sha256,
+                })
+                .partition(|r| in_slot(spec, (r.first, r.last)));
             let measured = Measured {
                 image_sha256,
                 partitions,
-                ranges: block_ranges
-                    .iter()
-                    .zip(range_sums)
-                    .map(|(&(first, last), sha256)| BlockRange {
-                        first,
-                        last,
-                        sha256,
-                    })
-                    .collect(),
+                ranges,
+                slot_ranges,
             };
             let late = late_content(&measured)?;
             if late.len() as u64 != late_len {
@@ -369,6 +429,7 @@ mod tests {
             layout: l,
             partitions: vec![(1 << 20, 19 << 20), (20 << 20, 15 << 20)],
             late: (35 << 20, 1 << 20),
+            slots: vec![],
         }
     }
 
@@ -459,6 +520,89 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn slot_regions_leave_the_block_map_and_read_as_zeros_in_the_image_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let l = sample();
+        let mut sp = spec(&l);
+        // The second partition (20-35 MiB, holding the tail) is a slot region.
+        sp.slots = vec![(20 << 20, 15 << 20)];
+        let (a, m) = write_image(
+            &sp,
+            d.path(),
+            "x",
+            true,
+            false,
+            &mut |_| Ok(late_bytes()),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let described = l.to_vec().unwrap();
+        let mut zeroed = described.clone();
+        zeroed[20 << 20..35 << 20].fill(0);
+        assert_ne!(zeroed, described, "the slot region holds data");
+        assert_eq!(a.image_sha256, hex::encode(Sha256::digest(&zeroed)));
+        assert_eq!(m.image_sha256, a.image_sha256);
+        // The partition's digest is of its real (base) bytes.
+        assert_eq!(
+            m.partitions[1],
+            hex::encode(Sha256::digest(&described[20 << 20..35 << 20]))
+        );
+        let blocks = |r: &[BlockRange]| r.iter().map(|r| (r.first, r.last)).collect::<Vec<_>>();
+        assert_eq!(blocks(&m.ranges), [(768, 1791), (1792, 2303)]);
+        assert_eq!(blocks(&m.slot_ranges), [(7680, 7680)]);
+        assert_eq!(
+            m.slot_ranges[0].sha256,
+            hex::encode(Sha256::digest(&described[7680 * 4096..7681 * 4096]))
+        );
+        // The image itself is written whole.
+        let mut want = described;
+        want[35 << 20..36 << 20].copy_from_slice(&late_bytes());
+        assert_eq!(std::fs::read(a.raw.unwrap()).unwrap(), want);
+
+        for bad in [(34 << 20, 2 << 20), (39 << 20, 2 << 20)] {
+            sp.slots = vec![bad];
+            let e = write_image(
+                &sp,
+                d.path(),
+                "y",
+                false,
+                false,
+                &mut |_| Ok(late_bytes()),
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+            assert!(format!("{e:#}").contains("slot region"), "{e:#}");
+        }
+        sp.slots = vec![(2 << 20, 2 << 20), (3 << 20, 1 << 20)];
+        let e = write_image(
+            &sp,
+            d.path(),
+            "y",
+            false,
+            false,
+            &mut |_| Ok(late_bytes()),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("another slot region"), "{e:#}");
+    }
+
+    #[test]
+    fn hash_zeroed_replaces_windows_across_chunks() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let windows = [(10, 5), (40, 30)];
+        let mut want = data.clone();
+        want[10..15].fill(0);
+        want[40..70].fill(0);
+        for cut in [0usize, 1, 12, 40, 55, 70, 99, 100] {
+            let mut h = Sha256::new();
+            hash_zeroed(&mut h, 0, &data[..cut], &windows);
+            hash_zeroed(&mut h, cut as u64, &data[cut..], &windows);
+            assert_eq!(h.finalize()[..], Sha256::digest(&want)[..], "cut at {cut}");
+        }
     }
 
     #[test]

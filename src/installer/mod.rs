@@ -436,6 +436,7 @@ pub fn build(
         partitions: placed.iter().map(|p| (p.offset, p.size)).collect(),
         // Nothing is written late: an empty region at the end.
         late: (total, 0),
+        slots: Vec::new(),
     };
     let (outputs, _) = artifact::write_image(
         &spec_out,
