@@ -195,6 +195,35 @@ impl Write for Window<'_> {
     }
 }
 
+/// Any reader made read-only for the `fatfs` reader (which wants `Write` too): every write
+/// fails. `ReadOnly(Cursor::new(bytes))` reads a FAT volume held in memory.
+pub(crate) struct ReadOnly<R>(pub R);
+
+impl<R: Read> Read for ReadOnly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Seek> Seek for ReadOnly<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.0.seek(to)
+    }
+}
+
+impl<R> Write for ReadOnly<R> {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the volume is read-only here",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Inspect an image file (`.raw` or `.raw.zst`).
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let (file, format) = open_image(path)?;

@@ -16,11 +16,18 @@
 //!    compared (for compressed images also the compressed file's digest): *content mismatch*,
 //!    with partition, byte range, expected and actual digests; a target that cannot be read:
 //!    *unreadable target*.
+//! 6. personalization slots ([`slots`]): the partitions the block map leaves out because they
+//!    differ per device are checked as strictly as a per-device value allows (the base META
+//!    values unchanged, nothing else added, every byte as edgeimage encodes it) and each
+//!    slot's value is reported by its digest: *content mismatch* naming the key otherwise.
 //!
-//! Only described ranges are read; a reader thread reads while the calling thread hashes.
+//! Only described ranges (and slot partitions) are read; a reader thread reads while the
+//! calling thread hashes.
 
+pub mod slots;
 pub mod target;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -115,6 +122,10 @@ pub struct Mismatch {
     /// The whole compressed file, not a range of the image.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub whole_file: bool,
+    /// What differs inside a slot partition (a META key, the metal-iso volume), when the
+    /// mismatch is not a block-map range's digest; `start`-`end` is then the partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
 }
 
 /// The result, for people (`verdict`, `details`) and machines (`--json`).
@@ -140,16 +151,21 @@ pub struct Report {
     /// Bytes read from the target for the comparison.
     pub bytes_read: u64,
     pub mismatches: Vec<Mismatch>,
+    /// Each personalization slot of the manifest and what the target holds for it (empty
+    /// when the manifest has none or no content was read).
+    pub slots: Vec<slots::SlotReport>,
     pub seconds: f64,
 }
 
 impl Report {
-    /// Lines to print after the verdict (each mismatch).
+    /// Lines to print after the verdict: each mismatch, then each personalization slot
+    /// (its digest and size, never its content).
     pub fn details(&self) -> Vec<String> {
         self.mismatches
             .iter()
-            .map(|m| match &m.actual {
-                Some(a) => format!(
+            .map(|m| match (&m.what, &m.actual) {
+                (Some(what), _) => format!("  {}: {what}", m.place),
+                (None, Some(a)) => format!(
                     "  {}: bytes {}-{}: expected sha256 {}, found {}",
                     m.place,
                     m.start,
@@ -157,7 +173,7 @@ impl Report {
                     m.expected,
                     a
                 ),
-                None => format!(
+                (None, None) => format!(
                     "  {}: bytes {}-{}: missing (expected sha256 {})",
                     m.place,
                     m.start,
@@ -165,6 +181,7 @@ impl Report {
                     m.expected
                 ),
             })
+            .chain(self.slots.iter().map(slots::SlotReport::line))
             .collect()
     }
 }
@@ -204,6 +221,7 @@ impl Report {
             ranges_checked: 0,
             bytes_read: 0,
             mismatches: Vec::new(),
+            slots: Vec::new(),
             seconds: 0.0,
         }
     }
@@ -399,8 +417,13 @@ fn run_content(
         }
     };
     if !r.mismatches.is_empty() {
-        let ranges: Vec<&Mismatch> = r.mismatches.iter().filter(|x| !x.whole_file).collect();
-        let file_bad = ranges.len() < r.mismatches.len();
+        let ranges: Vec<&Mismatch> = r
+            .mismatches
+            .iter()
+            .filter(|x| !x.whole_file && x.what.is_none())
+            .collect();
+        let file_bad = r.mismatches.iter().any(|x| x.whole_file);
+        let slot_bad: Vec<&Mismatch> = r.mismatches.iter().filter(|x| x.what.is_some()).collect();
         let missing = ranges.iter().filter(|x| x.actual.is_none()).count();
         let differ = ranges.len() - missing;
         let n = m.block_map.ranges.len();
@@ -416,6 +439,17 @@ fn run_content(
         if file_bad {
             parts.push("the compressed file differs from the one the manifest describes".into());
         }
+        if let Some(first) = slot_bad.first() {
+            let more = match slot_bad.len() {
+                1 => String::new(),
+                n => format!(" (and {} more slot problems)", n - 1),
+            };
+            parts.push(format!(
+                "in {}: {}{more}",
+                first.place,
+                first.what.as_deref().unwrap_or_default()
+            ));
+        }
         let mut what = parts.join(", ");
         if let Some(first) = ranges.first() {
             what.push_str(&format!(
@@ -427,8 +461,13 @@ fn run_content(
         }
         return Err((Outcome::ContentMismatch, format!("{signed}, but {what}")).into());
     }
+    let slots = match r.slots.len() {
+        0 => String::new(),
+        1 => "; 1 personalization slot (below)".to_string(),
+        n => format!("; {n} personalization slots (below)"),
+    };
     Ok(format!(
-        "{signed}; {} ranges, {} read from the {what}, all match",
+        "{signed}; {} ranges, {} read from the {what}, all match{slots}",
         r.ranges_checked,
         crate::progress::human_bytes(r.bytes_read)
     ))
@@ -619,6 +658,7 @@ fn compare(m: &Manifest, sums: Vec<String>, present_until: u64, r: &mut Report) 
                 expected: range.sha256.clone(),
                 actual: None,
                 whole_file: false,
+                what: None,
             });
         } else {
             r.ranges_checked += 1;
@@ -630,6 +670,7 @@ fn compare(m: &Manifest, sums: Vec<String>, present_until: u64, r: &mut Report) 
                     expected: range.sha256.clone(),
                     actual: Some(got),
                     whole_file: false,
+                    what: None,
                 });
             }
         }
@@ -714,7 +755,63 @@ fn check_ranges(
     r.bytes_read = done;
     read.map_err(|e| unreadable(format!("reading {}: {e}", target.display())))?;
     compare(m, sums, present_until, r);
+    let mut parts = BTreeMap::new();
+    for p in m.slot_partitions() {
+        let bytes = if p.offset + p.size <= present_until {
+            let b = src
+                .read_vec(p.offset, p.size as usize)
+                .map_err(|e| unreadable(format!("reading {}: {e}", target.display())))?;
+            r.bytes_read += p.size;
+            Some(b)
+        } else {
+            None
+        };
+        parts.insert(p.number, bytes);
+    }
+    slots::check(m, &parts, r);
     Ok(())
+}
+
+/// Collects the bytes of the slot partitions from a stream that arrives in order.
+struct SlotCollector {
+    /// Partition number, offset, size, and the bytes seen so far.
+    parts: Vec<(u32, u64, u64, Vec<u8>)>,
+}
+
+impl SlotCollector {
+    fn new(m: &Manifest) -> SlotCollector {
+        SlotCollector {
+            parts: m
+                .slot_partitions()
+                .into_iter()
+                .map(|p| (p.number, p.offset, p.size, Vec::new()))
+                .collect(),
+        }
+    }
+
+    /// Where the last slot partition ends (0 without slots).
+    fn end(&self) -> u64 {
+        self.parts.iter().map(|p| p.1 + p.2).max().unwrap_or(0)
+    }
+
+    /// Feed `data`, which sits at byte `pos` of the stream.
+    fn update(&mut self, pos: u64, data: &[u8]) {
+        let end = pos + data.len() as u64;
+        for (_, off, size, buf) in &mut self.parts {
+            let (a, b) = ((*off).max(pos), (*off + *size).min(end));
+            if a < b && a == *off + buf.len() as u64 {
+                buf.extend_from_slice(&data[(a - pos) as usize..(b - pos) as usize]);
+            }
+        }
+    }
+
+    /// Each partition's bytes, `None` where the stream ended early.
+    fn finish(self) -> BTreeMap<u32, Option<Vec<u8>>> {
+        self.parts
+            .into_iter()
+            .map(|(n, _, size, buf)| (n, (buf.len() as u64 == size).then_some(buf)))
+            .collect()
+    }
 }
 
 /// A reader that hashes what passes through.
@@ -744,7 +841,8 @@ fn check_compressed(
     let f =
         File::open(path).map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
     let wins = windows(m);
-    let last_needed = wins.last().map_or(0, |w| w.1);
+    let mut collector = SlotCollector::new(m);
+    let last_needed = wins.last().map_or(0, |w| w.1).max(collector.end());
     let total = m.image.size;
     let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(4);
     let result = std::thread::scope(|s| {
@@ -780,6 +878,7 @@ fn check_compressed(
         let mut hasher = WindowHasher::new(wins.clone());
         for (pos, buf) in rx {
             hasher.update(pos, &buf);
+            collector.update(pos, &buf);
             progress.bytes(pos + buf.len() as u64, total);
         }
         let read = reader
@@ -814,6 +913,7 @@ fn check_compressed(
                 expected: format!("{} ({} bytes)", a.sha256, a.size),
                 actual: Some(format!("{zsha} ({zlen} bytes)")),
                 whole_file: true,
+                what: None,
             });
         }
     }
@@ -829,5 +929,6 @@ fn check_compressed(
             .into());
     }
     compare(m, sums, len, r);
+    slots::check(m, &collector.finish(), r);
     Ok(())
 }
