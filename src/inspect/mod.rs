@@ -51,6 +51,9 @@ pub struct ManifestSummary {
     /// Key ID of the signature, `None` when unsigned.
     pub signed_by: Option<String>,
     pub trusted_comment: Option<String>,
+    /// The personalization slots: parts of the image written per device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<crate::artifact::manifest::Slot>,
     /// Why the manifest could not be read, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -114,8 +117,11 @@ pub struct MetaInfo {
 pub struct MetaEntry {
     pub key: String,
     pub size: usize,
-    /// The value when it is UTF-8 text.
+    /// The value when it is UTF-8 text (never for a secret slot's key).
     pub text: Option<String>,
+    /// The personalization slot the key is, per the manifest inside the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 /// Open an image: raw as is; zstd decompressed into an anonymous sparse temporary file.
@@ -249,7 +255,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         }
         None => (None, None),
     };
-    let meta = match partitions.iter().find(|p| p.label == "META") {
+    let meta = match partitions.iter().find(|p| p.label == meta::META_LABEL) {
         Some(p) => {
             use std::os::unix::fs::FileExt;
             let mut b = vec![0u8; (2 * meta::BLOCK_LEN as u64).min(p.size) as usize];
@@ -266,6 +272,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                         key: format!("0x{k:02x}"),
                         size: v.len(),
                         text: String::from_utf8(v).ok(),
+                        slot: None,
                     })
                     .collect(),
             })
@@ -287,6 +294,22 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         .iter()
         .find(|p| p.label == crate::compose::MANIFEST_LABEL)
         .map(|p| manifest_of(&file, p));
+    // META keys that are slots are named; a secret slot's value is never shown.
+    let mut meta = meta;
+    if let (Some(mi), Some(ms)) = (meta.as_mut(), manifest.as_ref()) {
+        for e in &mut mi.entries {
+            if let Some(slot) = ms
+                .slots
+                .iter()
+                .find(|s| s.meta_key.map(|k| format!("0x{k:02x}")).as_deref() == Some(&e.key))
+            {
+                e.slot = Some(slot.name.clone());
+                if slot.secret {
+                    e.text = None;
+                }
+            }
+        }
+    }
     let installer = installer::is_installer(&partitions)
         .then(|| installer::describe(&file, &partitions, uki.as_ref()));
     // The inline configuration is the configuration itself: never shown.
@@ -325,6 +348,7 @@ fn manifest_of(file: &File, p: &PartitionInfo) -> ManifestSummary {
         mapped_bytes: None,
         signed_by: None,
         trusted_comment: None,
+        slots: Vec::new(),
         note: None,
     };
     let mut data = Vec::new();
@@ -349,6 +373,7 @@ fn manifest_of(file: &File, p: &PartitionInfo) -> ManifestSummary {
                     s.talos_version = Some(m.talos_version.clone());
                     s.ranges = Some(m.block_map.ranges.len());
                     s.mapped_bytes = Some(m.mapped_bytes());
+                    s.slots = m.slots.clone();
                 }
                 Err(e) => s.note = Some(format!("{e:#}")),
             }
@@ -687,6 +712,25 @@ pub fn render(i: &Inspection) -> Result<String> {
                 m.note.as_deref().unwrap_or("unreadable")
             )?,
         }
+        if !m.slots.is_empty() {
+            writeln!(
+                s,
+                "personalization slots (written per device; `edgeimage verify` reports their digests)"
+            )?;
+            let width = m.slots.iter().map(|x| x.name.len()).max().unwrap_or(0);
+            for slot in &m.slots {
+                writeln!(
+                    s,
+                    "  {:<width$} {:<9} partition {} ({}){}  template sha256 {}",
+                    slot.name,
+                    slot.place(),
+                    slot.partition.number,
+                    slot.partition.label,
+                    if slot.secret { ", secret" } else { "" },
+                    slot.template_sha256
+                )?;
+            }
+        }
     }
     if let Some(c) = &i.config {
         writeln!(
@@ -722,11 +766,16 @@ pub fn render(i: &Inspection) -> Result<String> {
             None => writeln!(s, "META (no valid copy: Talos reads it as empty)")?,
         }
         for e in &m.entries {
+            let slot = e
+                .slot
+                .as_deref()
+                .map(|n| format!("  (slot {n})"))
+                .unwrap_or_default();
             match &e.text {
                 Some(t) if t.len() <= 60 && !t.contains('\n') => {
-                    writeln!(s, "  {} = {:?}", e.key, t)?
+                    writeln!(s, "  {} = {:?}{slot}", e.key, t)?
                 }
-                _ => writeln!(s, "  {} = <{} bytes>", e.key, e.size)?,
+                _ => writeln!(s, "  {} = <{} bytes>{slot}", e.key, e.size)?,
             }
         }
     }
