@@ -400,9 +400,9 @@ impl Manifest {
                     p.label
                 );
             }
-            if p.size > MAX_SLOT_PARTITION {
+            if p.size == 0 || p.size > MAX_SLOT_PARTITION {
                 bail!(
-                    "{f}.partition is {} bytes; slot partitions are at most {MAX_SLOT_PARTITION}",
+                    "{f}.partition is {} bytes; slot partitions hold 1 to {MAX_SLOT_PARTITION}",
                     p.size
                 );
             }
@@ -963,7 +963,16 @@ mod tests {
                     m.slots[1].partition.size = MAX_SLOT + (1 << 20);
                     m.image.size = 200 << 20;
                 },
-                "slot partitions are at most",
+                "slot partitions hold 1 to",
+            ),
+            (
+                |m| {
+                    for p in m.partitions.iter_mut().filter(|p| p.number == 3) {
+                        p.size = 0;
+                    }
+                    m.slots[0].partition.size = 0;
+                },
+                "slot partitions hold 1 to",
             ),
         ];
         for (edit, want) in cases {
