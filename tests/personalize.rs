@@ -581,3 +581,27 @@ fn bad_slots_are_refused_before_anything_is_written() {
         "{e}"
     );
 }
+
+#[test]
+fn flash_writes_the_base_content_of_slot_partitions_over_a_used_disk() {
+    let b = built(&slot_profile());
+    let raw = b.raw();
+    let size = std::fs::metadata(&raw).unwrap().len();
+    // A used disk: garbage everywhere, so unwritten slot partitions would show.
+    let t = b.dir().join("used.img");
+    std::fs::write(&t, vec![0xa5u8; size as usize]).unwrap();
+    let o = run(&[
+        "flash",
+        b.zst().to_str().unwrap(),
+        "--trust",
+        b.trust.to_str().unwrap(),
+        "-t",
+        t.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The file target is the image; the slot partitions hold their base content.
+    assert_eq!(std::fs::read(&t).unwrap(), std::fs::read(&raw).unwrap());
+    let j = verify_json(&b, &t);
+    assert_eq!(j["outcome"], "verified", "{j}");
+    assert_eq!(slot(&j, "network")["present"], false, "{j}");
+}

@@ -427,6 +427,19 @@ impl Image {
             }
             let mp = &m.manifest_partition;
             wanted.push((mp.offset, (mp.offset + mp.size).min(m.image.size)));
+            // Personalization slots are outside the block map (their bytes differ per
+            // device); their base content is written whole and must match the base digest.
+            for p in m.slot_partitions() {
+                let end = (p.offset + p.size).min(m.image.size);
+                wanted.push((p.offset, end));
+                expected.push(Expected {
+                    start: p.offset,
+                    end,
+                    sha256: p.sha256.clone(),
+                    place: format!("partition {} ({}, base content)", p.number, p.label),
+                });
+            }
+            expected.sort_by_key(|e| e.start);
             (m.image.size, MapSource::Manifest(source), merge(wanted))
         } else if let Some(bpath) = opts.bmap.clone().or_else(|| sidecar(path, "bmap")) {
             let b: Bmap = bmap::parse_bytes(
