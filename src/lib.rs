@@ -27,6 +27,7 @@ pub mod progress;
 pub mod sign;
 pub mod synthetic;
 pub mod talos;
+pub mod template;
 pub mod tree;
 pub mod trust;
 pub mod verify;

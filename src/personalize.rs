@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::template::Piece;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::artifact::manifest::{Manifest, Slot, SlotKind};
@@ -50,60 +51,11 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// A piece of a template: text to copy, or a field to fill in.
-enum Piece<'a> {
-    Text(&'a str),
-    Field {
-        name: &'a str,
-        line: usize,
-        column: usize,
-    },
-}
-
-/// Line and column (1-based, in characters) of byte `at` of `text`.
-fn position(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[start..].chars().count() + 1)
-}
-
-fn valid_field(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-}
-
-/// Split a template into text and `{{ field }}` placeholders.
+/// Split a template into text and `{{ field }}` placeholders (the one template parser,
+/// [`crate::template`]).
 fn pieces(template: &str) -> Result<Vec<Piece<'_>>> {
-    let mut out = Vec::new();
-    let mut rest = 0;
-    while let Some(found) = template[rest..].find("{{") {
-        let open = rest + found;
-        let (line, column) = position(template, open);
-        if open > rest {
-            out.push(Piece::Text(&template[rest..open]));
-        }
-        let inner_start = open + 2;
-        let Some(len) = template[inner_start..].find("}}") else {
-            bail!("line {line}, column {column}: the placeholder is not closed with }}}}");
-        };
-        let inner = &template[inner_start..inner_start + len];
-        let name = inner.trim_matches(' ');
-        if !valid_field(name) {
-            let shown: String = inner.chars().take(40).collect();
-            bail!(
-                "line {line}, column {column}: {{{{{shown}}}}} is not a placeholder: write {{{{ field }}}} with a field name of letters, digits, '_', '-' or '.'"
-            );
-        }
-        out.push(Piece::Field { name, line, column });
-        rest = inner_start + len + 2;
-    }
-    if rest < template.len() {
-        out.push(Piece::Text(&template[rest..]));
-    }
-    Ok(out)
+    crate::template::parse(template)
+        .map_err(|e| anyhow::anyhow!("line {}, column {}: {}", e.line, e.column, e.message))
 }
 
 /// The field names a template uses, sorted, each once. Errors like [`render`] on a malformed
@@ -350,7 +302,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("line 2, column 16") && e.contains("not closed"),
+            e.contains("line 2, column 16") && e.contains("never closed"),
             "{e}"
         );
         for bad in [
@@ -358,7 +310,7 @@ mod tests {
         ] {
             let e = render(bad, &f).unwrap_err().to_string();
             assert!(
-                e.contains("line 1, column 1") && e.contains("is not a placeholder"),
+                e.contains("line 1, column 1") && e.contains("placeholder"),
                 "{bad}: {e}"
             );
         }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::csv;
 use super::log::Written;
-use super::template::{self, is_field_name, Piece};
+use crate::template::{self, is_field_name, Piece};
 
 /// The column every row needs: the row's identity in the record log.
 pub const ID: &str = "id";
@@ -921,6 +921,45 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// Render `template` with the values of `row`: every `{{ field }}` is replaced by the row's
+/// value of that field.
+///
+/// Fails, without writing any value into the message, when the template is malformed or
+/// the row lacks a field it uses or has it empty.
+pub fn render(template: &str, row: &Row) -> Result<String> {
+    let pieces = match template::parse(template) {
+        Ok(p) => p,
+        Err(e) => bail!(
+            "template line {}, column {}: {}",
+            e.line,
+            e.column,
+            e.message
+        ),
+    };
+    let mut out = String::with_capacity(template.len());
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Field { name, line, column } => match row.get(name) {
+                Some(v) if !v.is_empty() => out.push_str(v),
+                Some(_) => bail!(
+                    "{}: row `{}` has field `{name}` empty, and the template uses it at line \
+                     {line}, column {column}: fill it in the inventory",
+                    row.location(),
+                    row.id()
+                ),
+                None => bail!(
+                    "{}: row `{}` has no field `{name}`, and the template uses it at line \
+                     {line}, column {column}: add it to the inventory",
+                    row.location(),
+                    row.id()
+                ),
+            },
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 mod csv;
 pub mod inventory;
 pub mod log;
-mod template;
 
+pub use inventory::render;
 pub use inventory::{FieldSpec, Inventory, Kind, Problem, Row};
-pub use template::render;

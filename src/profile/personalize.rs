@@ -354,7 +354,7 @@ mod tests {
                     "`personalize[0].template`",
                     "bad.tmpl",
                     "line 2, column 4",
-                    "not closed",
+                    "never closed",
                 ],
             ),
             (

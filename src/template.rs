@@ -1,10 +1,7 @@
-//! Personalization templates: text with `{{field}}` placeholders (spaces inside the braces
+//! Personalization templates (read by the build and the flasher via [`crate::personalize`],
+//! checked against inventories by [`crate::factory`]): text with `{{field}}` placeholders (spaces inside the braces
 //! optional: `{{ field }}`). A field name is letters, digits, `_`, `-` and `.`. Every `{{`
 //! opens a placeholder; there is no escape. A `}}` outside a placeholder is plain text.
-
-use anyhow::{bail, Result};
-
-use super::inventory::Row;
 
 /// One piece of a parsed template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,45 +135,6 @@ pub(crate) fn scan(text: &str) -> (Vec<Piece<'_>>, Vec<TemplateError>) {
         pieces.push(Piece::Text(rest));
     }
     (pieces, errors)
-}
-
-/// Render `template` with the values of `row`: every `{{ field }}` is replaced by the row's
-/// value of that field.
-///
-/// Fails, without writing any value into the message, when the template is malformed or
-/// the row lacks a field it uses or has it empty.
-pub fn render(template: &str, row: &Row) -> Result<String> {
-    let pieces = match parse(template) {
-        Ok(p) => p,
-        Err(e) => bail!(
-            "template line {}, column {}: {}",
-            e.line,
-            e.column,
-            e.message
-        ),
-    };
-    let mut out = String::with_capacity(template.len());
-    for piece in pieces {
-        match piece {
-            Piece::Text(t) => out.push_str(t),
-            Piece::Field { name, line, column } => match row.get(name) {
-                Some(v) if !v.is_empty() => out.push_str(v),
-                Some(_) => bail!(
-                    "{}: row `{}` has field `{name}` empty, and the template uses it at line \
-                     {line}, column {column}: fill it in the inventory",
-                    row.location(),
-                    row.id()
-                ),
-                None => bail!(
-                    "{}: row `{}` has no field `{name}`, and the template uses it at line \
-                     {line}, column {column}: add it to the inventory",
-                    row.location(),
-                    row.id()
-                ),
-            },
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
