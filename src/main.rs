@@ -133,9 +133,21 @@ enum Command {
         /// too-small, read-only. Repeat or separate with commas.
         #[arg(long, value_name = "CHECK", value_delimiter = ',')]
         force: Vec<String>,
-        /// Append one JSON record per target to this file.
+        /// Append one JSON record per target to this file (with --inventory: the line's
+        /// log, which also says which rows were written already).
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
+        /// Personalize each target from a row of this inventory (CSV or JSON: id, disk_serial
+        /// or host_serial or neither, fields for the templates); every row is validated first.
+        #[arg(long, value_name = "FILE", requires_all = ["personalize", "record"])]
+        inventory: Option<PathBuf>,
+        /// The profile whose [[personalize]] templates fill the image's slots (they must be
+        /// the templates the image was signed with).
+        #[arg(long, value_name = "PROFILE", requires = "inventory")]
+        personalize: Option<PathBuf>,
+        /// Write an inventory row again although the log says it was written.
+        #[arg(long, requires = "inventory")]
+        reuse: bool,
         /// What to do with the image's unmapped space on the target: keep (fastest), zero,
         /// discard.
         #[arg(long, value_name = "HOW", default_value = "keep")]
@@ -326,6 +338,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             yes,
             force,
             record,
+            inventory,
+            personalize,
+            reuse,
             unmapped,
             retries,
             stall_timeout,
@@ -375,6 +390,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 style: flash::ui::Style::choose(json, quiet),
                 system_root: PathBuf::from("/"),
+                line: inventory.map(|inventory| edgeimage::factory::line::LineOptions {
+                    inventory,
+                    profile: personalize.unwrap_or_default(),
+                    reuse,
+                }),
             };
             let summary = flash::flash(&opts, cancel_on_signals());
             for l in &summary.lines {
@@ -447,6 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     settings: Default::default(),
                     style: flash::ui::Style::Quiet,
                     system_root: PathBuf::from("/"),
+                    line: None,
                 },
                 ports,
                 parallel,

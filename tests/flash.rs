@@ -706,6 +706,7 @@ fn a_partition_is_refused_with_its_disk_named() {
         settings: Default::default(),
         style: flash::ui::Style::Quiet,
         system_root: root.clone(),
+        line: None,
     };
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sum = flash::flash(&opts, cancel);

@@ -605,3 +605,125 @@ fn flash_writes_the_base_content_of_slot_partitions_over_a_used_disk() {
     assert_eq!(j["outcome"], "verified", "{j}");
     assert_eq!(slot(&j, "network")["present"], false, "{j}");
 }
+
+/// A sequence inventory of `n` devices for the slot fixture's templates.
+fn inventory(dir: &Path, n: usize, extra: &str) -> PathBuf {
+    let mut csv = String::from("id,host,address,token\n");
+    for i in 1..=n {
+        csv.push_str(&format!("r{i},node-{i},10.0.0.{i}/24,tok-SECRET-{i}\n"));
+    }
+    csv.push_str(extra);
+    let p = dir.join("inventory.csv");
+    fs::write(&p, csv).unwrap();
+    p
+}
+
+#[test]
+fn a_line_personalizes_each_device_from_its_inventory_row() {
+    let b = built(&slot_profile());
+    let d = b.dir();
+    let inv = inventory(d, 3, "");
+    let log = d.join("line.jsonl");
+    let profile = b.f.profile.to_str().unwrap().to_string();
+    let flash = |targets: &[&Path], extra: &[&str]| {
+        let mut a = vec![
+            "flash".to_string(),
+            b.zst().to_str().unwrap().into(),
+            "--trust".into(),
+            b.trust.to_str().unwrap().into(),
+            "--inventory".into(),
+            inv.to_str().unwrap().into(),
+            "--personalize".into(),
+            profile.clone(),
+            "--record".into(),
+            log.to_str().unwrap().into(),
+        ];
+        for t in targets {
+            a.push("-t".into());
+            a.push(t.to_str().unwrap().into());
+        }
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+        run(&argv)
+    };
+    let (t1, t2, t3) = (d.join("dev1.img"), d.join("dev2.img"), d.join("dev3.img"));
+    let o = flash(&[&t1, &t2], &[]);
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(o.status.success(), "{text}");
+    assert!(
+        !text.contains("tok-SECRET"),
+        "secrets never printed: {text}"
+    );
+    let o = flash(&[&t3], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Each device verifies, with its own slot digests.
+    for (i, t) in [&t1, &t2, &t3].iter().enumerate() {
+        let j = verify_json(&b, t);
+        assert_eq!(j["outcome"], "verified", "{j}");
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("host".to_string(), format!("node-{}", i + 1));
+        fields.insert("address".to_string(), format!("10.0.0.{}/24", i + 1));
+        let net = personalize::render(NETWORK_TEMPLATE, &fields).unwrap();
+        assert_eq!(slot(&j, "network")["sha256"], sha(net.as_bytes()), "{j}");
+        assert_eq!(
+            slot(&j, "token")["sha256"],
+            sha(format!("tok-SECRET-{}", i + 1).as_bytes())
+        );
+        assert_eq!(slot(&j, "config")["present"], true);
+    }
+    let log_text = fs::read_to_string(&log).unwrap();
+    assert!(!log_text.contains("tok-SECRET"), "secrets never logged");
+    let recs: Vec<Value> = log_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rows: Vec<&str> = recs.iter().map(|r| r["row"].as_str().unwrap()).collect();
+    assert_eq!(rows, ["r1", "r2", "r3"]);
+    assert!(recs
+        .iter()
+        .all(|r| r["slots"].as_array().unwrap().len() == 3));
+    // Every row used: a fourth device is refused, nothing written.
+    let t4 = d.join("dev4.img");
+    let o = flash(&[&t4], &[]);
+    assert_eq!(o.status.code(), Some(14), "{}", stderr(&o));
+    assert!(!t4.exists());
+    let o = run(&[
+        "records",
+        "summarize",
+        log.to_str().unwrap(),
+        "--inventory",
+        inv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(summary.contains("devices verified"), "{summary}");
+}
+
+#[test]
+fn a_bad_inventory_is_refused_before_anything_is_written() {
+    let b = built(&slot_profile());
+    let d = b.dir();
+    let inv = inventory(d, 2, "r1,node-x,10.0.0.300/24,tok-SECRET-x\n");
+    let t = d.join("dev.img");
+    let o = run(&[
+        "flash",
+        b.zst().to_str().unwrap(),
+        "--trust",
+        b.trust.to_str().unwrap(),
+        "--inventory",
+        inv.to_str().unwrap(),
+        "--personalize",
+        b.f.profile.to_str().unwrap(),
+        "--record",
+        d.join("l.jsonl").to_str().unwrap(),
+        "-t",
+        t.to_str().unwrap(),
+    ]);
+    let e = stderr(&o) + &String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(14), "{e}");
+    assert!(e.contains("is refused, nothing was written"), "{e}");
+    assert!(e.contains("r1"), "{e}");
+    assert!(e.contains("address"), "{e}");
+    assert!(!e.contains("tok-SECRET"), "{e}");
+    assert!(!t.exists());
+}

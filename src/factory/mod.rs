@@ -7,6 +7,7 @@
 
 mod csv;
 pub mod inventory;
+pub mod line;
 pub mod log;
 
 pub use inventory::render;

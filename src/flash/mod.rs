@@ -54,6 +54,8 @@ pub mod exit {
     pub const NOT_CONFIRMED: u8 = 12;
     /// At least one target failed; the others were written and verified.
     pub const TARGET_FAILED: u8 = 13;
+    /// The inventory or the personalization templates were refused: nothing written.
+    pub const INVENTORY: u8 = 14;
     /// Interrupted (Ctrl-C): unfinished targets were left without a partition table.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -89,6 +91,9 @@ pub struct FlashOptions {
     pub style: ui::Style,
     /// Where disks are looked up (the host's `/`, or a fake tree in tests).
     pub system_root: PathBuf,
+    /// Personalize each target from an inventory row (`--inventory`); the record file is
+    /// the line's log of which row went where.
+    pub line: Option<crate::factory::line::LineOptions>,
 }
 
 /// How `flash` ended.
@@ -268,6 +273,9 @@ fn make_record(
         result,
         error: r.error.clone(),
         partition_table_wiped: (!r.ok && r.touched).then_some(r.wiped),
+        disk_serial: t.disk.as_ref().and_then(|d| d.serial.clone()),
+        row: None,
+        slots: Vec::new(),
     }
 }
 
@@ -418,9 +426,37 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
         }
     }
 
+    // Personalization: every target's row and slot partitions, before anything is opened.
+    let mut assigned: Vec<Option<crate::factory::line::Assigned>> =
+        targets.iter().map(|_| None).collect();
+    if let Some(lo) = &opts.line {
+        let prepared = crate::factory::line::Line::prepare(lo, &image, opts.record.as_deref())
+            .and_then(|mut line| {
+                for (i, t) in targets.iter().enumerate() {
+                    let serial = t.disk.as_ref().and_then(|d| d.serial.as_deref());
+                    let a = line
+                        .assign(serial)
+                        .with_context(|| format!("target {}", t.label))?;
+                    assigned[i] = Some(a);
+                }
+                Ok(())
+            });
+        if let Err(e) = prepared {
+            let why = format!("{e:#}");
+            lines.push(format!("REFUSED: {why}"));
+            lines.push("nothing was written".into());
+            return Ok(Summary::stop(exit::INVENTORY, lines));
+        }
+        for (t, a) in targets.iter().zip(&assigned) {
+            if let Some(a) = a {
+                lines.push(format!("{}: inventory row {}", t.label, a.row));
+            }
+        }
+    }
+
     // Open everything before writing anything.
     let mut jobs = Vec::new();
-    for t in &targets {
+    for (i, t) in targets.iter().enumerate() {
         let opened = match &t.disk {
             // A disk of a simulated system tree (tests) is a regular file.
             Some(_) if t.path.metadata().is_ok_and(|m| m.is_file()) => {
@@ -439,7 +475,10 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
         match opened {
             Ok(m) => jobs.push(Job {
                 medium: Box::new(m),
-                extra: Vec::new(),
+                extra: assigned[i]
+                    .as_mut()
+                    .map(|a| std::mem::take(&mut a.extra))
+                    .unwrap_or_default(),
                 before_write: t
                     .disk
                     .clone()
@@ -504,7 +543,7 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
     let mut record_error = None;
     let mut failed = 0;
     let mut interrupted = false;
-    for (t, r) in targets.iter().zip(&results) {
+    for (i, (t, r)) in targets.iter().zip(&results).enumerate() {
         let result = if r.ok {
             "verified"
         } else if r.interrupted {
@@ -535,7 +574,11 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
             ),
         });
         if let Some(path) = &opts.record {
-            let rec = make_record(t, &image, r, result);
+            let mut rec = make_record(t, &image, r, result);
+            if let Some(Some(a)) = assigned.get(i) {
+                rec.row = Some(a.row.clone());
+                rec.slots = a.slots.clone();
+            }
             if let Err(e) = record::append(path, &rec) {
                 record_error = Some(format!("{e:#}"));
             }

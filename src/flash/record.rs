@@ -50,6 +50,14 @@ pub struct Record {
     /// refused a target: nothing was written to any) or `not-confirmed`.
     pub result: &'static str,
     pub error: Option<String>,
+    /// The disk's serial (as `serial`; the name the factory log reads).
+    pub disk_serial: Option<String>,
+    /// The inventory row written (`--inventory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<String>,
+    /// Digests of the slot values written (never the values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<crate::factory::line::SlotDigest>,
     /// After a failure that wrote something: the target was left without a valid partition
     /// table (absent when nothing was written).
     pub partition_table_wiped: Option<bool>,

@@ -110,6 +110,8 @@ pub struct Image {
     /// Windows whose SHA-256 the stream must match, with the place each covers.
     pub expected: Vec<Expected>,
     pub provenance: Provenance,
+    /// The manifest (authenticated unless `--allow-unsigned` let an untrusted one through).
+    pub manifest: Option<Manifest>,
     seek: Option<SeekTable>,
 }
 
@@ -401,6 +403,7 @@ impl Image {
 
         let mut provenance = Provenance::default();
         let mut expected = Vec::new();
+        let mut manifest = None;
         let (size, map, wanted) = if let Some((m, p, source)) = manifest_of(path, format, opts)? {
             provenance = p;
             if let Some(s) = stated {
@@ -440,7 +443,9 @@ impl Image {
                 });
             }
             expected.sort_by_key(|e| e.start);
-            (m.image.size, MapSource::Manifest(source), merge(wanted))
+            let size = m.image.size;
+            manifest = Some(m);
+            (size, MapSource::Manifest(source), merge(wanted))
         } else if let Some(bpath) = opts.bmap.clone().or_else(|| sidecar(path, "bmap")) {
             let b: Bmap = bmap::parse_bytes(
                 &std::fs::read(&bpath)
@@ -514,6 +519,7 @@ impl Image {
             pieces: cut(&wanted, size),
             expected,
             provenance,
+            manifest,
             seek,
         })
     }

@@ -487,6 +487,7 @@ fn steps(
         settings: Default::default(),
         style: opts.style,
         system_root: opts.system_root.clone(),
+        line: None,
     };
     let summary = flash::flash(&fo, cancel);
     rec.seconds_write = t.elapsed().as_secs_f64();
