@@ -192,6 +192,22 @@ enum Command {
         /// Append one JSON record per device to this file.
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
+        /// Personalize each device from a row of this inventory (as for flash; needs
+        /// --personalize and --record, the line's log).
+        #[arg(long, value_name = "FILE", requires_all = ["personalize", "record"])]
+        inventory: Option<PathBuf>,
+        /// The profile whose [[personalize]] templates fill the image's slots.
+        #[arg(long, value_name = "PROFILE", requires = "inventory")]
+        personalize: Option<PathBuf>,
+        /// Write an inventory row again although the log says it was written.
+        #[arg(long, requires = "inventory")]
+        reuse: bool,
+        /// The operator's name, in every record.
+        #[arg(long, value_name = "NAME")]
+        operator: Option<String>,
+        /// This station's name, in every record.
+        #[arg(long, value_name = "NAME")]
+        station_name: Option<String>,
         /// Devices written at once.
         #[arg(long, value_name = "N", default_value_t = 4)]
         parallel: usize,
@@ -390,10 +406,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 style: flash::ui::Style::choose(json, quiet),
                 system_root: PathBuf::from("/"),
-                line: inventory.map(|inventory| edgeimage::factory::line::LineOptions {
-                    inventory,
-                    profile: personalize.unwrap_or_default(),
-                    reuse,
+                line: inventory.map(|inventory| {
+                    edgeimage::factory::line::LineOptions::new(
+                        inventory,
+                        personalize.unwrap_or_default(),
+                        reuse,
+                    )
                 }),
             };
             let summary = flash::flash(&opts, cancel_on_signals());
@@ -439,6 +457,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             min_build,
             profile,
             record,
+            inventory,
+            personalize,
+            reuse,
+            operator,
+            station_name,
             parallel,
             count,
             idle_exit,
@@ -467,7 +490,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     settings: Default::default(),
                     style: flash::ui::Style::Quiet,
                     system_root: PathBuf::from("/"),
-                    line: None,
+                    line: inventory.map(|inventory| {
+                        let mut lo = edgeimage::factory::line::LineOptions::new(
+                            inventory,
+                            personalize.unwrap_or_default(),
+                            reuse,
+                        );
+                        lo.operator = operator;
+                        lo.station = station_name;
+                        lo
+                    }),
                 },
                 ports,
                 parallel,

@@ -727,3 +727,164 @@ fn a_bad_inventory_is_refused_before_anything_is_written() {
     assert!(!e.contains("tok-SECRET"), "{e}");
     assert!(!t.exists());
 }
+
+/// A loop device on `file`, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn new(file: &Path) -> Option<Loop> {
+        let o = tool("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| Loop(String::from_utf8_lossy(&o.stdout).trim().to_string()))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = tool("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// One station run writing `devices` (each a file, made into a loop device while the
+/// station watches); returns the station's exit status.
+fn station_run(
+    b: &Built,
+    inv: &Path,
+    log: &Path,
+    devices: &[PathBuf],
+) -> Option<std::process::ExitStatus> {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "station",
+            b.zst().to_str().unwrap(),
+            "--trust",
+            b.trust.to_str().unwrap(),
+        ])
+        .args(["--ports", "transport:loop", "--json", "--parallel", "2"])
+        .args(["--count", &devices.len().to_string(), "--idle-exit", "60"])
+        .args(["--inventory", inv.to_str().unwrap()])
+        .args(["--personalize", b.f.profile.to_str().unwrap()])
+        .args(["--record", log.to_str().unwrap()])
+        .args(["--operator", "op-7", "--station-name", "line-2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let l = lines.next()?.unwrap();
+        if l.contains("\"station-start\"") {
+            break;
+        }
+    }
+    let mut loops = Vec::new();
+    for f in devices {
+        let Some(l) = Loop::new(f) else {
+            let _ = child.kill();
+            return None;
+        };
+        loops.push(l);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for l in lines {
+        if l.unwrap().contains("\"station-done\"") {
+            break;
+        }
+    }
+    let st = child.wait().unwrap();
+    drop(loops);
+    Some(st)
+}
+
+#[test]
+fn a_line_of_devices_across_station_runs_with_a_failure_retried_on_its_row() {
+    let b = built(&slot_profile());
+    let d = b.dir();
+    let size = fs::metadata(b.raw()).unwrap().len();
+    let inv = inventory(d, 6, "");
+    let log = d.join("line.jsonl");
+    let dev = |name: &str| {
+        let p = d.join(name);
+        fs::File::create(&p).unwrap().set_len(size).unwrap();
+        p
+    };
+    // Run 1: three devices, the second on a tmpfs too small for it (fails mid-write).
+    let small = d.join("small-fs");
+    fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED (station line): cannot mount a tmpfs");
+        return;
+    }
+    let failing = small.join("bad.img");
+    fs::File::create(&failing).unwrap().set_len(size).unwrap();
+    let run1 = station_run(
+        &b,
+        &inv,
+        &log,
+        &[dev("a.img"), failing.clone(), dev("c.img")],
+    );
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&small)
+        .status();
+    let Some(st1) = run1 else {
+        eprintln!("SKIPPED (station line): no loop devices");
+        return;
+    };
+    assert_eq!(st1.code(), Some(13), "one device failed");
+    // Run 2: four more devices: the failed row is written again, then the rest.
+    let st2 = station_run(
+        &b,
+        &inv,
+        &log,
+        &[dev("d.img"), dev("e.img"), dev("f.img"), dev("g.img")],
+    )
+    .unwrap();
+    assert!(st2.success());
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("tok-SECRET"), "secrets never logged");
+    let recs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 7);
+    let failed: Vec<&Value> = recs.iter().filter(|r| r["result"] != "verified").collect();
+    assert_eq!(failed.len(), 1, "{recs:?}");
+    let mut verified: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["result"] == "verified")
+        .map(|r| r["row"].as_str().unwrap())
+        .collect();
+    verified.sort();
+    assert_eq!(
+        verified,
+        ["r1", "r2", "r3", "r4", "r5", "r6"],
+        "each row once"
+    );
+    let retried = failed[0]["row"].as_str().unwrap();
+    assert!(verified.contains(&retried));
+    assert!(recs
+        .iter()
+        .all(|r| r["operator"] == "op-7" && r["station"] == "line-2"));
+    let o = run(&[
+        "records",
+        "summarize",
+        log.to_str().unwrap(),
+        "--inventory",
+        inv.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["rows_verified"], 6, "{s}");
+}

@@ -31,6 +31,36 @@ pub struct LineOptions {
     pub profile: PathBuf,
     /// Write a row again although the log says it was written.
     pub reuse: bool,
+    /// Rows taken by runs still in progress in this process (a station writing several
+    /// devices at once): never handed out twice. A run releases its rows when its device
+    /// fails, so the row is retried.
+    pub claimed: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// Who runs the line and where, for the records.
+    pub operator: Option<String>,
+    pub station: Option<String>,
+}
+
+impl LineOptions {
+    /// Options with nothing claimed yet.
+    pub fn new(inventory: PathBuf, profile: PathBuf, reuse: bool) -> LineOptions {
+        LineOptions {
+            inventory,
+            profile,
+            reuse,
+            claimed: Default::default(),
+            operator: None,
+            station: None,
+        }
+    }
+
+    /// Give back rows whose devices failed (they are written again later).
+    pub fn release(&self, rows: &[String]) {
+        if let Ok(mut c) = self.claimed.lock() {
+            for r in rows {
+                c.remove(r);
+            }
+        }
+    }
 }
 
 /// A slot value's digest, for records (never the value).
@@ -54,6 +84,7 @@ pub struct Line {
     slots: Vec<(Slot, String)>,
     used: BTreeMap<String, Written>,
     in_run: BTreeSet<String>,
+    claimed: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
     reuse: bool,
     meta: Option<(u64, Vec<u8>)>,
     metal_iso: Option<(u64, MetalIsoParams)>,
@@ -173,6 +204,7 @@ impl Line {
             slots,
             used,
             in_run: BTreeSet::new(),
+            claimed: opts.claimed.clone(),
             reuse: opts.reuse,
             meta,
             metal_iso,
@@ -181,8 +213,12 @@ impl Line {
 
     /// The row, slot partitions and slot digests for the disk with `disk_serial`.
     pub fn assign(&mut self, disk_serial: Option<&str>) -> Result<Assigned> {
+        let mut claimed = self
+            .claimed
+            .lock()
+            .map_err(|_| anyhow!("the line's row list is poisoned"))?;
         let mut used = self.used.clone();
-        for r in &self.in_run {
+        for r in self.in_run.iter().chain(claimed.iter()) {
             used.entry(r.clone()).or_insert(Written {
                 disk_serial: None,
                 time: "this run".into(),
@@ -230,6 +266,7 @@ impl Line {
         }
         let id = row.id().to_string();
         self.in_run.insert(id.clone());
+        claimed.insert(id.clone());
         Ok(Assigned {
             row: id,
             extra,

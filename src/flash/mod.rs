@@ -276,6 +276,8 @@ fn make_record(
         disk_serial: t.disk.as_ref().and_then(|d| d.serial.clone()),
         row: None,
         slots: Vec::new(),
+        operator: None,
+        station: None,
     }
 }
 
@@ -442,6 +444,13 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
                 Ok(())
             });
         if let Err(e) = prepared {
+            lo.release(
+                &assigned
+                    .iter()
+                    .flatten()
+                    .map(|a| a.row.clone())
+                    .collect::<Vec<_>>(),
+            );
             let why = format!("{e:#}");
             lines.push(format!("REFUSED: {why}"));
             lines.push("nothing was written".into());
@@ -485,6 +494,11 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
                     .map(|d| identity_check(opts.system_root.clone(), d)),
             }),
             Err(e) => {
+                if let Some(lo) = &opts.line {
+                    let rows: Vec<String> =
+                        assigned.iter().flatten().map(|a| a.row.clone()).collect();
+                    lo.release(&rows);
+                }
                 let why = format!("{e:#}");
                 lines.push(format!("REFUSED: {}: {why}", t.label));
                 lines.push("nothing was written".into());
@@ -579,10 +593,23 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
                 rec.row = Some(a.row.clone());
                 rec.slots = a.slots.clone();
             }
+            if let Some(lo) = &opts.line {
+                rec.operator = lo.operator.clone();
+                rec.station = lo.station.clone();
+            }
             if let Err(e) = record::append(path, &rec) {
                 record_error = Some(format!("{e:#}"));
             }
         }
+    }
+    if let Some(lo) = &opts.line {
+        let failed_rows: Vec<String> = assigned
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| !r.ok)
+            .filter_map(|(a, _)| a.as_ref().map(|a| a.row.clone()))
+            .collect();
+        lo.release(&failed_rows);
     }
     let ok = targets.len() - failed;
     ui.json(serde_json::json!({

@@ -58,6 +58,11 @@ pub struct Record {
     /// Digests of the slot values written (never the values).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub slots: Vec<crate::factory::line::SlotDigest>,
+    /// Who ran the line, and which station (`--operator`, `--station-name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub station: Option<String>,
     /// After a failure that wrote something: the target was left without a valid partition
     /// table (absent when nothing was written).
     pub partition_table_wiped: Option<bool>,
