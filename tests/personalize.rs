@@ -776,20 +776,19 @@ fn station_run(
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let l = lines.next()?.unwrap();
-        if l.contains("\"station-start\"") {
-            break;
-        }
-    }
+    let started = lines.any(|l| l.is_ok_and(|l| l.contains("\"station-start\"")));
     let mut loops = Vec::new();
-    for f in devices {
-        let Some(l) = Loop::new(f) else {
-            let _ = child.kill();
-            return None;
-        };
-        loops.push(l);
+    for f in devices.iter().filter(|_| started) {
+        match Loop::new(f) {
+            Some(l) => loops.push(l),
+            None => break,
+        }
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !started || loops.len() < devices.len() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
     }
     for l in lines {
         if l.unwrap().contains("\"station-done\"") {
