@@ -800,81 +800,111 @@ fn station_run(
     Some(st)
 }
 
+/// A device file on its own tmpfs of 2 MiB: writing the image to it fails mid-write.
+/// Returns the file and the mount point (unmount it afterwards), or `None` without tmpfs.
+fn failing_device(d: &Path, name: &str, size: u64) -> Option<(PathBuf, PathBuf)> {
+    let mnt = d.join(format!("{name}-fs"));
+    fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return None;
+    }
+    let f = mnt.join("disk.img");
+    fs::File::create(&f).unwrap().set_len(size).unwrap();
+    Some((f, mnt))
+}
+
 #[test]
-fn a_line_of_devices_across_station_runs_with_a_failure_retried_on_its_row() {
+fn a_line_of_twenty_devices_across_station_runs_with_two_failures_retried() {
     let b = built(&slot_profile());
     let d = b.dir();
     let size = fs::metadata(b.raw()).unwrap().len();
-    let inv = inventory(d, 6, "");
+    let inv = inventory(d, 20, "");
     let log = d.join("line.jsonl");
-    let dev = |name: &str| {
-        let p = d.join(name);
+    let mut n = 0;
+    let mut dev = || {
+        n += 1;
+        let p = d.join(format!("dev{n:02}.img"));
         fs::File::create(&p).unwrap().set_len(size).unwrap();
         p
     };
-    // Run 1: three devices, the second on a tmpfs too small for it (fails mid-write).
-    let small = d.join("small-fs");
-    fs::create_dir_all(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED (station line): cannot mount a tmpfs");
-        return;
+    let mut good: Vec<PathBuf> = Vec::new();
+    // Three station runs: 8 devices with one failing, 8 with one failing, then 6.
+    for (run_no, count) in [(1, 8), (2, 8), (3, 6)] {
+        let mut devices: Vec<PathBuf> = (0..count - usize::from(run_no < 3))
+            .map(|_| dev())
+            .collect();
+        good.extend(devices.iter().cloned());
+        let mut mount = None;
+        if run_no < 3 {
+            let Some((f, m)) = failing_device(d, &format!("bad{run_no}"), size) else {
+                eprintln!("SKIPPED (station line): cannot mount a tmpfs");
+                return;
+            };
+            devices.insert(3, f);
+            mount = Some(m);
+        }
+        let st = station_run(&b, &inv, &log, &devices);
+        if let Some(m) = mount {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&m)
+                .status();
+        }
+        let Some(st) = st else {
+            eprintln!("SKIPPED (station line): no loop devices");
+            return;
+        };
+        let want = if run_no < 3 { Some(13) } else { Some(0) };
+        assert_eq!(st.code(), want, "station run {run_no}");
     }
-    let failing = small.join("bad.img");
-    fs::File::create(&failing).unwrap().set_len(size).unwrap();
-    let run1 = station_run(
-        &b,
-        &inv,
-        &log,
-        &[dev("a.img"), failing.clone(), dev("c.img")],
-    );
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&small)
-        .status();
-    let Some(st1) = run1 else {
-        eprintln!("SKIPPED (station line): no loop devices");
-        return;
-    };
-    assert_eq!(st1.code(), Some(13), "one device failed");
-    // Run 2: four more devices: the failed row is written again, then the rest.
-    let st2 = station_run(
-        &b,
-        &inv,
-        &log,
-        &[dev("d.img"), dev("e.img"), dev("f.img"), dev("g.img")],
-    )
-    .unwrap();
-    assert!(st2.success());
     let text = fs::read_to_string(&log).unwrap();
     assert!(!text.contains("tok-SECRET"), "secrets never logged");
     let recs: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(recs.len(), 7);
+    assert_eq!(recs.len(), 22);
     let failed: Vec<&Value> = recs.iter().filter(|r| r["result"] != "verified").collect();
-    assert_eq!(failed.len(), 1, "{recs:?}");
-    let mut verified: Vec<&str> = recs
+    assert_eq!(failed.len(), 2, "{recs:?}");
+    let mut verified: Vec<String> = recs
         .iter()
         .filter(|r| r["result"] == "verified")
-        .map(|r| r["row"].as_str().unwrap())
+        .map(|r| r["row"].as_str().unwrap().to_string())
         .collect();
     verified.sort();
-    assert_eq!(
-        verified,
-        ["r1", "r2", "r3", "r4", "r5", "r6"],
-        "each row once"
-    );
-    let retried = failed[0]["row"].as_str().unwrap();
-    assert!(verified.contains(&retried));
+    let mut all: Vec<String> = (1..=20).map(|i| format!("r{i}")).collect();
+    all.sort();
+    assert_eq!(verified, all, "exactly one success line per row");
+    for f in &failed {
+        assert!(
+            verified.contains(&f["row"].as_str().unwrap().to_string()),
+            "retried: {f}"
+        );
+    }
     assert!(recs
         .iter()
         .all(|r| r["operator"] == "op-7" && r["station"] == "line-2"));
+    // Every device verifies, base intact, with its own slots: the twenty token digests are
+    // the twenty rows' tokens, each once.
+    let mut tokens: Vec<String> = good
+        .iter()
+        .map(|f| {
+            let j = verify_json(&b, f);
+            assert_eq!(j["outcome"], "verified", "{}: {j}", f.display());
+            slot(&j, "token")["sha256"].as_str().unwrap().to_string()
+        })
+        .collect();
+    tokens.sort();
+    let mut want: Vec<String> = (1..=20)
+        .map(|i| sha(format!("tok-SECRET-{i}").as_bytes()))
+        .collect();
+    want.sort();
+    assert_eq!(tokens, want);
     let o = run(&[
         "records",
         "summarize",
@@ -885,5 +915,5 @@ fn a_line_of_devices_across_station_runs_with_a_failure_retried_on_its_row() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(s["rows_verified"], 6, "{s}");
+    assert_eq!(s["rows_verified"], 20, "{s}");
 }

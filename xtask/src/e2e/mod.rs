@@ -37,6 +37,7 @@ use edgeimage::extension::fixtures::{self as ext_fixtures, Form};
 mod fetch;
 mod initramfs;
 mod installer;
+mod personalized;
 mod qemu;
 mod scratch;
 
@@ -321,6 +322,17 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
                 eprintln!("e2e: image {} FAILED: {e:#}", v.name);
                 summary.push(format!("{}: FAILED", v.name));
                 failed.push(format!("{}: {e:#}", v.name));
+            }
+        }
+    }
+    if !opts.installer_only {
+        println!("\ne2e: ===== personalized disk (flash --inventory, metal-iso slot) =====");
+        match personalized::run(paths, &root, &bin, accel.unwrap_or(Accel::Tcg), opts) {
+            Ok(w) => summary.push(format!("personalized: passed ({w:.1} s boot)")),
+            Err(e) => {
+                eprintln!("e2e: personalized FAILED: {e:#}");
+                summary.push("personalized: FAILED".into());
+                failed.push(format!("personalized: {e:#}"));
             }
         }
     }
