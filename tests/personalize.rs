@@ -726,6 +726,37 @@ fn a_bad_inventory_is_refused_before_anything_is_written() {
     assert!(e.contains("address"), "{e}");
     assert!(!e.contains("tok-SECRET"), "{e}");
     assert!(!t.exists());
+    // Keyed by disk serial: a serial twice, a missing value, a column no template knows.
+    let keyed = d.join("keyed.csv");
+    fs::write(
+        &keyed,
+        "id,disk_serial,host,address,token
+         a,S1,node-a,10.0.0.1/24,tok-SECRET-a
+         b,S1,node-b,10.0.0.2/24,tok-SECRET-b
+         c,S3,,10.0.0.3/24,tok-SECRET-c
+",
+    )
+    .unwrap();
+    let o = run(&[
+        "flash",
+        b.zst().to_str().unwrap(),
+        "--trust",
+        b.trust.to_str().unwrap(),
+        "--inventory",
+        keyed.to_str().unwrap(),
+        "--personalize",
+        b.f.profile.to_str().unwrap(),
+        "--record",
+        d.join("l.jsonl").to_str().unwrap(),
+        "-t",
+        t.to_str().unwrap(),
+    ]);
+    let e = stderr(&o) + &String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(14), "{e}");
+    assert!(e.contains("S1"), "duplicate serial named: {e}");
+    assert!(e.contains("host"), "missing value named: {e}");
+    assert!(!e.contains("tok-SECRET"), "{e}");
+    assert!(!t.exists());
 }
 
 /// A loop device on `file`, detached when dropped.
