@@ -116,6 +116,37 @@ pub fn demo(args: &[String]) -> Result<()> {
             .arg("--trust")
             .arg(&trust),
     )?;
+    // Write it to two "disks" (files) at once, as a line would to sticks, and prove one.
+    let disks = [out.join("demo-disk-1.img"), out.join("demo-disk-2.img")];
+    println!(
+        "\n== edgeimage flash {} --trust {} -t {} -t {} --record {}",
+        image.display(),
+        trust.display(),
+        disks[0].display(),
+        disks[1].display(),
+        out.join("demo-flash.jsonl").display()
+    );
+    util::run(
+        Command::new(&bin)
+            .arg("flash")
+            .arg(&image)
+            .arg("--trust")
+            .arg(&trust)
+            .arg("-t")
+            .arg(&disks[0])
+            .arg("-t")
+            .arg(&disks[1])
+            .arg("--record")
+            .arg(out.join("demo-flash.jsonl")),
+    )?;
+    println!("\n== edgeimage verify {}", disks[1].display());
+    util::run(
+        Command::new(&bin)
+            .arg("verify")
+            .arg(&disks[1])
+            .arg("--trust")
+            .arg(&trust),
+    )?;
     println!(
         "\nThe demo image uses synthetic assets and does not boot. `cargo xtask e2e` boots a real one;\n\
          the README says how to point a profile at real Talos assets."
