@@ -10,6 +10,7 @@
 pub mod artifact;
 pub mod assets;
 pub mod build;
+pub mod civil;
 pub mod compose;
 pub mod config;
 pub mod extension;

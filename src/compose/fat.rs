@@ -487,50 +487,11 @@ fn short_name_checksum(short: &[u8; 11]) -> u8 {
 
 /// (date, time, tenths of 10 ms) of a unix time, clamped to what FAT can store.
 fn fat_timestamp(unix: u64) -> (u16, u16, u8) {
-    fn leap(y: u64) -> bool {
-        (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-    }
     const FAT_EPOCH: u64 = 315_532_800; // 1980-01-01T00:00:00Z
-    let mut days_to_2108 = 0u64;
-    for y in 1980..2108 {
-        days_to_2108 += if leap(y) { 366 } else { 365 };
-    }
-    let max = FAT_EPOCH + days_to_2108 * 86_400 - 1; // 2107-12-31T23:59:59Z
-    let t = unix.clamp(FAT_EPOCH, max) - FAT_EPOCH;
-    let (mut days, secs) = (t / 86_400, t % 86_400);
-    let mut year = 1980u64;
-    loop {
-        let len = if leap(year) { 366 } else { 365 };
-        if days < len {
-            break;
-        }
-        days -= len;
-        year += 1;
-    }
-    let month_len = [
-        31,
-        if leap(year) { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    let mut month = 1u64;
-    for len in month_len {
-        if days < len {
-            break;
-        }
-        days -= len;
-        month += 1;
-    }
-    let day = days + 1;
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    const FAT_LAST: u64 = 4_354_819_199; // 2107-12-31T23:59:59Z
+    let c = crate::civil::from_unix(unix.clamp(FAT_EPOCH, FAT_LAST));
+    let (year, month, day) = (c.year, c.month, c.day);
+    let (h, m, s) = (c.hour, c.minute, c.second);
     let date = (((year - 1980) << 9) | (month << 5) | day) as u16;
     let time = ((h << 11) | (m << 5) | (s / 2)) as u16;
     (date, time, ((s % 2) * 100) as u8)

@@ -53,11 +53,12 @@ impl LineOptions {
         }
     }
 
-    /// Give back rows whose devices failed (they are written again later).
-    pub fn release(&self, rows: &[String]) {
+    /// Give back the rows of devices that failed or were not written (they are written
+    /// again later).
+    pub fn release<'a>(&self, rows: impl IntoIterator<Item = &'a Assigned>) {
         if let Ok(mut c) = self.claimed.lock() {
-            for r in rows {
-                c.remove(r);
+            for a in rows {
+                c.remove(&a.row);
             }
         }
     }

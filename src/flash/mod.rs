@@ -444,13 +444,7 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
                 Ok(())
             });
         if let Err(e) = prepared {
-            lo.release(
-                &assigned
-                    .iter()
-                    .flatten()
-                    .map(|a| a.row.clone())
-                    .collect::<Vec<_>>(),
-            );
+            lo.release(assigned.iter().flatten());
             let why = format!("{e:#}");
             lines.push(format!("REFUSED: {why}"));
             lines.push("nothing was written".into());
@@ -495,9 +489,7 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
             }),
             Err(e) => {
                 if let Some(lo) = &opts.line {
-                    let rows: Vec<String> =
-                        assigned.iter().flatten().map(|a| a.row.clone()).collect();
-                    lo.release(&rows);
+                    lo.release(assigned.iter().flatten());
                 }
                 let why = format!("{e:#}");
                 lines.push(format!("REFUSED: {}: {why}", t.label));
@@ -603,13 +595,8 @@ fn run(opts: &FlashOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
         }
     }
     if let Some(lo) = &opts.line {
-        let failed_rows: Vec<String> = assigned
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| !r.ok)
-            .filter_map(|(a, _)| a.as_ref().map(|a| a.row.clone()))
-            .collect();
-        lo.release(&failed_rows);
+        let failed = assigned.iter().zip(&results).filter(|(_, r)| !r.ok);
+        lo.release(failed.filter_map(|(a, _)| a.as_ref()));
     }
     let ok = targets.len() - failed;
     ui.json(serde_json::json!({

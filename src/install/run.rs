@@ -86,34 +86,51 @@ pub struct InstallReport {
     pub record_place: Result<PathBuf, String>,
 }
 
-/// A block partition found by its GPT name: `(partition name, /dev path, disk name)`.
-fn find_partition(sys: &System, partname: &str) -> Option<(String, PathBuf, Option<String>)> {
-    let dir = sys.root.join("sys/class/block");
-    let mut entries: Vec<_> = fs::read_dir(&dir).ok()?.flatten().collect();
+/// A partition with a GPT name, as `/sys/class/block/*/uevent` describes it.
+struct NamedPartition {
+    /// The kernel's name (`sda2`).
+    name: String,
+    /// Its `/dev` node (under the system root).
+    path: PathBuf,
+    /// The disks it is on.
+    disks: Vec<String>,
+    size: u64,
+}
+
+/// Every partition whose GPT name is `partname`, sorted by kernel name.
+fn partitions_named(sys: &System, partname: &str) -> Vec<NamedPartition> {
+    let Ok(rd) = fs::read_dir(sys.root.join("sys/class/block")) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<_> = rd.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
+    let mut out = Vec::new();
     for e in entries {
         let Ok(text) = fs::read_to_string(e.path().join("uevent")) else {
             continue;
         };
-        let field = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k).map(str::to_string))
-        };
-        if field("PARTNAME=").as_deref() != Some(partname) {
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k));
+        if field("PARTNAME=") != Some(partname) {
             continue;
         }
-        let name = field("DEVNAME=")?;
+        let Some(name) = field("DEVNAME=") else {
+            continue;
+        };
         let dev = field("MAJOR=")
             .zip(field("MINOR="))
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
-        let disk = dev.and_then(|d| sys.disks_under(d).into_iter().next());
-        return Some((
-            name.clone(),
-            sys.real(&PathBuf::from(format!("/dev/{name}"))),
-            disk,
-        ));
+        let sectors: u64 = fs::read_to_string(e.path().join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        out.push(NamedPartition {
+            name: name.to_string(),
+            path: sys.real(&PathBuf::from(format!("/dev/{name}"))),
+            disks: dev.map(|d| sys.disks_under(d)).unwrap_or_default(),
+            size: sectors * 512,
+        });
     }
-    None
+    out
 }
 
 /// Copy the payload files off the FAT payload partition into `work`.
@@ -248,40 +265,17 @@ fn settled_disks(sys: &System, settle: Duration, deadline: Instant) -> Result<Ve
 /// Zero the Talos META partitions of every disk but `keep` (by their GPT name `META`).
 fn wipe_metas(sys: &System, keep: &[&str]) -> Result<Vec<String>> {
     let mut wiped = Vec::new();
-    let dir = sys.root.join("sys/class/block");
-    let Ok(rd) = fs::read_dir(&dir) else {
-        return Ok(wiped);
-    };
-    for e in rd.flatten() {
-        let Ok(text) = fs::read_to_string(e.path().join("uevent")) else {
-            continue;
-        };
-        if !text.lines().any(|l| l == "PARTNAME=META") {
+    for p in partitions_named(sys, "META") {
+        if p.disks.iter().any(|o| keep.contains(&o.as_str())) {
             continue;
         }
-        let Some(name) = text.lines().find_map(|l| l.strip_prefix("DEVNAME=")) else {
-            continue;
-        };
-        let dev = text
-            .lines()
-            .find_map(|l| l.strip_prefix("MAJOR="))
-            .zip(text.lines().find_map(|l| l.strip_prefix("MINOR=")))
-            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
-        let owners = dev.map(|d| sys.disks_under(d)).unwrap_or_default();
-        if owners.iter().any(|o| keep.contains(&o.as_str())) {
-            continue;
-        }
-        let sectors: u64 = fs::read_to_string(e.path().join("size"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let path = sys.real(&PathBuf::from(format!("/dev/{name}")));
+        let path = &p.path;
         let f = OpenOptions::new()
             .write(true)
-            .open(&path)
+            .open(path)
             .with_context(|| format!("opening {} to wipe its META", path.display()))?;
         let zeros = vec![0u8; 1 << 20];
-        let mut left = sectors * 512;
+        let mut left = p.size;
         let mut w = &f;
         while left > 0 {
             let n = left.min(zeros.len() as u64) as usize;
@@ -291,7 +285,7 @@ fn wipe_metas(sys: &System, keep: &[&str]) -> Result<Vec<String>> {
         }
         f.sync_all()
             .with_context(|| format!("syncing {}", path.display()))?;
-        wiped.push(format!("/dev/{name}"));
+        wiped.push(format!("/dev/{}", p.name));
     }
     Ok(wiped)
 }
@@ -395,7 +389,10 @@ fn steps(
         Payload::Dir(d) => (d.clone(), None),
         Payload::Stick => {
             let found = loop {
-                if let Some(p) = find_partition(sys, config::PAYLOAD_PARTNAME) {
+                if let Some(p) = partitions_named(sys, config::PAYLOAD_PARTNAME)
+                    .into_iter()
+                    .next()
+                {
                     break p;
                 }
                 if Instant::now() >= deadline {
@@ -407,18 +404,22 @@ fn steps(
                 }
                 std::thread::sleep(Duration::from_millis(250));
             };
-            let (part, path, disk) = found;
+            let disk = found.disks.first().cloned();
             say(
                 lines,
                 format!(
-                    "payload on {} (partition {part} of {})",
-                    path.display(),
+                    "payload on {} (partition {} of {})",
+                    found.path.display(),
+                    found.name,
                     disk.as_deref().unwrap_or("?")
                 ),
             );
-            *records_part = find_partition(sys, config::RECORDS_PARTNAME).map(|(_, p, _)| p);
+            *records_part = partitions_named(sys, config::RECORDS_PARTNAME)
+                .into_iter()
+                .next()
+                .map(|p| p.path);
             let dir = opts.work.join("payload");
-            copy_payload(&path, cfg, &dir)?;
+            copy_payload(&found.path, cfg, &dir)?;
             (dir, disk)
         }
     };
