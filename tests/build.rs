@@ -3,34 +3,12 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::FileExt;
+
 use std::path::Path;
 
 use common::*;
 use edgeimage::talos::Arch;
 use sha2::{Digest, Sha256};
-
-fn extract(image: &Path, offset: u64, len: u64, to: &Path) {
-    let f = fs::File::open(image).unwrap();
-    let out = fs::File::create(to).unwrap();
-    out.set_len(len).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], offset + pos).unwrap();
-        if buf[..n].iter().any(|&b| b != 0) {
-            out.write_all_at(&buf[..n], pos).unwrap();
-        }
-        pos += n as u64;
-    }
-}
-
-fn inspect_json(image: &Path) -> serde_json::Value {
-    let o = run(&["inspect", image.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
 
 #[test]
 fn image_passes_sgdisk_fsck_objdump_zstd() {

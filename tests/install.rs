@@ -14,10 +14,6 @@ use serde_json::{json, Value};
 
 const GIB: u64 = 1 << 30;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A signed build's payload directory: `t.raw.zst`, its manifest and signature, `trust/`.
 fn payload(b: &Built) -> PathBuf {
     let dir = b.dir().join("payload");

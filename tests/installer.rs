@@ -11,7 +11,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::FileExt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -109,28 +109,6 @@ fn signed_args(f: &Fixture, key: &Key) -> Vec<String> {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn extract(image: &Path, offset: u64, len: u64, to: &Path) {
-    let f = fs::File::open(image).unwrap();
-    let out = fs::File::create(to).unwrap();
-    out.set_len(len).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], offset + pos).unwrap();
-        if buf[..n].iter().any(|&b| b != 0) {
-            out.write_all_at(&buf[..n], pos).unwrap();
-        }
-        pos += n as u64;
-    }
-}
-
-fn inspect_json(image: &Path) -> serde_json::Value {
-    let o = run(&["inspect", image.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 fn ok(o: Output, what: &str) -> Vec<u8> {

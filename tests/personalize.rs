@@ -106,15 +106,6 @@ fn span(p: &Value) -> (u64, u64) {
     (p["offset"].as_u64().unwrap(), p["size"].as_u64().unwrap())
 }
 
-fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
-    let mut buf = vec![0u8; len as usize];
-    fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf
-}
-
 /// A copy of the built `.raw` with `data` written at `offset`.
 fn copy_with(b: &Built, name: &str, offset: u64, data: &[u8]) -> PathBuf {
     let to = b.dir().join(name);
@@ -759,28 +750,6 @@ fn a_bad_inventory_is_refused_before_anything_is_written() {
     assert!(!t.exists());
 }
 
-/// A loop device on `file`, detached when dropped.
-struct Loop(String);
-
-impl Loop {
-    fn new(file: &Path) -> Option<Loop> {
-        let o = tool("losetup")
-            .args(["-f", "--show"])
-            .arg(file)
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| Loop(String::from_utf8_lossy(&o.stdout).trim().to_string()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = tool("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 /// One station run writing `devices` (each a file, made into a loop device while the
 /// station watches); returns the station's exit status.
 fn station_run(
@@ -831,22 +800,13 @@ fn station_run(
     Some(st)
 }
 
-/// A device file on its own tmpfs of 2 MiB: writing the image to it fails mid-write.
-/// Returns the file and the mount point (unmount it afterwards), or `None` without tmpfs.
-fn failing_device(d: &Path, name: &str, size: u64) -> Option<(PathBuf, PathBuf)> {
-    let mnt = d.join(format!("{name}-fs"));
-    fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        return None;
-    }
-    let f = mnt.join("disk.img");
-    fs::File::create(&f).unwrap().set_len(size).unwrap();
-    Some((f, mnt))
+/// A device file on its own tmpfs of 2 MiB: writing the image to it fails mid-write. The
+/// tmpfs is unmounted when the returned guard is dropped.
+fn failing_device(d: &Path, name: &str, size: u64) -> Option<(PathBuf, Tmpfs)> {
+    let fs_ = Tmpfs::new(&d.join(format!("{name}-fs")), "2m")?;
+    let f = fs_.0.join("disk.img");
+    sparse(&f, size);
+    Some((f, fs_))
 }
 
 #[test]
@@ -880,12 +840,7 @@ fn a_line_of_twenty_devices_across_station_runs_with_two_failures_retried() {
             mount = Some(m);
         }
         let st = station_run(&b, &inv, &log, &devices);
-        if let Some(m) = mount {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&m)
-                .status();
-        }
+        drop(mount);
         let Some(st) = st else {
             eprintln!("SKIPPED (station line): no loop devices");
             return;

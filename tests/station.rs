@@ -8,31 +8,11 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn losetup(file: &Path) -> Option<String> {
-    let o = tool("losetup")
-        .args(["-f", "--show"])
-        .arg(file)
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
-
-fn detach(dev: &str) {
-    let _ = tool("losetup").arg("-d").arg(dev).status();
-}
 
 #[test]
 fn disks_arriving_over_time_are_written_the_one_present_at_start_is_not() {
@@ -41,7 +21,7 @@ fn disks_arriving_over_time_are_written_the_one_present_at_start_is_not() {
     let dir = b.dir();
     let present = dir.join("present.img");
     fs::File::create(&present).unwrap().set_len(size).unwrap();
-    let Some(before) = losetup(&present) else {
+    let Some(before) = Loop::new(&present) else {
         eprintln!("SKIPPED (loop devices): losetup failed");
         return;
     };
@@ -83,11 +63,12 @@ fn disks_arriving_over_time_are_written_the_one_present_at_start_is_not() {
             .unwrap()
             .set_len(size + (1 << 20))
             .unwrap();
-        let dev = losetup(&f).expect("losetup");
-        devs.push((dev.clone(), f));
+        let dev = Loop::new(&f).expect("losetup");
+        let name = dev.0.clone();
+        devs.push(dev);
         loop {
             let e = next(&mut events);
-            if e["event"] == "arrived" && e["disk"] == dev.as_str() {
+            if e["event"] == "arrived" && e["disk"] == name.as_str() {
                 break;
             }
         }
@@ -110,15 +91,12 @@ fn disks_arriving_over_time_are_written_the_one_present_at_start_is_not() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    for (dev, _) in &devs {
-        b.verify(Path::new(dev), &[]).expect(0, "VERIFIED");
+    for dev in &devs {
+        b.verify(dev.path(), &[]).expect(0, "VERIFIED");
     }
     // The disk present at start was never touched.
     assert!(fs::read(&present).unwrap().iter().all(|&x| x == 0));
-    for (dev, _) in &devs {
-        detach(dev);
-    }
-    detach(&before);
+    drop(devs);
     assert!(status.success(), "{err}");
     let start = events
         .iter()
@@ -129,7 +107,7 @@ fn disks_arriving_over_time_are_written_the_one_present_at_start_is_not() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| before.ends_with(p.as_str().unwrap())),
+            .any(|p| before.0.ends_with(p.as_str().unwrap())),
         "{start}"
     );
     let finished: Vec<&Value> = events.iter().filter(|e| e["event"] == "finished").collect();

@@ -104,15 +104,6 @@ fn partition(m: &Value, number: u64) -> (u64, u64) {
     (p["offset"].as_u64().unwrap(), p["size"].as_u64().unwrap())
 }
 
-fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
-    let mut buf = vec![0u8; len as usize];
-    fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf
-}
-
 fn write_at(path: &Path, offset: u64, data: &[u8]) {
     let f = OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(data, offset).unwrap();
@@ -128,10 +119,6 @@ fn flip_bit(path: &Path, offset: u64, mask: u8) {
 
 fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Replace line `n` (0-based) of a text file.
@@ -207,43 +194,6 @@ fn minisign(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("running minisign")
-}
-
-/// An attached loop device, detached when dropped (also when the test fails).
-struct LoopDevice(String);
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        match tool("losetup").args(["-d", &self.0]).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("losetup -d {}: {}", self.0, stderr(&o)),
-            Err(e) => eprintln!("losetup -d {}: {e}", self.0),
-        }
-    }
-}
-
-/// Attach `file` read-only to a free loop device; `None` (SKIPPED) where that is not allowed,
-/// outside CI.
-fn attach_loop(file: &Path) -> Option<LoopDevice> {
-    if !have("losetup") {
-        return None;
-    }
-    let o = tool("losetup")
-        .args(["-f", "--show", "-r"])
-        .arg(file)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    let dev = out.lines().last().unwrap_or("").trim().to_string();
-    if !o.status.success() || !dev.starts_with("/dev/loop") {
-        let why = format!("losetup -f --show failed: {}{out}", stderr(&o));
-        if std::env::var_os("CI").is_some() {
-            panic!("{why}");
-        }
-        eprintln!("SKIPPED: loop device: {why}");
-        return None;
-    }
-    Some(LoopDevice(dev))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,7 +325,7 @@ fn verifies_a_used_disk_file_and_a_loop_device() {
     );
     assert_verified_json(&b.verify_json(&disk, &[]), &m);
 
-    let Some(dev) = attach_loop(&disk) else {
+    let Some(dev) = Loop::read_only(&disk) else {
         return;
     };
     let target = PathBuf::from(&dev.0);

@@ -398,3 +398,132 @@ impl FakeSystem {
         self.file(&format!("dev/{name}"), "");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files, loop devices, tmpfs mounts.
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A sparse file of `size` bytes.
+pub fn sparse(path: &Path, size: u64) {
+    let f = fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+}
+
+pub fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len as usize];
+    fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+/// Copy `len` bytes at `offset` of `image` into a new sparse file `to`.
+pub fn extract(image: &Path, offset: u64, len: u64, to: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(image).unwrap();
+    let out = fs::File::create(to).unwrap();
+    out.set_len(len).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], offset + pos).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            out.write_all_at(&buf[..n], pos).unwrap();
+        }
+        pos += n as u64;
+    }
+}
+
+pub fn inspect_json(image: &Path) -> serde_json::Value {
+    let o = run(&["inspect", image.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A loop device on a file, detached when dropped (also when the test fails).
+pub struct Loop(pub String);
+
+impl Loop {
+    /// Attach `file` read-write; `None` (SKIPPED, loudly) where loop devices are not allowed,
+    /// outside CI.
+    pub fn new(file: &Path) -> Option<Loop> {
+        Self::attach(file, &[])
+    }
+
+    /// Attach `file` read-only.
+    pub fn read_only(file: &Path) -> Option<Loop> {
+        Self::attach(file, &["-r"])
+    }
+
+    fn attach(file: &Path, extra: &[&str]) -> Option<Loop> {
+        if !have("losetup") {
+            return None;
+        }
+        let o = tool("losetup")
+            .args(["-f", "--show"])
+            .args(extra)
+            .arg(file)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        let dev = out.lines().last().unwrap_or("").trim().to_string();
+        if !o.status.success() || !dev.starts_with("/dev/loop") {
+            let why = format!("losetup -f --show failed: {}{out}", stderr(&o));
+            if std::env::var_os("CI").is_some() {
+                panic!("{why}");
+            }
+            eprintln!("SKIPPED: loop device: {why}");
+            return None;
+        }
+        Some(Loop(dev))
+    }
+
+    pub fn path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        match tool("losetup").args(["-d", &self.0]).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!("losetup -d {}: {}", self.0, stderr(&o)),
+            Err(e) => eprintln!("losetup -d {}: {e}", self.0),
+        }
+    }
+}
+
+/// A tmpfs of `size` (e.g. `2m`) mounted on `dir`, unmounted when dropped; `None` (SKIPPED)
+/// where mounting is not allowed.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn new(dir: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            eprintln!(
+                "SKIPPED (tmpfs): mount failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
