@@ -178,7 +178,7 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
                     let base = profile
                         .cmdline_with(&schematic_args(&schematic), &[])
                         .map_err(|e| anyhow!("profile {p}: field `kernel_args`: {e}"))?;
-                    config_args = config::delivery::inline_args(&cfg, &base)?;
+                    config_args = config::delivery::inline_args(&cfg, &base, profile.arch)?;
                     None
                 }
                 Delivery::MetalIso => {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 
-use crate::talos::{Arch, Cmdline, TalosVersion, MAX_CMDLINE};
+use crate::talos::{Arch, Cmdline, TalosVersion};
 
 pub mod installer;
 pub mod personalize;
@@ -564,16 +564,20 @@ pub fn kernel_cmdline(
     };
     c.apply_extra(&extras.concat());
     let s = c.to_string();
-    check_cmdline(&s)?;
+    check_cmdline(&s, arch)?;
     Ok(s)
 }
 
-/// The command line must fit the kernel's buffer and be printable ASCII.
-pub fn check_cmdline(cmdline: &str) -> std::result::Result<(), String> {
-    if cmdline.len() > MAX_CMDLINE {
+/// The command line must fit the kernel's buffer ([`Arch::max_cmdline`]): the kernel cuts a
+/// longer one off without a word.
+pub fn check_cmdline(cmdline: &str, arch: Arch) -> std::result::Result<(), String> {
+    let max = arch.max_cmdline();
+    if cmdline.len() > max {
         return Err(format!(
-            "the kernel command line is {} bytes, over the kernel's limit of {MAX_CMDLINE}; remove extra arguments",
-            cmdline.len()
+            "the kernel command line is {} bytes, over the {arch} kernel's limit of {max} bytes \
+             (COMMAND_LINE_SIZE {}; the kernel would cut the rest off); remove extra arguments",
+            cmdline.len(),
+            max + 1
         ));
     }
     Ok(())
@@ -739,14 +743,33 @@ mod tests {
         Profile::parse(Path::new("x.toml"), ok.as_bytes()).unwrap();
     }
 
+    /// The kernel keeps 2047 bytes of command line on amd64 and on arm64 (COMMAND_LINE_SIZE
+    /// 2048 in `arch/x86/include/asm/setup.h` and `arch/arm64/include/uapi/asm/setup.h`), not
+    /// 4095: a command line of 2048 to 4095 bytes used to be accepted and cut off at boot.
     #[test]
-    fn long_cmdline_is_refused() {
-        let long = format!("[kernel_args]\nextra = [\"x={}\"]", "a".repeat(4000));
-        let e = err(&profile(&long));
-        assert!(
-            e.contains("`kernel_args`") && e.contains("limit of 4095"),
-            "{e}"
-        );
+    fn long_cmdline_is_refused_at_the_kernels_limit() {
+        for arch in ["amd64", "arm64"] {
+            let base = profile("").replace("amd64", arch);
+            let defaults = Profile::parse(Path::new("x.toml"), base.as_bytes())
+                .unwrap()
+                .cmdline
+                .len();
+            // One extra argument `x=aaa…` filling the line to exactly `n` bytes.
+            let with = |n: usize| {
+                let fill = "a".repeat(n - defaults - 3);
+                profile(&format!("[kernel_args]\nextra = [\"x={fill}\"]")).replace("amd64", arch)
+            };
+            let p = Profile::parse(Path::new("x.toml"), with(2047).as_bytes()).unwrap();
+            assert_eq!(p.cmdline.len(), 2047, "{arch}");
+            let e = err(&with(2048));
+            assert!(
+                e.contains("field `kernel_args`")
+                    && e.contains("2048 bytes")
+                    && e.contains(&format!("the {arch} kernel's limit of 2047 bytes"))
+                    && e.contains("remove extra arguments"),
+                "{arch}: {e}"
+            );
+        }
     }
 
     #[test]

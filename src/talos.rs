@@ -67,6 +67,25 @@ impl fmt::Display for Arch {
     }
 }
 
+/// Talos's version-dependent behaviour as its `quirks.go` names it (the functions of
+/// `pkg/machinery/imager/quirks/quirks.go`, keyed by the version the image is for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quirks {
+    /// `SupportsIMA`: before v1.11.0 (`ima_template=ima-ng ima_appraise=fix ima_hash=sha512`).
+    pub ima: bool,
+    /// `SupportsSELinux`: from v1.10.0 (`selinux=1`).
+    pub selinux: bool,
+    /// `SupportsDisablingModuleSignatureVerification`: from v1.12.0 (`module.sig_enforce=1`).
+    pub module_sig_enforce: bool,
+    /// `ProcMemOverrideNever`: from v1.13.0 (`proc_mem.force_override=never`).
+    pub proc_mem_override_never: bool,
+    /// `DropInitOnAllocInArgs`: from v1.14.0 (`init_on_alloc=1` no longer a default).
+    pub drop_init_on_alloc: bool,
+    /// `NvmeCoreIoTimeoutAWSOnly`: from v1.14.0 (`nvme_core.io_timeout=4294967295` only on
+    /// AWS, not on metal).
+    pub nvme_io_timeout_aws_only: bool,
+}
+
 /// Oldest and newest supported minor versions of Talos 1.x.
 pub const MIN_MINOR: u32 = 8;
 pub const MAX_MINOR: u32 = 14;
@@ -123,36 +142,57 @@ impl TalosVersion {
         }
     }
 
-    /// Talos's default kernel command line for this version and architecture:
-    /// `talos.platform=metal`, the console arguments, then the hardening defaults.
+    /// Talos's default kernel command line for this version and architecture, in the order
+    /// Talos's imager assembles it (`pkg/imager/imager.go`, `(*Imager).buildCmdline`):
+    /// `talos.platform=metal`, the metal platform's console arguments
+    /// (`platform/metal/metal.go`, `(*Metal).KernelArgs`: `console=tty0` on amd64,
+    /// `console=ttyAMA0 console=tty0` on arm64), then `kernel.DefaultArgs(quirks)`
+    /// (`pkg/machinery/kernel/kernel.go`), whose entries depend on quirks of the *target*
+    /// version (`pkg/machinery/imager/quirks/quirks.go`), see [`Quirks`].
     pub fn default_kernel_args(&self, arch: Arch) -> Vec<String> {
-        let mut args = vec!["talos.platform=metal".to_string()];
+        let q = self.quirks();
+        let mut args = vec!["talos.platform=metal"];
         match arch {
-            Arch::Amd64 => args.push("console=tty0".into()),
-            Arch::Arm64 => args.extend(["console=ttyAMA0".into(), "console=tty0".into()]),
+            Arch::Amd64 => args.push("console=tty0"),
+            Arch::Arm64 => args.extend(["console=ttyAMA0", "console=tty0"]),
         }
-        // The hardening defaults, as Talos's kernel.DefaultArgs changed over releases.
+        // kernel.DefaultArgs, entry by entry.
+        if !q.drop_init_on_alloc {
+            args.push("init_on_alloc=1");
+        }
+        args.extend(["slab_nomerge", "pti=on", "consoleblank=0"]);
+        if !q.nvme_io_timeout_aws_only {
+            args.push("nvme_core.io_timeout=4294967295");
+        }
+        args.push("printk.devkmsg=on");
+        if q.ima {
+            args.extend(["ima_template=ima-ng", "ima_appraise=fix", "ima_hash=sha512"]);
+        }
+        if q.selinux {
+            args.push("selinux=1");
+        }
+        if q.module_sig_enforce {
+            args.push("module.sig_enforce=1");
+        }
+        if q.proc_mem_override_never {
+            args.push("proc_mem.force_override=never");
+        }
+        args.into_iter().map(str::to_string).collect()
+    }
+
+    /// The quirks of this (target) version that edgeimage follows. Talos's quirks compare
+    /// `major.minor.patch` only; every threshold below is a `.0` release, so the minor number
+    /// decides.
+    pub fn quirks(&self) -> Quirks {
         let m = self.minor;
-        let mut defaults: Vec<&str> = Vec::new();
-        if m <= 13 {
-            defaults.push("init_on_alloc=1");
+        Quirks {
+            ima: m <= 10,
+            selinux: m >= 10,
+            module_sig_enforce: m >= 12,
+            proc_mem_override_never: m >= 13,
+            drop_init_on_alloc: m >= 14,
+            nvme_io_timeout_aws_only: m >= 14,
         }
-        defaults.extend(["slab_nomerge", "pti=on", "consoleblank=0"]);
-        if m <= 13 {
-            defaults.push("nvme_core.io_timeout=4294967295");
-        }
-        defaults.push("printk.devkmsg=on");
-        if m <= 10 {
-            defaults.extend(["ima_template=ima-ng", "ima_appraise=fix", "ima_hash=sha512"]);
-        }
-        if m >= 10 {
-            defaults.push("selinux=1");
-        }
-        if m >= 12 {
-            defaults.extend(["module.sig_enforce=1", "proc_mem.force_override=never"]);
-        }
-        args.extend(defaults.iter().map(|s| s.to_string()));
-        args
     }
 
     /// The os-release text Talos puts into the UKI's `.osrel` section.
@@ -173,8 +213,23 @@ impl fmt::Display for TalosVersion {
     }
 }
 
-/// Longest kernel command line accepted (the kernel's buffer is 4 KiB including the NUL).
-pub const MAX_CMDLINE: usize = 4095;
+impl Arch {
+    /// The longest kernel command line the kernel keeps whole, in bytes: `COMMAND_LINE_SIZE`
+    /// minus its NUL. Longer command lines are cut off silently (x86: the boot protocol's
+    /// `cmdline_size` field is `COMMAND_LINE_SIZE - 1`; arm64: `early_init_dt_scan_chosen`
+    /// copies at most `COMMAND_LINE_SIZE` bytes with `strscpy`), so Talos would see half a
+    /// `talos.config.inline=` value and fail to decode it.
+    ///
+    /// - x86: `COMMAND_LINE_SIZE` is 2048 (`arch/x86/include/asm/setup.h`);
+    /// - arm64: 2048 (`arch/arm64/include/uapi/asm/setup.h`, read in the Linux 6.1, 6.12 and
+    ///   7.2 headers: every kernel Talos v1.8 to v1.14 ships lies between them).
+    pub fn max_cmdline(self) -> usize {
+        match self {
+            Arch::Amd64 => 2047,
+            Arch::Arm64 => 2047,
+        }
+    }
+}
 
 /// A kernel command line as Talos models it: keys in first-seen order, each with its values
 /// (`""` for a bare flag). Printing groups a key's values at the key's position.
@@ -321,25 +376,58 @@ mod tests {
         );
     }
 
+    /// The whole default command line for every supported minor version and both
+    /// architectures, as Talos's imager writes it for a metal disk image: the expected strings
+    /// of `pkg/imager/imager_test.go` (release-1.14, targets 1.8.0, 1.10.1, 1.11.0, 1.13.0,
+    /// 1.14.0), and for v1.9 and v1.12 `kernel.DefaultArgs` read at v1.9.6 and v1.12.5.
+    /// `proc_mem.force_override=never` starts at v1.13.0 (`ProcMemOverrideNever`), not v1.12.
     #[test]
     fn defaults_by_version() {
-        let v = TalosVersion::parse("v1.12.5").unwrap();
+        let v18 = "init_on_alloc=1 slab_nomerge pti=on consoleblank=0 \
+                   nvme_core.io_timeout=4294967295 printk.devkmsg=on ima_template=ima-ng \
+                   ima_appraise=fix ima_hash=sha512";
+        let v11 = "init_on_alloc=1 slab_nomerge pti=on consoleblank=0 \
+                   nvme_core.io_timeout=4294967295 printk.devkmsg=on selinux=1";
+        let table = [
+            ("v1.8.4", v18.to_string()),
+            ("v1.9.6", v18.to_string()),
+            ("v1.10.1", format!("{v18} selinux=1")),
+            ("v1.11.0", v11.to_string()),
+            ("v1.12.5", format!("{v11} module.sig_enforce=1")),
+            (
+                "v1.13.0",
+                format!("{v11} module.sig_enforce=1 proc_mem.force_override=never"),
+            ),
+            (
+                "v1.14.0",
+                "slab_nomerge pti=on consoleblank=0 printk.devkmsg=on selinux=1 \
+                 module.sig_enforce=1 proc_mem.force_override=never"
+                    .to_string(),
+            ),
+        ];
+        for (tag, defaults) in table {
+            let v = TalosVersion::parse(tag).unwrap();
+            for (arch, console) in [
+                (Arch::Amd64, "console=tty0"),
+                (Arch::Arm64, "console=ttyAMA0 console=tty0"),
+            ] {
+                assert_eq!(
+                    Cmdline::parse(&v.default_kernel_args(arch)).to_string(),
+                    format!("talos.platform=metal {console} {defaults}"),
+                    "{tag} {arch}"
+                );
+            }
+        }
+        // A suffix does not change the quirks (Talos compares major.minor.patch).
         assert_eq!(
-            Cmdline::parse(&v.default_kernel_args(Arch::Amd64)).to_string(),
-            "talos.platform=metal console=tty0 init_on_alloc=1 slab_nomerge pti=on consoleblank=0 \
-             nvme_core.io_timeout=4294967295 printk.devkmsg=on selinux=1 module.sig_enforce=1 \
-             proc_mem.force_override=never"
-        );
-        let v = TalosVersion::parse("v1.14.0").unwrap();
-        assert_eq!(
-            Cmdline::parse(&v.default_kernel_args(Arch::Arm64)).to_string(),
-            "talos.platform=metal console=ttyAMA0 console=tty0 slab_nomerge pti=on consoleblank=0 \
-             printk.devkmsg=on selinux=1 module.sig_enforce=1 proc_mem.force_override=never"
+            TalosVersion::parse("v1.12.5-stackit.v1.7.1")
+                .unwrap()
+                .default_kernel_args(Arch::Amd64),
+            TalosVersion::parse("v1.12.0")
+                .unwrap()
+                .default_kernel_args(Arch::Amd64)
         );
         let v = TalosVersion::parse("v1.10.3").unwrap();
-        assert!(v
-            .default_kernel_args(Arch::Amd64)
-            .contains(&"ima_hash=sha512".to_string()));
         assert_eq!(v.default_esp_size(), 1101 << 20);
         assert_eq!(
             TalosVersion::parse("v1.11.0").unwrap().default_esp_size(),

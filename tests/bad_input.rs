@@ -141,7 +141,7 @@ fn partitions_that_do_not_fit_are_refused() {
 }
 
 #[test]
-fn command_line_over_4_kib_is_refused() {
+fn command_line_over_the_kernels_limit_is_refused() {
     let args: Vec<String> = (0..300).map(|i| format!("\"opt{i}=value{i}\"")).collect();
     let f = fixture(
         Arch::Amd64,
@@ -149,7 +149,7 @@ fn command_line_over_4_kib_is_refused() {
     );
     let e = fails(&f, &f.dir.path().join("out"));
     assert!(
-        e.contains("`kernel_args`") && e.contains("limit of 4095"),
+        e.contains("`kernel_args`") && e.contains("limit of 2047 bytes"),
         "{e}"
     );
 }

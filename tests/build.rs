@@ -42,7 +42,7 @@ fn image_passes_sgdisk_fsck_objdump_zstd() {
     assert_eq!(
         j["uki"]["cmdline"],
         "talos.platform=metal console=ttyS0 init_on_alloc=1 slab_nomerge pti=on consoleblank=0 \
-         nvme_core.io_timeout=4294967295 printk.devkmsg=on module.sig_enforce=1 proc_mem.force_override=never"
+         nvme_core.io_timeout=4294967295 printk.devkmsg=on module.sig_enforce=1"
     );
     assert_eq!(j["uki"]["uname"], edgeimage::synthetic::KERNEL_RELEASE);
     assert_eq!(j["meta"]["entries"][0]["key"], "0x0c");

@@ -326,7 +326,7 @@ fn inline_config_too_long_is_refused() {
     let o = try_build(&f, &out, &[]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
-    assert!(e.contains("4095") && e.contains("metal-iso"), "{e}");
+    assert!(e.contains("at most 2047") && e.contains("metal-iso"), "{e}");
     assert!(!e.contains(SECRET));
     assert!(!out.exists() || fs::read_dir(&out).unwrap().count() == 0);
 }

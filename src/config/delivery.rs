@@ -13,8 +13,9 @@
 //! - [`Delivery::Inline`]: `talos.config.inline=` + standard base64 (with padding) of the
 //!   zstd-compressed config. Talos's `AcquireController.loadFromCmdline` concatenates every
 //!   occurrence of the parameter, base64-decodes (`StdEncoding`) and zstd-decodes the result;
-//!   any zstd level decodes, so level 19 is used to fit more. The kernel command line is at
-//!   most [`MAX_CMDLINE`] bytes.
+//!   any zstd level decodes, so level 19 is used to fit more. The kernel keeps at most
+//!   [`Arch::max_cmdline`] bytes of command line (2047) and cuts the rest off without a word,
+//!   so a build whose command line is longer is refused.
 //! - [`Delivery::MetalIso`]: `talos.config=metal-iso` on the command line, and a small FAT
 //!   filesystem labelled `metal-iso` with `config.yaml` at its root. Talos's metal platform
 //!   (`platform/metal/metal.go`, `readConfigFromISO`) matches the volume with the CEL
@@ -32,7 +33,7 @@ use sha2::Digest;
 use crate::compose::fat::{self, FatFile, FatParams, LabelRule};
 use crate::extension::{Extension, Metadata};
 use crate::layout::Layout;
-use crate::talos::{TalosVersion, MAX_CMDLINE};
+use crate::talos::{Arch, TalosVersion};
 use crate::tree::{Node, Tree};
 
 /// How the configuration is delivered.
@@ -129,8 +130,9 @@ pub fn redact_cmdline(cmdline: &str) -> String {
 }
 
 /// The kernel arguments of inline delivery: one `talos.config.inline=<base64(zstd(cfg))>`.
-/// `base_cmdline` is the rest of the command line; the whole must fit [`MAX_CMDLINE`].
-pub fn inline_args(cfg: &MachineConfig, base_cmdline: &str) -> Result<Vec<String>> {
+/// `base_cmdline` is the rest of the command line; the whole must fit
+/// [`Arch::max_cmdline`].
+pub fn inline_args(cfg: &MachineConfig, base_cmdline: &str, arch: Arch) -> Result<Vec<String>> {
     if base_cmdline
         .split_whitespace()
         .any(|a| a.starts_with(&format!("{INLINE_PARAM}=")))
@@ -152,12 +154,13 @@ pub fn inline_args(cfg: &MachineConfig, base_cmdline: &str) -> Result<Vec<String
     } else {
         base.len() + 1 + arg.len()
     };
-    if total > MAX_CMDLINE {
+    let max = arch.max_cmdline();
+    if total > max {
         bail!(
             "the machine configuration does not fit the kernel command line: {} bytes, {} \
              compressed, {} as {INLINE_PARAM}=…; with the other {} bytes of arguments that is \
-             {total} bytes, the kernel takes at most {MAX_CMDLINE}: use embedded or metal-iso \
-             delivery",
+             {total} bytes, the {arch} kernel keeps at most {max} (it would cut the rest off \
+             and Talos could not decode it): use embedded or metal-iso delivery",
             cfg.bytes().len(),
             compressed.len(),
             arg.len(),
@@ -281,7 +284,7 @@ mod tests {
         )
         .unwrap();
         let base = "talos.platform=metal console=tty0";
-        let args = inline_args(&small, base).unwrap();
+        let args = inline_args(&small, base, Arch::Amd64).unwrap();
         assert_eq!(args.len(), 1);
         let b64 = args[0].strip_prefix("talos.config.inline=").unwrap();
         let z = base64::engine::general_purpose::STANDARD
@@ -294,19 +297,31 @@ mod tests {
             .unwrap();
         assert_eq!(out, small.bytes());
         // Deterministic.
-        assert_eq!(inline_args(&small, base).unwrap(), args);
+        assert_eq!(inline_args(&small, base, Arch::Amd64).unwrap(), args);
         // Too long: sizes and advice, no secret.
-        let long_base = "x".repeat(MAX_CMDLINE - args[0].len());
-        let e = inline_args(&small, &long_base).unwrap_err().to_string();
+        let max = Arch::Amd64.max_cmdline();
+        let long_base = "x".repeat(max - args[0].len());
+        let e = inline_args(&small, &long_base, Arch::Amd64)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not fit the kernel command line"), "{e}");
         assert!(e.contains(&format!("{} bytes", small.bytes().len())), "{e}");
-        assert!(e.contains("at most 4095"), "{e}");
+        // The x86 kernel keeps 2047 bytes (COMMAND_LINE_SIZE 2048), not 4095.
+        assert!(e.contains("amd64 kernel keeps at most 2047"), "{e}");
         assert!(e.contains("use embedded or metal-iso delivery"), "{e}");
         assert!(!e.contains(SECRET));
         // Exactly at the limit is fine.
-        let fit = "x".repeat(MAX_CMDLINE - args[0].len() - 1);
-        inline_args(&small, &fit).unwrap();
-        let e = inline_args(&small, "a talos.config.inline=abc").unwrap_err();
+        let fit = "x".repeat(max - args[0].len() - 1);
+        assert_eq!(fit.len() + 1 + args[0].len(), 2047);
+        inline_args(&small, &fit, Arch::Amd64).unwrap();
+        inline_args(&small, &fit, Arch::Arm64).unwrap();
+        let over = "x".repeat(max - args[0].len());
+        let e = inline_args(&small, &over, Arch::Arm64).unwrap_err();
+        assert!(
+            e.to_string().contains("arm64 kernel keeps at most 2047"),
+            "{e}"
+        );
+        let e = inline_args(&small, "a talos.config.inline=abc", Arch::Amd64).unwrap_err();
         assert!(
             e.to_string().contains("already has talos.config.inline="),
             "{e}"

@@ -210,7 +210,7 @@ pub(super) fn parse(
         args.push(CMDLINE_FLAG.to_string());
     }
     let cmdline = args.join(" ");
-    check_cmdline(&cmdline).map_err(|e| field_err("installer.cmdline", e))?;
+    check_cmdline(&cmdline, arch).map_err(|e| field_err("installer.cmdline", e))?;
 
     let wait_seconds = raw.wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
     if wait_seconds > MAX_WAIT_SECONDS {

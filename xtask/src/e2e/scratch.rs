@@ -21,7 +21,7 @@ const ADV_BLOCK: usize = 256 * 1024;
 pub fn expected_cmdline(extra: &[&str]) -> String {
     let mut args: Vec<String> = "talos.platform=metal console=tty0 init_on_alloc=1 slab_nomerge \
          pti=on consoleblank=0 nvme_core.io_timeout=4294967295 printk.devkmsg=on selinux=1 \
-         module.sig_enforce=1 proc_mem.force_override=never"
+         module.sig_enforce=1"
         .split(' ')
         .map(str::to_string)
         .collect();
@@ -193,7 +193,7 @@ mod tests {
     fn console_replaces_default() {
         let c = expected_cmdline(&["console=ttyS0", "panic=-1"]);
         assert!(c.starts_with("talos.platform=metal console=ttyS0 init_on_alloc=1"));
-        assert!(c.ends_with("proc_mem.force_override=never panic=-1"));
+        assert!(c.ends_with("module.sig_enforce=1 panic=-1"));
         assert!(!c.contains("tty0"));
     }
 }
