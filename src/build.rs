@@ -435,9 +435,11 @@ fn slots(profile: &Profile, placed: &[Placed]) -> Result<Vec<manifest::Slot>> {
         .iter()
         .map(|s| {
             let (kind, meta_key, label) = match s.target {
-                SlotTarget::Meta(k) => {
-                    (manifest::SlotKind::Meta, Some(k), compose::meta::META_LABEL)
-                }
+                SlotTarget::Meta(k) => (
+                    manifest::SlotKind::Meta,
+                    Some(k),
+                    crate::format::meta::META_LABEL,
+                ),
                 SlotTarget::MetalIso => (
                     manifest::SlotKind::MetalIso,
                     None,

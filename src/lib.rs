@@ -16,6 +16,7 @@ pub mod config;
 pub mod extension;
 pub mod factory;
 pub mod flash;
+pub mod format;
 pub mod inspect;
 pub mod install;
 pub mod installer;

@@ -24,8 +24,8 @@ use crate::template::Piece;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::artifact::manifest::{Manifest, Slot, SlotKind};
-use crate::compose::meta;
 use crate::config::delivery;
+use crate::format::meta;
 use crate::profile::{MetaValue, META_SIZE};
 
 /// META keys a slot may be: 0x0a (the network configuration) and the user keys 0x0c-0x0e.

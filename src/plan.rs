@@ -99,7 +99,14 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
         Ok(())
     };
     if let Some(s) = &schematic {
-        for (key, value) in s.meta() {
+        for (i, (key, value)) in s.meta().iter().enumerate() {
+            // Image Factory takes any key; a build does not take Talos's own (as in [meta]).
+            if let Some(why) = crate::format::meta::refuse_key(*key) {
+                bail!(
+                    "profile {p}: field `schematic`: {}: field `customization.meta[{i}].key`: {why}",
+                    profile.schematic.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+                );
+            }
             put(
                 MetaValue {
                     key: *key,
@@ -136,7 +143,7 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
         }
     }
     meta.sort_by_key(|m| m.key);
-    crate::compose::meta::check_capacity(&meta)?;
+    crate::format::meta::check_capacity(&meta)?;
 
     // Machine configuration: from the profile, or embedded in the schematic.
     let from_schematic = schematic

@@ -158,12 +158,7 @@ impl Assets {
     }
 }
 
-/// A META value from the profile.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MetaValue {
-    pub key: u8,
-    pub value: Vec<u8>,
-}
+pub use crate::format::meta::{MetaValue, META_SIZE};
 
 /// A system extension input (directory or archive) and its pin.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,7 +239,6 @@ pub struct Signing {
 
 /// The fixed partitions besides the ESP: the first MiB (MBR + primary GPT), META, the
 /// manifest partition, and the last MiB (backup GPT; the image end is kept 1 MiB-aligned).
-pub const META_SIZE: u64 = 1 << 20;
 /// Size of the partition that carries the signed manifest.
 pub const MANIFEST_PART_SIZE: u64 = 1 << 20;
 const ALIGN: u64 = 1 << 20;
@@ -393,8 +387,7 @@ impl Profile {
             meta.push(MetaValue { key, value });
         }
         meta.sort_by_key(|m| m.key);
-        crate::compose::meta::check_capacity(&meta)
-            .map_err(|e| field_err("meta", e.to_string()))?;
+        crate::format::meta::check_capacity(&meta).map_err(|e| field_err("meta", e.to_string()))?;
 
         let mut extensions = Vec::new();
         for (i, e) in raw.extensions.iter().enumerate() {
@@ -633,10 +626,8 @@ pub(crate) fn parse_meta_key(k: &str) -> std::result::Result<u8, String> {
         1..=255 => {}
         _ => return Err(format!("key {k} is outside 1-255")),
     }
-    if (6..=9).contains(&n) {
-        return Err(format!(
-            "key 0x{n:02x} is reserved for Talos upgrades and disk encryption; use 0x0a (network), 0x0b, or 0x0c-0x0e (user keys)"
-        ));
+    if let Some(why) = crate::format::meta::refuse_key(n as u8) {
+        return Err(why);
     }
     Ok(n as u8)
 }

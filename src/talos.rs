@@ -195,6 +195,17 @@ impl TalosVersion {
         }
     }
 
+    /// Mode of `usr/local/etc/talos/config.yaml` in the `embedded-config` extension
+    /// (`pkg/imager/embed.go`, `BuildEmbeddedConfigExtension`: the tar header's `Mode` is
+    /// `0o000` up to v1.12.x and `0o400` from v1.13.0 on).
+    pub fn embedded_config_mode(&self) -> u32 {
+        if self.minor >= 13 {
+            0o400
+        } else {
+            0o000
+        }
+    }
+
     /// The os-release text Talos puts into the UKI's `.osrel` section.
     pub fn os_release(&self) -> String {
         format!(

@@ -199,3 +199,67 @@ fn failed_build_leaves_previous_output_intact() {
     assert_eq!(fs::read(out.join("t.raw.zst")).unwrap(), before);
     assert_eq!(fs::read_dir(&out).unwrap().count(), files);
 }
+
+/// Talos's own META keys (`pkg/machinery/meta/constants.go`: 0x06-0x09 upgrades and
+/// encryption, 0x0f UUIDOverride, 0x10 UniqueMachineToken, 0x11 DiskImageBootloader) are
+/// refused from the profile and from a schematic, naming the field and what to use instead.
+#[test]
+fn talos_meta_keys_are_refused_from_profile_and_schematic() {
+    for (key, name) in [
+        ("0x06", "Upgrade"),
+        ("0x0f", "UUIDOverride"),
+        ("0x10", "UniqueMachineToken"),
+        ("0x11", "DiskImageBootloader"),
+    ] {
+        let f = fixture(Arch::Amd64, &format!("[meta]\n\"{key}\" = \"x\"\n"));
+        let e = fails(&f, &f.dir.path().join("out"));
+        assert!(
+            e.contains(&format!("field `meta.{key}`"))
+                && e.contains(name)
+                && e.contains("0x0c-0x0e"),
+            "{e}"
+        );
+    }
+    for (key, name) in [(7, "StagedUpgradeImageRef"), (16, "UniqueMachineToken")] {
+        let f = fixture(Arch::Amd64, "");
+        fs::write(
+            f.dir.path().join("s.yaml"),
+            format!("customization:\n    meta:\n        - key: 12\n          value: ok\n        - key: {key}\n          value: x\n"),
+        )
+        .unwrap();
+        let text = fs::read_to_string(&f.profile).unwrap().replacen(
+            "[assets]",
+            "schematic = \"s.yaml\"\n[assets]",
+            1,
+        );
+        fs::write(&f.profile, text).unwrap();
+        let e = fails(&f, &f.dir.path().join("out"));
+        assert!(
+            e.contains("field `customization.meta[1].key`")
+                && e.contains(name)
+                && e.contains("s.yaml"),
+            "{e}"
+        );
+    }
+}
+
+/// A META that leaves Talos no room to record an upgrade (its `SetTagBytes` counts 20 bytes,
+/// then `len + 8` per key, up to 262104) is refused with the sizes.
+#[test]
+fn meta_too_full_for_talos_is_refused() {
+    let f = fixture(Arch::Amd64, "");
+    fs::write(f.dir.path().join("big.bin"), vec![b'x'; 260_000]).unwrap();
+    let text = fs::read_to_string(&f.profile).unwrap().replacen(
+        "[assets]",
+        "[meta]\n\"0x0c\" = { file = \"big.bin\" }\n[assets]",
+        1,
+    );
+    fs::write(&f.profile, text).unwrap();
+    let e = fails(&f, &f.dir.path().join("out"));
+    assert!(
+        e.contains("field `meta`")
+            && e.contains("260028 of META's 262104 bytes")
+            && e.contains("SetTagBytes"),
+        "{e}"
+    );
+}

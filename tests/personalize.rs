@@ -13,8 +13,8 @@ use std::process::Command;
 
 use common::*;
 use edgeimage::artifact::manifest::Manifest;
-use edgeimage::compose::meta;
 use edgeimage::config::fixtures::{controlplane_yaml, SECRET};
+use edgeimage::format::meta;
 use edgeimage::personalize::{self, MetalIsoParams};
 use edgeimage::profile::MetaValue;
 use edgeimage::talos::Arch;

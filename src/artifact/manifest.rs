@@ -356,8 +356,8 @@ impl Manifest {
     /// slot partition, and `meta_base` is sorted, only present with a META slot, and holds
     /// no slot key.
     fn check_slots(&self) -> Result<()> {
-        use crate::compose::meta::META_LABEL;
         use crate::config::delivery::METAL_ISO_LABEL;
+        use crate::format::meta::META_LABEL;
         use crate::personalize::{self, MAX_SLOT_PARTITION};
         for (i, s) in self.slots.iter().enumerate() {
             let f = format!("slots[{i}]");

@@ -18,13 +18,13 @@ pub mod esp;
 pub mod fat;
 pub mod gpt;
 pub mod initramfs;
-pub mod meta;
 pub mod squashfs;
 pub mod uki;
 
 use anyhow::{Context, Result};
 
 use crate::assets::{self, BootAssets};
+use crate::format::meta;
 use crate::layout::Layout;
 use crate::plan::Plan;
 use crate::profile::{Profile, META_SIZE};

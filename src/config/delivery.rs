@@ -5,8 +5,9 @@
 //!   manifest name `embedded-config`, version the hex SHA-256 of the config bytes, author
 //!   `Imager`, description `Virtual extension which embeds the machine configuration.`,
 //!   compatibility `>= 1.0.0`; `rootfs/usr/local/etc/talos/config.yaml`
-//!   (`constants.EmbeddedConfigDirectory` + `constants.ConfigFilename`) with mode **0000**
-//!   (the imager's tar header says `Mode: 0o000`; root reads it regardless) and the PAX record
+//!   (`constants.EmbeddedConfigDirectory` + `constants.ConfigFilename`) with the mode of the
+//!   imager's tar header: **0000** up to v1.12, **0400** from v1.13.0 (see
+//!   [`TalosVersion::embedded_config_mode`]; root reads it either way) and the PAX record
 //!   `SCHILY.xattr.security.selinux` = `constants.StateSelinuxLabel`
 //!   (`system_u:object_r:system_state_t:s0`, no trailing NUL); the four directories above it
 //!   are listed with mode 0755.
@@ -91,7 +92,10 @@ pub fn embedded_extension(cfg: &MachineConfig, talos: &TalosVersion) -> Result<E
         dir.push_str(part);
         rootfs.insert(dir.clone(), Node::dir(0o755));
     }
-    let mut file = Node::file(Layout::from_bytes(cfg.bytes().to_vec()), 0o000);
+    let mut file = Node::file(
+        Layout::from_bytes(cfg.bytes().to_vec()),
+        talos.embedded_config_mode(),
+    );
     file.xattrs.insert(
         "security.selinux".to_string(),
         STATE_SELINUX_LABEL.as_bytes().to_vec(),
@@ -257,6 +261,7 @@ mod tests {
             ]
         );
         let f = &e.rootfs.entries[EMBEDDED_PATH];
+        // v1.12: `Mode: 0o000` in pkg/imager/embed.go (BuildEmbeddedConfigExtension).
         assert_eq!(f.mode, 0o000);
         assert_eq!((f.uid, f.gid), (0, 0));
         assert_eq!(
@@ -265,6 +270,11 @@ mod tests {
         );
         let NodeKind::File(l) = &f.kind else { panic!() };
         assert_eq!(l.to_vec().unwrap(), c.bytes());
+        // v1.13.0 and later: `Mode: 0o400` (same function).
+        for tag in ["v1.13.0", "v1.14.0"] {
+            let e = embedded_extension(&c, &TalosVersion::parse(tag).unwrap()).unwrap();
+            assert_eq!(e.rootfs.entries[EMBEDDED_PATH].mode, 0o400, "{tag}");
+        }
         // Talos 1.11 has no embedded configuration.
         let err = embedded_extension(&c, &TalosVersion::parse("v1.11.3").unwrap())
             .unwrap_err()

@@ -13,7 +13,7 @@ mod validate;
 mod tests;
 
 pub use load::{input_sha256, load, tree_sha256, ExtensionInput};
-pub use validate::{allowed_prefixes, FORBIDDEN};
+pub use validate::{allowed_paths, modules_root, FORBIDDEN};
 
 /// `metadata` of an extension's `manifest.yaml`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

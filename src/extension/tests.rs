@@ -347,7 +347,9 @@ fn hostile_entries_each_have_their_own_message() {
                 Entry::file("rootfs/etc/passwd", "root::0:0::/:/bin/sh\n", 0o644),
             ]),
             "not an allowed path: on Talos v1.12.5 an extension may hold files and symlinks \
-             only under /etc/cri/conf.d, /usr/local, /usr/lib/udev/rules.d, /usr/lib/firmware",
+             only under /etc/cri/conf.d, /usr/lib/firmware, /usr/lib/modules, \
+             /usr/lib/ld-linux-x86-64.so.2, /usr/lib/ld-linux-aarch64.so.1, /usr/bin/ldconfig, \
+             /usr/lib/udev/rules.d, /usr/local, /usr/share/glvnd, /usr/share/egl, /etc/vulkan",
         ),
         (
             plus(vec![Entry::file("rootfs/usr/localx/y", "x", 0o644)]),
@@ -358,24 +360,12 @@ fn hostile_entries_each_have_their_own_message() {
             "nothing may be under /boot",
         ),
         (
-            plus(vec![Entry::file(
-                "rootfs/lib64/ld-linux-x86-64.so.2",
-                "x",
-                0o755,
-            )]),
+            plus(vec![Entry::file("rootfs/lib64/libc.so.6", "x", 0o755)]),
             "nothing may be under /lib64",
         ),
         (
             plus(vec![Entry::file("README.md", "hi", 0o644)]),
             "only `manifest.yaml` and `rootfs/` may be at the top",
-        ),
-        (
-            plus(vec![
-                Entry::file("rootfs/usr/lib/modules/6.12.1/extra/a.ko", "m", 0o644),
-                Entry::file("rootfs/usr/lib/modules/6.12.1/extra/b.ko.xz", "m", 0o644),
-                Entry::file("rootfs/usr/local/lib/c.ko.zst", "m", 0o644),
-            ]),
-            "kernel modules are not supported yet (3 files",
         ),
     ];
     let mut seen = BTreeSet::new();
@@ -457,7 +447,7 @@ fn manifest_rules() {
             "metadata.name: \"Edge Hostlet\" must match",
         ),
         (
-            "version: v1alpha1\nmetadata:\n  name: x\n  version: 1.0\n  author: a\n  description: d\n".to_string(),
+            "version: v1alpha1\nmetadata:\n  name: x\n  version: [1]\n  author: a\n  description: d\n".to_string(),
             "metadata.version: must be a string",
         ),
         ("version: [".to_string(), "is not valid YAML"),
@@ -689,4 +679,200 @@ fn from_tree_validates_in_memory_trees() {
     let again = from_tree("virtual", "-", t, &talos("v1.12.5")).unwrap();
     assert_eq!(again.metadata, ext.metadata);
     assert_eq!(again.origin, "virtual");
+}
+
+/// Talos's YAML decoder puts any plain scalar into a string field as written
+/// (`pkg/machinery/extensions/metadata.go`, decoded with yaml.v3 / yaml/v4 `Decode`), so an
+/// unquoted numeric `metadata.version` is accepted with its text kept exactly.
+#[test]
+fn unquoted_numeric_metadata_is_taken_as_written() {
+    for (written, text) in [
+        ("1.20", "1.20"),
+        ("1", "1"),
+        ("0x1F", "0x1F"),
+        ("2.0e1", "2.0e1"),
+    ] {
+        let m = format!(
+            "version: v1alpha1\nmetadata:\n  name: x\n  version: {written}\n  author: 42\n  description: true\n"
+        );
+        let ext = load_as(&with_manifest(&m), Form::Tar, "v1.12.5").unwrap();
+        assert_eq!(ext.metadata.version, text);
+        assert_eq!(ext.metadata.author, "42");
+        assert_eq!(ext.metadata.description, "true");
+    }
+}
+
+/// The manifest of Talos's validator fixtures (`pkg/machinery/extensions/testdata/*`), written
+/// here from its description: name, an unquoted version with a date, a folded description,
+/// a `>= v1.0.0` range.
+const TALOS_FIXTURE_MANIFEST: &str = "version: v1alpha1
+metadata:
+  name: gvisor
+  version: 20220117.0-v1.0.0
+  author: Andrew Rynhard
+  description: >
+    This system extension provides gVisor using containerd's runtime handler.
+  compatibility:
+    talos:
+      version: \">= v1.0.0\"
+";
+
+/// The "good" extension of Talos's own validator tests (`TestLoadValidate`, v1.10 … v1.14):
+/// firmware, the glibc loader at `/usr/lib/ld-linux-x86-64.so.2` (allowed from v1.10), a
+/// library and a relative symlink to it. v1.8/v1.9 had the `/lib`, `/lib64` forms.
+#[test]
+fn talos_validator_good_extension_is_accepted() {
+    let merged = vec![
+        Entry::file("manifest.yaml", TALOS_FIXTURE_MANIFEST, 0o644),
+        Entry::file("rootfs/usr/lib/firmware/amd/cpu", "", 0o644),
+        Entry::file("rootfs/usr/lib/ld-linux-x86-64.so.2", "", 0o644),
+        Entry::file("rootfs/usr/local/lib/a.so", "", 0o644),
+        Entry::symlink("rootfs/usr/local/lib/a.so.1", "a.so"),
+    ];
+    for v in ["v1.10.0", "v1.11.6", "v1.12.5", "v1.13.9", "v1.14.0"] {
+        let ext = load_as(&merged, Form::Tar, v).unwrap_or_else(|e| panic!("{v}: {e:#}"));
+        assert_eq!(ext.metadata.name, "gvisor");
+        assert_eq!(ext.metadata.version, "20220117.0-v1.0.0");
+        assert_eq!(
+            ext.metadata.description,
+            "This system extension provides gVisor using containerd's runtime handler.\n"
+        );
+    }
+    let old = vec![
+        Entry::file("manifest.yaml", TALOS_FIXTURE_MANIFEST, 0o644),
+        Entry::file("rootfs/lib/firmware/amd/cpu", "", 0o644),
+        Entry::file("rootfs/lib64/ld-linux-x86-64.so.2", "", 0o644),
+        Entry::file("rootfs/usr/local/lib/a.so", "", 0o644),
+        Entry::symlink("rootfs/usr/local/lib/a.so.1", "a.so"),
+    ];
+    for v in ["v1.8.4", "v1.9.6"] {
+        load_as(&old, Form::Tar, v).unwrap_or_else(|e| panic!("{v}: {e:#}"));
+    }
+    // Each is refused on the other side of the usr merge.
+    assert!(refusal(&merged, Form::Tar, "v1.9.6").contains("not an allowed path"));
+    assert!(refusal(&old, Form::Tar, "v1.10.0").contains("not an allowed path"));
+}
+
+/// The "bad" extensions of Talos's `TestValidateFailures` (v1.10 … v1.14), each refused with
+/// a message of its own.
+#[test]
+fn talos_validator_bad_extensions_are_refused() {
+    let manifest = || Entry::file("manifest.yaml", TALOS_FIXTURE_MANIFEST, 0o644);
+    let cases: Vec<(&str, Vec<Entry>, Vec<&str>)> = vec![
+        (
+            // Talos: `unexpected file "a"`.
+            "wrongfiles",
+            vec![Entry::file("a", "", 0o644)],
+            vec![
+                "a: only `manifest.yaml` and `rootfs/` may be at the top",
+                "manifest.yaml: missing",
+                "rootfs/: missing",
+            ],
+        ),
+        (
+            // Talos: `unsupported manifest version: ""`.
+            "emptymanifest",
+            vec![Entry::file("manifest.yaml", "---\n", 0o644)],
+            vec!["manifest.yaml: is empty", "rootfs/: missing"],
+        ),
+        (
+            // Talos: `extension rootfs is missing`.
+            "norootfs",
+            vec![manifest()],
+            vec!["rootfs/: missing"],
+        ),
+        (
+            // Talos: `path "/boot/vmlinuz" is not allowed in extensions`.
+            "badpaths",
+            vec![manifest(), Entry::file("rootfs/boot/vmlinuz", "", 0o644)],
+            vec!["rootfs/boot/vmlinuz: nothing may be under /boot"],
+        ),
+        (
+            // Talos: `path "/usr/lib64/a.so" is not allowed in extensions`.
+            "usrmerge",
+            vec![manifest(), Entry::file("rootfs/usr/lib64/a.so", "", 0o644)],
+            vec!["rootfs/usr/lib64/a.so: nothing may be under /usr/lib64"],
+        ),
+    ];
+    for (name, entries, want) in cases {
+        let msg = refusal(&entries, Form::Tar, "v1.12.5");
+        let got: Vec<String> = msg
+            .lines()
+            .skip(1)
+            .map(|l| l.trim().split_once(": ").unwrap().1.to_string())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{name}: {msg}");
+        for w in want {
+            assert!(
+                got.iter().any(|g| g.starts_with(w)),
+                "{name}: {w:?} not in {msg}"
+            );
+        }
+    }
+}
+
+/// The allowed paths per Talos version, exactly Talos's `AllowedPaths`: the glibc loader and
+/// `ldconfig` from v1.10, the aarch64 loader from v1.12, `ld.so.conf`/`ld.so.cache`, the
+/// NVIDIA tools and `nvme` from v1.13 (the glibc and NVIDIA container toolkit extensions ship
+/// these). Single files are files, not prefixes: `/usr/bin/nvme-cli` stays refused.
+#[test]
+fn allowed_paths_follow_each_talos_version() {
+    let file = |p: &str| plus(vec![Entry::file(&format!("rootfs/{p}"), "x", 0o755)]);
+    // (path, first minor version that allows it)
+    let table: [(&str, u32); 13] = [
+        ("usr/lib/ld-linux-x86-64.so.2", 10),
+        ("usr/bin/ldconfig", 10),
+        ("usr/lib/ld-linux-aarch64.so.1", 12),
+        ("etc/ld.so.conf", 13),
+        ("etc/ld.so.cache", 13),
+        ("usr/bin/nvidia-modprobe", 13),
+        ("usr/bin/nvidia-pcc", 13),
+        ("usr/bin/nvidia-smi", 13),
+        ("usr/bin/nvidia-ctk", 13),
+        ("usr/bin/nvidia-cdi-hook", 13),
+        ("usr/bin/nvme", 13),
+        ("usr/share/glvnd/egl_vendor.d/10_nvidia.json", 8),
+        ("etc/vulkan/icd.d/nvidia_icd.json", 8),
+    ];
+    for (path, from) in table {
+        for minor in 10..=14 {
+            let v = format!("v1.{minor}.0");
+            let r = load_as(&file(path), Form::Tar, &v);
+            assert_eq!(r.is_ok(), minor >= from, "{path} on {v}: {r:?}");
+        }
+    }
+    // The glibc extension's links (siderolabs/extensions misc/glibc: the loader and ldconfig
+    // point into /usr/local) on v1.13.
+    let glibc = plus(vec![
+        Entry::file("rootfs/etc/ld.so.conf", "/usr/local/lib\n", 0o644),
+        Entry::file("rootfs/usr/local/lib/ld-linux-x86-64.so.2", "ld", 0o755),
+        Entry::file("rootfs/usr/local/sbin/ldconfig", "ldconfig", 0o755),
+        Entry::symlink(
+            "rootfs/usr/lib/ld-linux-x86-64.so.2",
+            "/usr/local/lib/ld-linux-x86-64.so.2",
+        ),
+        Entry::symlink("rootfs/usr/bin/ldconfig", "/usr/local/sbin/ldconfig"),
+        Entry::symlink("rootfs/usr/local/lib64", "lib/"),
+    ]);
+    load_as(&glibc, Form::Tar, "v1.13.9").unwrap();
+    let msg = refusal(&glibc, Form::Tar, "v1.12.5");
+    assert_one(&msg, "rootfs/etc/ld.so.conf: not an allowed path");
+    // Before v1.10: /sbin/ldconfig (v1.9 on) and the /lib64 loader; udev rules moved in v1.9.
+    load_as(&file("sbin/ldconfig"), Form::Tar, "v1.9.0").unwrap();
+    refusal(&file("sbin/ldconfig"), Form::Tar, "v1.8.4");
+    load_as(&file("lib64/ld-linux-x86-64.so.2"), Form::Tar, "v1.8.4").unwrap();
+    load_as(&file("usr/etc/udev/rules.d/99.rules"), Form::Tar, "v1.8.4").unwrap();
+    refusal(&file("usr/etc/udev/rules.d/99.rules"), Form::Tar, "v1.9.0");
+    load_as(&file("usr/lib/udev/rules.d/99.rules"), Form::Tar, "v1.9.0").unwrap();
+    // Whole path components: names that merely start with an allowed path stay refused.
+    for p in [
+        "usr/bin/nvme-cli",
+        "etc/ld.so.conf.d/x.conf",
+        "usr/localx/y",
+    ] {
+        assert_one(
+            &refusal(&file(p), Form::Tar, "v1.14.0"),
+            "not an allowed path",
+        );
+    }
 }

@@ -8,22 +8,22 @@
 //! - `pkg/machinery/extensions/validate.go`: the compatibility check (`trim`, `coreVersion`,
 //!   blang/semver `ParseRange`, see [`super::semver`]); contents: no world-writable entries, no
 //!   special files, regular files and symlinks only under `AllowedPaths`.
-//! - `pkg/machinery/extensions/extensions.go`: `AllowedPaths` (see [`allowed_prefixes`]).
+//! - `pkg/machinery/extensions/extensions.go`: `AllowedPaths` (see [`allowed_paths`]).
 //! - `pkg/machinery/extensions/services/services.go` and `restart_kind.go`: the service spec.
 //!
 //! Stricter than Talos, on purpose:
-//! - unknown fields are refused (Talos's YAML decoder ignores them), scalar fields must be YAML
-//!   strings / booleans of the right type, and `metadata.author` / `description` are required;
+//! - unknown fields are refused (Talos's YAML decoder ignores them), and `metadata.author` /
+//!   `description` are required; metadata scalars are read as Talos reads them (an unquoted
+//!   `version: 1.20` is the text "1.20"), service fields must be of the right YAML type;
 //! - `metadata.name` must match `^[a-z0-9][a-z0-9._-]*$` (Talos accepts any string);
 //! - prefixes match whole path components (Talos's `strings.HasPrefix` lets `/usr/localx` pass);
 //! - the world-writable check really applies (Talos tests `fs.DirEntry.Type().Perm()`, which
 //!   holds no permission bits, so its check never fires), to directories too;
-//! - nothing at all under `/boot`, `/lib64`, `/usr/lib64`, so Talos's single allowed file
-//!   `/lib64/ld-linux-x86-64.so.2` is refused; on Talos ≥ 1.10 (usr merge) a `lib` directory is
-//!   refused too;
+//! - nothing at all under `/boot`, `/lib64`, `/usr/lib64` but an allowed path (Talos lets
+//!   empty directories be anywhere); on Talos ≥ 1.10 (usr merge) a `lib` directory is refused
+//!   too;
 //! - symlink targets must resolve (lexically, against the rootfs mounted at `/`) into the
 //!   allowed paths; hard links must name a regular file of the extension;
-//! - kernel modules are refused (edgeimage cannot build the combined `modules.dep` yet);
 //! - services: the entrypoint must exist as an executable regular file in the extension,
 //!   `name` must equal the file name, `restart` is case-sensitive (Talos's enumer accepts any
 //!   case), each `depends` item must have exactly one key, with a non-empty/true value.
@@ -49,31 +49,78 @@ pub struct Problem {
 /// The largest manifest or service definition read.
 const MAX_YAML: u64 = 1 << 20;
 
-/// Trees where an extension may not put anything, not even a directory.
+/// Trees where an extension may not put anything, not even a directory, unless one of
+/// Talos's allowed paths for that version lies there (v1.8 and v1.9 allow the single file
+/// `/lib64/ld-linux-x86-64.so.2`).
 pub const FORBIDDEN: [&str; 3] = ["boot", "lib64", "usr/lib64"];
 
-/// Talos's `AllowedPaths` for `talos` (without the leading `/`), as prefixes of whole path
-/// components. Files and symlinks elsewhere are refused.
+/// Talos's `AllowedPaths` (`pkg/machinery/extensions/extensions.go`) for `talos`, without the
+/// leading `/`, in Talos's order. Read at every release tag v1.8.4 … v1.14.0-rc.1:
+/// - v1.8: `/etc/cri/conf.d`, `/lib/firmware`, `/lib/modules`, `/lib64/ld-linux-x86-64.so.2`,
+///   `/usr/etc/udev/rules.d`, `/usr/local`, `/usr/share/glvnd`, `/usr/share/egl`, `/etc/vulkan`;
+/// - v1.9: `/sbin/ldconfig` added, udev rules moved to `/usr/lib/udev/rules.d`;
+/// - v1.10 (usr merge, also v1.11): `/usr/lib/firmware`, `/usr/lib/modules`,
+///   `/usr/lib/ld-linux-x86-64.so.2`, `/usr/bin/ldconfig` instead of the `/lib…`, `/sbin` forms;
+/// - v1.12: `/usr/lib/ld-linux-aarch64.so.1` added;
+/// - v1.13 (also v1.14): `/etc/ld.so.conf`, `/etc/ld.so.cache`, `/usr/bin/nvidia-modprobe`,
+///   `/usr/bin/nvidia-pcc`, `/usr/bin/nvidia-smi`, `/usr/bin/nvidia-ctk`,
+///   `/usr/bin/nvidia-cdi-hook`, `/usr/bin/nvme` added.
 ///
-/// Talos 1.10 moved to a merged `/usr`: the firmware and module trees are `usr/lib/firmware`,
-/// `usr/lib/modules`; before, `lib/firmware`, `lib/modules`. The rest is common: `usr/local`,
-/// `usr/lib/udev/rules.d`, `etc/cri/conf.d`, and the vendor paths Talos lists for the NVIDIA
-/// container toolkit and OpenGL/Vulkan (`sbin/ldconfig`, `usr/share/glvnd`, `usr/share/egl`,
-/// `etc/vulkan`).
-pub fn allowed_prefixes(talos: &TalosVersion) -> Vec<&'static str> {
-    let mut v = vec!["etc/cri/conf.d", "usr/local", "usr/lib/udev/rules.d"];
-    if usr_merged(talos) {
-        v.extend(["usr/lib/firmware", "usr/lib/modules"]);
+/// Talos matches them with `strings.HasPrefix` (so `/usr/localx` passes there); edgeimage
+/// matches whole path components (see [`under`]).
+pub fn allowed_paths(talos: &TalosVersion) -> Vec<&'static str> {
+    let m = talos.minor;
+    let mut v = vec!["etc/cri/conf.d"];
+    if m >= 10 {
+        v.extend([
+            "usr/lib/firmware",
+            "usr/lib/modules",
+            "usr/lib/ld-linux-x86-64.so.2",
+        ]);
+        if m >= 12 {
+            v.push("usr/lib/ld-linux-aarch64.so.1");
+        }
+        v.push("usr/bin/ldconfig");
+        if m >= 13 {
+            v.extend([
+                "etc/ld.so.conf",
+                "etc/ld.so.cache",
+                "usr/bin/nvidia-modprobe",
+                "usr/bin/nvidia-pcc",
+                "usr/bin/nvidia-smi",
+                "usr/bin/nvidia-ctk",
+                "usr/bin/nvidia-cdi-hook",
+                "usr/bin/nvme",
+            ]);
+        }
     } else {
-        v.extend(["lib/firmware", "lib/modules"]);
+        v.extend(["lib/firmware", "lib/modules", "lib64/ld-linux-x86-64.so.2"]);
+        if m >= 9 {
+            v.push("sbin/ldconfig");
+        }
     }
+    v.push(if m >= 9 {
+        "usr/lib/udev/rules.d"
+    } else {
+        "usr/etc/udev/rules.d"
+    });
     v.extend([
-        "sbin/ldconfig",
+        "usr/local",
         "usr/share/glvnd",
         "usr/share/egl",
         "etc/vulkan",
     ]);
     v
+}
+
+/// The kernel module tree of `talos`: `usr/lib/modules` from v1.10 (usr merge), `lib/modules`
+/// before.
+pub fn modules_root(talos: &TalosVersion) -> &'static str {
+    if usr_merged(talos) {
+        "usr/lib/modules"
+    } else {
+        "lib/modules"
+    }
 }
 
 fn usr_merged(talos: &TalosVersion) -> bool {
@@ -86,14 +133,6 @@ fn under(path: &str, prefix: &str) -> bool {
         || (path.len() > prefix.len()
             && path.starts_with(prefix)
             && path.as_bytes()[prefix.len()] == b'/')
-}
-
-fn is_kernel_module(path: &str) -> bool {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    under(path, "usr/lib/modules")
-        || under(path, "lib/modules")
-        || base.ends_with(".ko")
-        || base.contains(".ko.")
 }
 
 /// Collects problems for one place ("manifest.yaml", "rootfs/…").
@@ -301,8 +340,52 @@ fn valid_extension_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
 }
 
+/// The manifest's scalars as their text: Talos decodes `manifest.yaml` into Go string fields
+/// (`pkg/machinery/extensions/metadata.go`), and its YAML decoder (`yaml.v3`, `yaml/v4`) puts
+/// any plain scalar there as written, so `version: 1.20` is the string "1.20", not a number.
+/// serde_norway does the same for `String` targets.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct ScalarText {
+    metadata: Option<MetadataText>,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct MetadataText {
+    name: Option<String>,
+    version: Option<String>,
+    author: Option<String>,
+    description: Option<String>,
+    extra_info: Option<String>,
+}
+
+/// A metadata field that Talos reads as text: a YAML string, or a number or boolean taken as
+/// written ([`ScalarText`]).
+fn get_text(
+    m: &Mapping,
+    key: &str,
+    text: Option<&String>,
+    required: bool,
+    sink: &mut Sink,
+) -> Option<String> {
+    let at = "metadata.";
+    match (m.get(key), text) {
+        (Some(Value::Number(_) | Value::Bool(_)), Some(t)) => Some(t.clone()),
+        (Some(Value::Number(_) | Value::Bool(_)), None) => {
+            sink.add(format!("{at}{key}: must be a string (quote it)"));
+            None
+        }
+        _ => get_str(m, key, at, required, sink),
+    }
+}
+
 fn parse_manifest(bytes: &[u8], talos: &TalosVersion, sink: &mut Sink) -> Option<Metadata> {
     let m = parse_yaml(bytes, sink)?;
+    let text = serde_norway::from_slice::<ScalarText>(bytes)
+        .ok()
+        .and_then(|t| t.metadata)
+        .unwrap_or_default();
     check_keys(&m, &["version", "metadata"], "", sink);
     match m.get("version") {
         Some(Value::String(s)) if s == "v1alpha1" => {}
@@ -332,7 +415,7 @@ fn parse_manifest(bytes: &[u8], talos: &TalosVersion, sink: &mut Sink) -> Option
         at,
         sink,
     );
-    let name = get_str(md, "name", at, true, sink);
+    let name = get_text(md, "name", text.name.as_ref(), true, sink);
     if let Some(n) = &name {
         // Talos accepts any name; this stricter rule keeps names safe in file names and logs.
         if !n.is_empty() && !valid_extension_name(n) {
@@ -341,10 +424,10 @@ fn parse_manifest(bytes: &[u8], talos: &TalosVersion, sink: &mut Sink) -> Option
             ));
         }
     }
-    let version = get_str(md, "version", at, true, sink);
-    let author = get_str(md, "author", at, true, sink);
-    let description = get_str(md, "description", at, true, sink);
-    let extra_info = get_str(md, "extraInfo", at, false, sink);
+    let version = get_text(md, "version", text.version.as_ref(), true, sink);
+    let author = get_text(md, "author", text.author.as_ref(), true, sink);
+    let description = get_text(md, "description", text.description.as_ref(), true, sink);
+    let extra_info = get_text(md, "extraInfo", text.extra_info.as_ref(), false, sink);
     let mut compatibility = None;
     if let Some(c) = get_map(md, "compatibility", at, sink) {
         check_keys(c, &["talos"], "metadata.compatibility.", sink);
@@ -388,24 +471,31 @@ fn resolve_link(link: &str, target: &str) -> Option<String> {
 }
 
 fn check_rootfs(rootfs: &Tree, talos: &TalosVersion, problems: &mut Vec<Problem>) {
-    let allowed = allowed_prefixes(talos);
+    let allowed = allowed_paths(talos);
     let is_allowed = |p: &str| allowed.iter().any(|a| under(p, a));
+    // A directory on the way to an allowed path (`lib64` for `/lib64/ld-linux-x86-64.so.2`).
+    let leads_to_allowed = |p: &str| allowed.iter().any(|a| under(a, p));
     let allowed_list = allowed
         .iter()
         .map(|a| format!("/{a}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut modules: Vec<&str> = Vec::new();
     for (p, node) in &rootfs.entries {
         let mut sink = Sink {
             path: format!("rootfs/{p}"),
             out: problems,
         };
         if let Some(f) = FORBIDDEN.iter().find(|f| under(p, f)) {
-            sink.add(format!(
-                "nothing may be under /{f}: that tree belongs to Talos itself"
-            ));
-            continue;
+            let exempt = match node.kind {
+                NodeKind::Dir => leads_to_allowed(p) || is_allowed(p),
+                _ => is_allowed(p),
+            };
+            if !exempt {
+                sink.add(format!(
+                    "nothing may be under /{f}: that tree belongs to Talos itself"
+                ));
+                continue;
+            }
         }
         let world_writable = node.mode & 0o002 != 0;
         match &node.kind {
@@ -422,10 +512,6 @@ fn check_rootfs(rootfs: &Tree, talos: &TalosVersion, problems: &mut Vec<Problem>
                 }
             }
             NodeKind::File(_) | NodeKind::Symlink(_) => {
-                if is_kernel_module(p) {
-                    modules.push(p);
-                    continue;
-                }
                 if !is_allowed(p) {
                     sink.add(format!(
                         "not an allowed path: on Talos {} an extension may hold files and \
@@ -458,17 +544,6 @@ fn check_rootfs(rootfs: &Tree, talos: &TalosVersion, problems: &mut Vec<Problem>
                 k.describe()
             )),
         }
-    }
-    if let Some(first) = modules.first() {
-        problems.push(Problem {
-            path: format!("rootfs/{first}"),
-            rule: format!(
-                "kernel modules are not supported yet ({} file{} under lib/modules or named \
-                 *.ko*): edgeimage cannot build the combined modules.dep layer they need",
-                modules.len(),
-                if modules.len() == 1 { "" } else { "s" }
-            ),
-        });
     }
 }
 

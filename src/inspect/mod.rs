@@ -10,7 +10,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::compose::gpt::{self, PartitionInfo};
-use crate::compose::{meta, uki};
+use crate::compose::uki;
+use crate::format::meta;
 
 pub mod initrd;
 pub mod installer;

@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 
 use super::{Mismatch, Report};
 use crate::artifact::manifest::{Manifest, PartitionInfo, Slot, SlotKind};
-use crate::compose::meta;
 use crate::config::delivery::METAL_ISO_FILE;
+use crate::format::meta;
 use crate::personalize::{self, MetalIsoParams};
 use crate::profile::MetaValue;
 

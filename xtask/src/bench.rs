@@ -540,7 +540,7 @@ fn peer_pipeline(work: &Path, assets: &Path) -> Result<(Usage, Vec<(String, Usag
     fs::write(p("cmdline"), cmdline.to_string())?;
     fs::write(p("uname"), synthetic::KERNEL_RELEASE)?;
     fs::write(p("loader.conf"), edgeimage::compose::esp::LOADER_CONF)?;
-    let meta = edgeimage::compose::meta::block(&[edgeimage::profile::MetaValue {
+    let meta = edgeimage::format::meta::block(&[edgeimage::profile::MetaValue {
         key: 0x0c,
         value: b"bench".to_vec(),
     }])?;

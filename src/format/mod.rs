@@ -1,0 +1,4 @@
+//! Binary formats at the bottom of the crate: each reads and writes bytes of one format and
+//! imports nothing above [`crate::layout`].
+
+pub mod meta;
