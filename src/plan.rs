@@ -20,6 +20,8 @@ pub const META_NETWORK: u8 = 0x0a;
 pub struct Plan {
     /// The final kernel command line.
     pub cmdline: String,
+    /// The UKI's boot profiles for the profile's Talos version (none before v1.10).
+    pub boot_profiles: Vec<crate::talos::BootProfile>,
     /// META values, sorted by key.
     pub meta: Vec<MetaValue>,
     /// Extensions in layer order (the embedded configuration last).
@@ -185,7 +187,16 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
                     let base = profile
                         .cmdline_with(&schematic_args(&schematic), &[])
                         .map_err(|e| anyhow!("profile {p}: field `kernel_args`: {e}"))?;
-                    config_args = config::delivery::inline_args(&cfg, &base, profile.arch)?;
+                    // The longest command line is the reset profile's: the base plus its argument.
+                    let reserve = profile
+                        .talos
+                        .boot_profiles("")
+                        .iter()
+                        .filter_map(|b| b.cmdline.as_ref().map(String::len))
+                        .max()
+                        .unwrap_or(0);
+                    config_args =
+                        config::delivery::inline_args(&cfg, &base, profile.arch, reserve)?;
                     None
                 }
                 Delivery::MetalIso => {
@@ -214,6 +225,20 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
     let cmdline = profile
         .cmdline_with(&schematic_args(&schematic), &config_args)
         .map_err(|e| anyhow!("profile {p}: the kernel command line: {e}"))?;
+    let boot_profiles = profile.talos.boot_profiles(&cmdline);
+    for b in &boot_profiles {
+        if let Some(c) = &b.cmdline {
+            crate::profile::check_cmdline(c, profile.arch).map_err(|e| {
+                anyhow!(
+                    "profile {p}: field `kernel_args`: the UKI's {} boot profile (Talos {} adds \
+                     it, booting the command line plus {}): {e}",
+                    b.id,
+                    profile.talos,
+                    crate::talos::RESET_PROFILE_ARG
+                )
+            })?;
+        }
+    }
 
     let schematic = match (&profile.schematic, &schematic) {
         (Some(path), Some(s)) => Some(SchematicPlan {
@@ -224,6 +249,7 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
     };
     Ok(Plan {
         cmdline,
+        boot_profiles,
         meta,
         extensions,
         config,

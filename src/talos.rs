@@ -84,7 +84,25 @@ pub struct Quirks {
     /// `NvmeCoreIoTimeoutAWSOnly`: from v1.14.0 (`nvme_core.io_timeout=4294967295` only on
     /// AWS, not on metal).
     pub nvme_io_timeout_aws_only: bool,
+    /// `SupportsUKIProfiles`: from v1.10.0 (multi-profile UKIs).
+    pub uki_profiles: bool,
 }
+
+/// A boot profile of a multi-profile UKI (see [`TalosVersion::boot_profiles`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BootProfile {
+    pub id: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<&'static str>,
+    /// Its own command line, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// ID of the profile that wipes STATE and EPHEMERAL and boots into maintenance mode.
+pub const RESET_PROFILE_ID: &str = "reset-maintenance";
+/// The argument the reset profile adds to the command line.
+pub const RESET_PROFILE_ARG: &str = "talos.experimental.wipe=system:EPHEMERAL,STATE";
 
 /// Oldest and newest supported minor versions of Talos 1.x.
 pub const MIN_MINOR: u32 = 8;
@@ -192,7 +210,31 @@ impl TalosVersion {
             proc_mem_override_never: m >= 13,
             drop_init_on_alloc: m >= 14,
             nvme_io_timeout_aws_only: m >= 14,
+            uki_profiles: m >= 10,
         }
+    }
+
+    /// The boot profiles of a disk image's UKI for this version, with the command line each
+    /// boots (`None`: the base one). From v1.10.0 (`SupportsUKIProfiles`), Talos's imager
+    /// (`pkg/imager/imager.go`, `buildUKI`) adds `main` (no sections of its own) and
+    /// `reset-maintenance`, titled "Reset to maintenance mode", booting the base command line
+    /// plus `talos.experimental.wipe=system:EPHEMERAL,STATE`; before, a UKI has no profiles.
+    pub fn boot_profiles(&self, cmdline: &str) -> Vec<BootProfile> {
+        if !self.quirks().uki_profiles {
+            return Vec::new();
+        }
+        vec![
+            BootProfile {
+                id: "main",
+                title: None,
+                cmdline: None,
+            },
+            BootProfile {
+                id: RESET_PROFILE_ID,
+                title: Some("Reset to maintenance mode"),
+                cmdline: Some(format!("{cmdline} {RESET_PROFILE_ARG}")),
+            },
+        ]
     }
 
     /// Mode of `usr/local/etc/talos/config.yaml` in the `embedded-config` extension

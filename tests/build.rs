@@ -100,7 +100,11 @@ fn image_passes_sgdisk_fsck_objdump_zstd() {
             .collect();
         assert_eq!(
             names,
-            [".text", ".sbat", ".osrel", ".cmdline", ".uname", ".linux", ".initrd"]
+            [
+                ".text", ".sbat", ".osrel", ".cmdline", ".uname", ".linux", ".initrd",
+                // Talos ≥ 1.10: the main and reset-maintenance boot profiles.
+                ".profile", ".profile", ".cmdline"
+            ]
         );
         // The .linux section holds the kernel byte for byte.
         let o = tool("objcopy")

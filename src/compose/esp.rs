@@ -14,8 +14,9 @@ use crate::compose::fat::{self, FatFile, FatParams, LabelRule};
 use crate::layout::Layout;
 use crate::talos::{Arch, TalosVersion};
 
-/// The loader configuration Talos writes.
-pub const LOADER_CONF: &str = "# systemd-boot configuration written by edgeimage\n\ntimeout 10\n";
+/// The loader configuration Talos writes, byte for byte (v1.10 … v1.14, `pkg/imager`'s
+/// sd-boot installer: a comment line, a blank line, `timeout 10`).
+pub const LOADER_CONF: &str = "# systemd-boot configuration\n\ntimeout 10\n";
 
 /// Volume label and GPT partition name of the ESP.
 pub const LABEL: &str = "EFI";

@@ -151,6 +151,11 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
         (initramfs::compose_initrd(&base, &packed)?, packed.layers)
     };
     let osrel = profile.talos.os_release();
+    let profiles: Vec<uki::UkiProfile> = plan
+        .boot_profiles
+        .iter()
+        .map(|b| uki::UkiProfile::new(b.id, b.title, b.cmdline.clone()))
+        .collect();
     let uki = uki::build(&uki::UkiInput {
         stub: &stub,
         osrel: &osrel,
@@ -158,6 +163,7 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
         uname: a.kernel_version.as_deref(),
         kernel: &kernel,
         initrd: &initrd,
+        profiles: &profiles,
         epoch,
     })
     .with_context(|| format!("assembling the UKI from {}", a.systemd_stub.origin))?;

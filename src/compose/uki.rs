@@ -2,6 +2,7 @@
 //! os-release added as PE sections, the way Talos's imager (and systemd's ukify) builds it.
 //!
 //! Sections are added in Talos's order `.osrel`, `.cmdline`, `.uname`, `.linux`, `.initrd`,
+//! then per boot profile a `.profile` section and the profile's own sections (its `.cmdline`),
 //! each `IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ`, each at the next virtual address
 //! aligned to the stub's SectionAlignment (read from the stub: Debian 12's stub uses 0x200,
 //! others 0x1000) and with file data aligned to its FileAlignment. NumberOfSections,
@@ -17,6 +18,27 @@ use anyhow::{bail, Context, Result};
 use crate::layout::Layout;
 use crate::pe::{self, PeHeaders, Section};
 
+/// A boot profile of a multi-profile UKI (systemd ≥ 257): the `.profile` section's text and
+/// the sections that follow it, which replace the base ones when the profile is booted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UkiProfile {
+    /// `ID=<id>`, then `\nTITLE=<title>` when there is one (Talos's `Profile.String()`, no
+    /// trailing newline).
+    pub text: String,
+    /// The profile's own `.cmdline`, if it has one.
+    pub cmdline: Option<String>,
+}
+
+impl UkiProfile {
+    pub fn new(id: &str, title: Option<&str>, cmdline: Option<String>) -> Self {
+        let mut text = format!("ID={id}");
+        if let Some(t) = title {
+            text.push_str(&format!("\nTITLE={t}"));
+        }
+        UkiProfile { text, cmdline }
+    }
+}
+
 /// What goes into a UKI.
 pub struct UkiInput<'a> {
     /// The whole `systemd-stub.efi`.
@@ -26,6 +48,8 @@ pub struct UkiInput<'a> {
     pub uname: Option<&'a str>,
     pub kernel: &'a Layout,
     pub initrd: &'a Layout,
+    /// Boot profiles, in order (none: a single-profile UKI).
+    pub profiles: &'a [UkiProfile],
     /// `SOURCE_DATE_EPOCH` (the COFF timestamp; truncated to 32 bits as PE requires).
     pub epoch: u64,
 }
@@ -46,7 +70,9 @@ pub fn build(input: &UkiInput) -> Result<Layout> {
             h.subsystem
         );
     }
-    for name in [".linux", ".initrd", ".cmdline", ".osrel", ".uname"] {
+    for name in [
+        ".linux", ".initrd", ".cmdline", ".osrel", ".uname", ".profile",
+    ] {
         if h.section(name).is_some() {
             bail!("systemd-stub: already has a {name} section: it is a UKI, not a bare stub");
         }
@@ -69,6 +95,12 @@ pub fn build(input: &UkiInput) -> Result<Layout> {
     }
     parts.push((".linux", input.kernel.clone()));
     parts.push((".initrd", input.initrd.clone()));
+    for p in input.profiles {
+        parts.push((".profile", Layout::from_bytes(p.text.as_bytes().to_vec())));
+        if let Some(c) = &p.cmdline {
+            parts.push((".cmdline", Layout::from_bytes(c.as_bytes().to_vec())));
+        }
+    }
 
     let table_end = h.section_table + (h.sections.len() + parts.len()) * pe::SECTION_HEADER_LEN;
     let first_raw = h
@@ -211,6 +243,21 @@ pub struct UkiInfo {
     pub cmdline: Option<String>,
     pub osrel: Option<String>,
     pub uname: Option<String>,
+    /// Boot profiles (`.profile` sections), in order, with the command line each boots with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ProfileInfo>,
+}
+
+/// One boot profile of a UKI.
+#[derive(Debug, serde::Serialize)]
+pub struct ProfileInfo {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The profile's own `.cmdline`, or the base one when it has none.
+    pub cmdline: Option<String>,
+    /// Whether the profile has its own `.cmdline`.
+    pub own_cmdline: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -230,30 +277,69 @@ pub fn describe(
     let mut head = vec![0u8; len.min(64 * 1024) as usize];
     read_at(0, &mut head)?;
     let h = PeHeaders::parse(&head)?;
-    let mut text = |name: &str| -> Result<Option<String>> {
-        let Some(s) = h.section(name) else {
-            return Ok(None);
-        };
+    let mut read_text = |s: &Section| -> Result<String> {
         let n = s.virtual_size.min(s.raw_size).min(64 * 1024) as usize;
         if u64::from(s.raw_ptr) + n as u64 > len {
-            bail!("section {name} lies outside the file");
+            bail!("section {} lies outside the file", s.name);
         }
         let mut b = vec![0u8; n];
         read_at(u64::from(s.raw_ptr), &mut b)?;
-        Ok(Some(
-            String::from_utf8_lossy(&b)
-                .trim_end_matches('\0')
-                .to_string(),
-        ))
+        Ok(String::from_utf8_lossy(&b)
+            .trim_end_matches('\0')
+            .to_string())
     };
+    // The base sections come before the first `.profile`; each profile's own sections follow
+    // its `.profile` (systemd's UKI profile layout).
+    let first_profile = h
+        .sections
+        .iter()
+        .position(|s| s.name == ".profile")
+        .unwrap_or(h.sections.len());
+    let (base, rest) = h.sections.split_at(first_profile);
+    let base_text = |name: &str, read_text: &mut dyn FnMut(&Section) -> Result<String>| {
+        base.iter()
+            .find(|s| s.name == name)
+            .map(read_text)
+            .transpose()
+    };
+    let cmdline = base_text(".cmdline", &mut read_text)?;
+    let osrel = base_text(".osrel", &mut read_text)?;
+    let uname = base_text(".uname", &mut read_text)?;
+    let mut profiles: Vec<ProfileInfo> = Vec::new();
+    for s in rest {
+        match s.name.as_str() {
+            ".profile" => {
+                let t = read_text(s)?;
+                let field = |k: &str| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(str::to_string)
+                };
+                profiles.push(ProfileInfo {
+                    id: field("ID=").unwrap_or_default(),
+                    title: field("TITLE="),
+                    cmdline: cmdline.clone(),
+                    own_cmdline: false,
+                });
+            }
+            ".cmdline" => {
+                if let Some(p) = profiles.last_mut() {
+                    p.cmdline = Some(read_text(s)?);
+                    p.own_cmdline = true;
+                }
+            }
+            _ => {}
+        }
+    }
     Ok(UkiInfo {
         machine: match crate::talos::Arch::from_pe_machine(h.machine) {
             Some(a) => a.to_string(),
             None => format!("{:#x}", h.machine),
         },
-        cmdline: text(".cmdline")?,
-        osrel: text(".osrel")?,
-        uname: text(".uname")?,
+        cmdline,
+        osrel,
+        uname,
+        profiles,
         sections: h
             .sections
             .iter()
@@ -266,4 +352,109 @@ pub fn describe(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stub() -> Vec<u8> {
+        crate::synthetic::pe_image(
+            0x8664,
+            &[
+                (".text", vec![0xc3; 16]),
+                (".sdmagic", b"#### LoaderInfo".to_vec()),
+            ],
+            None,
+        )
+    }
+
+    fn describe_layout(l: &Layout) -> UkiInfo {
+        let bytes = l.to_vec().unwrap();
+        describe(bytes.len() as u64, &mut |off, buf| {
+            buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    /// Talos's multi-profile UKI (`internal/pkg/uki/uki.go`, `Build` → `generateProfiles`;
+    /// profiles from `pkg/imager/imager.go`, `buildUKI`): the base sections, then `.profile`
+    /// `ID=main` with no sections of its own, then `ID=reset-maintenance` with its title and
+    /// its own `.cmdline`.
+    #[test]
+    fn profiles_follow_the_base_sections() {
+        let stub = stub();
+        let kernel = Layout::from_bytes(vec![1u8; 3000]);
+        let initrd = Layout::from_bytes(vec![2u8; 5000]);
+        let profiles = [
+            UkiProfile::new("main", None, None),
+            UkiProfile::new(
+                "reset-maintenance",
+                Some("Reset to maintenance mode"),
+                Some("a=1 talos.experimental.wipe=system:EPHEMERAL,STATE".into()),
+            ),
+        ];
+        let uki = build(&UkiInput {
+            stub: &stub,
+            osrel: "ID=talos\n",
+            cmdline: "a=1",
+            uname: Some("6.18.15-talos"),
+            kernel: &kernel,
+            initrd: &initrd,
+            profiles: &profiles,
+            epoch: 1,
+        })
+        .unwrap();
+        let info = describe_layout(&uki);
+        let names: Vec<&str> = info.sections.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ".text", ".sdmagic", ".osrel", ".cmdline", ".uname", ".linux", ".initrd",
+                ".profile", ".profile", ".cmdline"
+            ]
+        );
+        assert_eq!(info.cmdline.as_deref(), Some("a=1"));
+        assert_eq!(info.profiles.len(), 2);
+        assert_eq!(info.profiles[0].id, "main");
+        assert_eq!(info.profiles[0].title, None);
+        assert!(!info.profiles[0].own_cmdline);
+        assert_eq!(info.profiles[0].cmdline.as_deref(), Some("a=1"));
+        assert_eq!(info.profiles[1].id, "reset-maintenance");
+        assert_eq!(
+            info.profiles[1].title.as_deref(),
+            Some("Reset to maintenance mode")
+        );
+        assert_eq!(
+            info.profiles[1].cmdline.as_deref(),
+            Some("a=1 talos.experimental.wipe=system:EPHEMERAL,STATE")
+        );
+        // The exact `.profile` text (no trailing newline).
+        let bytes = uki.to_vec().unwrap();
+        let p = info
+            .sections
+            .iter()
+            .filter(|s| s.name == ".profile")
+            .nth(1)
+            .unwrap();
+        let at = p.file_offset as usize;
+        assert_eq!(
+            &bytes[at..at + p.virtual_size as usize],
+            b"ID=reset-maintenance\nTITLE=Reset to maintenance mode"
+        );
+        // A stub that already has profiles is a UKI, not a stub.
+        let e = build(&UkiInput {
+            stub: &crate::synthetic::pe_image(0x8664, &[(".profile", b"ID=x".to_vec())], None),
+            osrel: "",
+            cmdline: "",
+            uname: None,
+            kernel: &kernel,
+            initrd: &initrd,
+            profiles: &[],
+            epoch: 1,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains(".profile"), "{e}");
+    }
 }

@@ -134,9 +134,14 @@ pub fn redact_cmdline(cmdline: &str) -> String {
 }
 
 /// The kernel arguments of inline delivery: one `talos.config.inline=<base64(zstd(cfg))>`.
-/// `base_cmdline` is the rest of the command line; the whole must fit
-/// [`Arch::max_cmdline`].
-pub fn inline_args(cfg: &MachineConfig, base_cmdline: &str, arch: Arch) -> Result<Vec<String>> {
+/// `base_cmdline` is the rest of the command line; the whole, plus `reserve` bytes a boot
+/// profile adds to it, must fit [`Arch::max_cmdline`].
+pub fn inline_args(
+    cfg: &MachineConfig,
+    base_cmdline: &str,
+    arch: Arch,
+    reserve: usize,
+) -> Result<Vec<String>> {
     if base_cmdline
         .split_whitespace()
         .any(|a| a.starts_with(&format!("{INLINE_PARAM}=")))
@@ -158,13 +163,18 @@ pub fn inline_args(cfg: &MachineConfig, base_cmdline: &str, arch: Arch) -> Resul
     } else {
         base.len() + 1 + arg.len()
     };
-    let max = arch.max_cmdline();
+    let max = arch.max_cmdline().saturating_sub(reserve);
     if total > max {
+        let profile = if reserve > 0 {
+            format!(" ({reserve} bytes are kept for the UKI's reset profile, which adds to it)")
+        } else {
+            String::new()
+        };
         bail!(
             "the machine configuration does not fit the kernel command line: {} bytes, {} \
              compressed, {} as {INLINE_PARAM}=…; with the other {} bytes of arguments that is \
-             {total} bytes, the {arch} kernel keeps at most {max} (it would cut the rest off \
-             and Talos could not decode it): use embedded or metal-iso delivery",
+             {total} bytes, the {arch} kernel keeps at most {max}{profile} (it would cut the \
+             rest off and Talos could not decode it): use embedded or metal-iso delivery",
             cfg.bytes().len(),
             compressed.len(),
             arg.len(),
@@ -294,7 +304,7 @@ mod tests {
         )
         .unwrap();
         let base = "talos.platform=metal console=tty0";
-        let args = inline_args(&small, base, Arch::Amd64).unwrap();
+        let args = inline_args(&small, base, Arch::Amd64, 0).unwrap();
         assert_eq!(args.len(), 1);
         let b64 = args[0].strip_prefix("talos.config.inline=").unwrap();
         let z = base64::engine::general_purpose::STANDARD
@@ -307,11 +317,11 @@ mod tests {
             .unwrap();
         assert_eq!(out, small.bytes());
         // Deterministic.
-        assert_eq!(inline_args(&small, base, Arch::Amd64).unwrap(), args);
+        assert_eq!(inline_args(&small, base, Arch::Amd64, 0).unwrap(), args);
         // Too long: sizes and advice, no secret.
         let max = Arch::Amd64.max_cmdline();
         let long_base = "x".repeat(max - args[0].len());
-        let e = inline_args(&small, &long_base, Arch::Amd64)
+        let e = inline_args(&small, &long_base, Arch::Amd64, 0)
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not fit the kernel command line"), "{e}");
@@ -323,15 +333,21 @@ mod tests {
         // Exactly at the limit is fine.
         let fit = "x".repeat(max - args[0].len() - 1);
         assert_eq!(fit.len() + 1 + args[0].len(), 2047);
-        inline_args(&small, &fit, Arch::Amd64).unwrap();
-        inline_args(&small, &fit, Arch::Arm64).unwrap();
+        inline_args(&small, &fit, Arch::Amd64, 0).unwrap();
+        inline_args(&small, &fit, Arch::Arm64, 0).unwrap();
+        // The reset profile's 48 bytes are kept free.
+        let e = inline_args(&small, &fit, Arch::Amd64, 48).unwrap_err();
+        assert!(
+            e.to_string().contains("at most 1999 (48 bytes are kept"),
+            "{e}"
+        );
         let over = "x".repeat(max - args[0].len());
-        let e = inline_args(&small, &over, Arch::Arm64).unwrap_err();
+        let e = inline_args(&small, &over, Arch::Arm64, 0).unwrap_err();
         assert!(
             e.to_string().contains("arm64 kernel keeps at most 2047"),
             "{e}"
         );
-        let e = inline_args(&small, "a talos.config.inline=abc", Arch::Amd64).unwrap_err();
+        let e = inline_args(&small, "a talos.config.inline=abc", Arch::Amd64, 0).unwrap_err();
         assert!(
             e.to_string().contains("already has talos.config.inline="),
             "{e}"

@@ -316,11 +316,13 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     // The inline configuration is the configuration itself: never shown.
     let mut uki = uki;
     if let Some(u) = uki.as_mut() {
-        u.info.cmdline = u
-            .info
-            .cmdline
-            .as_deref()
-            .map(crate::config::delivery::redact_cmdline);
+        let redact = |c: &mut Option<String>| {
+            *c = c.as_deref().map(crate::config::delivery::redact_cmdline);
+        };
+        redact(&mut u.info.cmdline);
+        for p in &mut u.info.profiles {
+            redact(&mut p.cmdline);
+        }
     }
     Ok(Inspection {
         path: path.to_path_buf(),
@@ -641,6 +643,17 @@ pub fn render(i: &Inspection) -> Result<String> {
         }
         if let Some(c) = &u.info.cmdline {
             writeln!(s, "  cmdline  {c}")?;
+        }
+        for p in &u.info.profiles {
+            let title = p
+                .title
+                .as_deref()
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default();
+            match (&p.cmdline, p.own_cmdline) {
+                (Some(c), true) => writeln!(s, "  profile  {}{title}: cmdline {c}", p.id)?,
+                _ => writeln!(s, "  profile  {}{title}: the base cmdline", p.id)?,
+            }
         }
         if let Some(v) = &u.info.uname {
             writeln!(s, "  uname    {v}")?;

@@ -358,6 +358,8 @@ pub fn build(
         uname,
         kernel: &kernel_layout,
         initrd: &initrd,
+        // The installer boots one way only.
+        profiles: &[],
         epoch,
     })
     .with_context(|| {

@@ -527,3 +527,43 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Copy `inner` out of the ESP of the raw image `raw` (the ESP at 1 MiB, `esp_mib` MiB long)
+/// with mtools' `mcopy` into `to`.
+pub fn esp_file(raw: &Path, esp_mib: u64, inner: &str, to: &Path) {
+    let esp = to.with_extension("esp.img");
+    extract(raw, 1 << 20, esp_mib << 20, &esp);
+    let o = tool("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", esp.to_str().unwrap(), &format!("::/{inner}")])
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mcopy: {}", stderr(&o));
+    let _ = fs::remove_file(esp);
+}
+
+/// The archive `edgeimage build` appended to the base initramfs `base` inside the UKI `uki`:
+/// its `.initrd` section (`objcopy`), past the base (4-byte padded), decompressed with
+/// `zstd` and unpacked with `cpio` into `dir`.
+pub fn unpack_appended(uki: &Path, base: &Path, dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let initrd = dir.join("initrd");
+    let o = tool("objcopy")
+        .args(["-O", "binary", "--only-section=.initrd"])
+        .arg(uki)
+        .arg(&initrd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "objcopy: {}", stderr(&o));
+    let all = fs::read(&initrd).unwrap();
+    let at = (fs::metadata(base).unwrap().len() as usize).div_ceil(4) * 4;
+    fs::write(dir.join("appended.zst"), &all[at..]).unwrap();
+    let o = tool("sh")
+        .arg("-c")
+        .arg("zstd -dcq appended.zst | cpio -idm --quiet")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "zstd | cpio: {}", stderr(&o));
+}
