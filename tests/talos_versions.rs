@@ -122,17 +122,13 @@ fn defaults_and_profiles_per_version_and_arch() {
                 profiles[1]["cmdline"],
                 format!("{cmdline} talos.experimental.wipe=system:EPHEMERAL,STATE").as_str()
             );
-            match sections {
-                Some(s) => {
-                    let tail: Vec<&str> =
-                        s.iter().rev().take(5).rev().map(String::as_str).collect();
-                    assert_eq!(
-                        tail,
-                        [".linux", ".initrd", ".profile", ".profile", ".cmdline"],
-                        "objdump -h: {s:?}"
-                    );
-                }
-                None => {}
+            if let Some(s) = sections {
+                let tail: Vec<&str> = s.iter().rev().take(5).rev().map(String::as_str).collect();
+                assert_eq!(
+                    tail,
+                    [".linux", ".initrd", ".profile", ".profile", ".cmdline"],
+                    "objdump -h: {s:?}"
+                );
             }
         }
     }
