@@ -223,6 +223,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
             size: comp.layout.len(),
             sha256: m.image_sha256.clone(),
             disk_guid: comp.disk_guid.clone(),
+            sector_size: plan.sector_size,
         },
         partitions: described
             .iter()

@@ -130,7 +130,7 @@ enum Command {
         #[arg(long, short)]
         yes: bool,
         /// Skip a safety check, by name: partition, mounted, swap, held, system, source,
-        /// too-small, read-only. Repeat or separate with commas.
+        /// too-small, read-only, block-size. Repeat or separate with commas.
         #[arg(long, value_name = "CHECK", value_delimiter = ',')]
         force: Vec<String>,
         /// Append one JSON record per target to this file (with --inventory: the line's
@@ -369,7 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .map(|f| {
                     Check::parse(f).ok_or_else(|| {
                         anyhow::anyhow!(
-                            "--force {f}: no such check (partition, mounted, swap, held, system, source, too-small, read-only)"
+                            "--force {f}: no such check (partition, mounted, swap, held, system, source, too-small, read-only, block-size)"
                         )
                     })
                 })

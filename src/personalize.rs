@@ -161,6 +161,8 @@ pub struct MetalIsoParams {
     pub first_lba: u32,
     /// Every timestamp: the build's `SOURCE_DATE_EPOCH`.
     pub mtime: u64,
+    /// The image's logical block size (the FAT's sector size).
+    pub sector_size: u64,
 }
 
 impl MetalIsoParams {
@@ -197,7 +199,8 @@ impl MetalIsoParams {
                 p.guid
             )
         })?;
-        let first_lba = u32::try_from(p.offset / crate::compose::gpt::SECTOR).map_err(|_| {
+        let sector_size = m.image.sector_size;
+        let first_lba = u32::try_from(p.offset / sector_size).map_err(|_| {
             anyhow!(
                 "the manifest's partition {} ({}) starts at byte {}, beyond what a FAT volume records",
                 p.number,
@@ -210,6 +213,7 @@ impl MetalIsoParams {
             volume_id: crate::compose::volume_id(&guid),
             first_lba,
             mtime: m.provenance.source_date_epoch,
+            sector_size,
         })
     }
 }
@@ -227,10 +231,13 @@ pub fn metal_iso_partition(params: &MetalIsoParams, config: &[u8]) -> Result<Vec
     }
     let layout = delivery::metal_iso_fat(
         config,
-        params.size,
-        params.mtime,
-        params.volume_id,
-        params.first_lba,
+        &delivery::MetalIsoGeometry {
+            size: params.size,
+            epoch: params.mtime,
+            volume_id: params.volume_id,
+            first_lba: params.first_lba,
+            sector_size: params.sector_size,
+        },
     )?;
     layout
         .to_vec()
@@ -488,6 +495,7 @@ mod tests {
                 volume_id: 0x7856_3412,
                 first_lba: 4096,
                 mtime: 1_700_000_000,
+                sector_size: 512,
             }
         );
         // The build's own partition for a configuration, byte for byte.
@@ -496,10 +504,19 @@ mod tests {
             "t",
         )
         .unwrap();
-        let built = delivery::metal_iso_partition(&cfg, 1 << 20, 1_700_000_000, 0x7856_3412, 4096)
-            .unwrap()
-            .to_vec()
-            .unwrap();
+        let built = delivery::metal_iso_partition(
+            &cfg,
+            &delivery::MetalIsoGeometry {
+                size: 1 << 20,
+                epoch: 1_700_000_000,
+                volume_id: 0x7856_3412,
+                first_lba: 4096,
+                sector_size: 512,
+            },
+        )
+        .unwrap()
+        .to_vec()
+        .unwrap();
         assert_eq!(metal_iso_partition(&p, cfg.bytes()).unwrap(), built);
         // Another configuration: the same volume with that config.yaml.
         let other = b"version: v1alpha1\nmachine:\n  type: worker\n";

@@ -20,6 +20,9 @@ pub const META_NETWORK: u8 = 0x0a;
 pub struct Plan {
     /// The final kernel command line.
     pub cmdline: String,
+    /// The disk's logical block size: the profile's `sector_size`, or the schematic's
+    /// `diskImage.sectorSize`, or 512.
+    pub sector_size: u64,
     /// The UKI's boot profiles for the profile's Talos version (none before v1.10).
     pub boot_profiles: Vec<crate::talos::BootProfile>,
     /// META values, sorted by key.
@@ -61,6 +64,19 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
         }
         None => None,
     };
+
+    if let Some(s) = &schematic {
+        let at = profile
+            .schematic
+            .as_deref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        unsupported_schematic_fields(s, profile)
+            .map_err(|e| anyhow!("profile {p}: field `schematic`: {at}: {e}"))?;
+    }
+
+    let sector_size =
+        sector_size(profile, schematic.as_ref()).map_err(|e| anyhow!("profile {p}: {e}"))?;
 
     let mut extensions = Vec::new();
     for (i, e) in profile.extensions.iter().enumerate() {
@@ -203,14 +219,16 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
                     config_args.push(METAL_ISO_ARG.to_string());
                     let ns = crate::compose::gpt::namespace(&profile.name);
                     let g = crate::compose::gpt::guid_v8(&ns, METAL_ISO_LABEL);
-                    let volume_id = u32::from_le_bytes(g.as_bytes()[..4].try_into()?);
-                    let first_lba = crate::compose::metal_iso_offset(profile) / 512;
+                    let first_lba = crate::compose::metal_iso_offset(profile) / sector_size;
                     Some(config::delivery::metal_iso_partition(
                         &cfg,
-                        iso_size,
-                        epoch,
-                        volume_id,
-                        u32::try_from(first_lba)?,
+                        &config::delivery::MetalIsoGeometry {
+                            size: iso_size,
+                            epoch,
+                            volume_id: crate::compose::volume_id(&g),
+                            first_lba: u32::try_from(first_lba)?,
+                            sector_size,
+                        },
                     )?)
                 }
             };
@@ -249,6 +267,7 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
     };
     Ok(Plan {
         cmdline,
+        sector_size,
         boot_profiles,
         meta,
         extensions,
@@ -261,4 +280,57 @@ fn schematic_args(s: &Option<Schematic>) -> Vec<String> {
     s.as_ref()
         .map(|s| s.extra_kernel_args().to_vec())
         .unwrap_or_default()
+}
+
+/// The logical block size: the profile's `sector_size` and the schematic's
+/// `diskImage.sectorSize` (the Image Factory's field for Talos's imager `diskSectorSize`,
+/// `pkg/imager/profile/output.go`) must agree when both are set; default 512.
+fn sector_size(profile: &Profile, schematic: Option<&Schematic>) -> Result<u64> {
+    let from_schematic = schematic.and_then(|s| s.sector_size());
+    match (profile.sector_size, from_schematic) {
+        (Some(a), Some(b)) if a != b => bail!(
+            "field `sector_size` is {a} but the schematic's `customization.diskImage.sectorSize` \
+             is {b}; set one of them"
+        ),
+        (_, Some(n)) if n != 512 && n != 4096 => bail!(
+            "field `schematic`: `customization.diskImage.sectorSize` is {n}; edgeimage writes \
+             512 or 4096-byte logical blocks"
+        ),
+        (a, b) => Ok(a.or(b).unwrap_or(512)),
+    }
+}
+
+/// The schematic fields edgeimage does not build yet: refused, never ignored, so a build never
+/// makes something other than the schematic says.
+fn unsupported_schematic_fields(s: &Schematic, profile: &Profile) -> Result<()> {
+    let talos = &profile.talos;
+    if let Some((image, name)) = s.overlay() {
+        bail!(
+            "field `overlay` ({name} from {image}): board overlays (SBC firmware, device trees, \
+             u-boot) are not built by edgeimage yet; remove `overlay` and build for UEFI \
+             hardware (Talos {talos})"
+        );
+    }
+    // Talos's `selectBootloader` (`pkg/imager/profile/output.go`): an unset bootloader is
+    // dual-boot (GRUB + sd-boot) on amd64 from v1.10, GRUB before, sd-boot on arm64.
+    // edgeimage builds UEFI media with sd-boot; an unset field states nothing, a stated GRUB
+    // path is refused.
+    match s.bootloader() {
+        None | Some("sd-boot") => {}
+        Some(other) => bail!(
+            "field `customization.bootloader`: {other:?} for Talos {talos} on {} means a GRUB \
+             (BIOS) boot path, which edgeimage does not build yet: it builds UEFI media with \
+             systemd-boot only; set `bootloader: sd-boot`",
+            profile.arch
+        ),
+    }
+    let (enroll, well_known) = s.secureboot();
+    if enroll.is_some() || well_known {
+        bail!(
+            "field `customization.secureboot`: SecureBoot-signed media (signed systemd-boot and \
+             UKI, key enrolment, PCR policy) are not built by edgeimage yet; remove \
+             `secureboot` to build unsigned UEFI media for Talos {talos}"
+        );
+    }
+    Ok(())
 }

@@ -28,6 +28,7 @@ struct RawProfile {
     talos_version: String,
     disk_size: Size,
     esp_size: Option<Size>,
+    sector_size: Option<u64>,
     kernel_version: Option<String>,
     assets: RawAssets,
     #[serde(default)]
@@ -202,6 +203,9 @@ pub struct Profile {
     pub talos: TalosVersion,
     pub disk_size: u64,
     pub esp_size: u64,
+    /// `sector_size`: the disk's logical block size the image is made for (512 or 4096;
+    /// `None`: not set, 512 unless the schematic says otherwise).
+    pub sector_size: Option<u64>,
     pub kernel_version: Option<String>,
     pub assets: Assets,
     /// The kernel command line (defaults merged with the extras by Talos's rules).
@@ -298,6 +302,14 @@ impl Profile {
                     disk_size >> 20
                 ),
             ));
+        }
+        if let Some(n) = raw.sector_size {
+            if n != 512 && n != 4096 {
+                return Err(field_err(
+                    "sector_size",
+                    format!("{n} is not a logical block size edgeimage writes: use 512 or 4096"),
+                ));
+            }
         }
         if let Some(kv) = &raw.kernel_version {
             if kv.is_empty() || kv.len() > 64 || !kv.bytes().all(|b| b.is_ascii_graphic()) {
@@ -509,6 +521,7 @@ impl Profile {
             talos,
             disk_size,
             esp_size,
+            sector_size: raw.sector_size,
             kernel_version: raw.kernel_version,
             assets,
             cmdline,

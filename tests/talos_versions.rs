@@ -218,3 +218,178 @@ fn embedded_config_mode_per_version() {
         assert!(line.starts_with(mode), "{version}: {line}");
     }
 }
+
+/// `sector_size = 4096` (the schematic's `diskImage.sectorSize`): a GPT of 4 KiB logical
+/// blocks and FAT volumes of 4096-byte sectors, as Talos's imager makes a `metal-4k` image
+/// (`pkg/imager/profile/default.go`; `gpt.WithFileSectorSize`, `mkfs.vfat -S`). Checked by
+/// `sgdisk -v` on a loop device with 4096-byte blocks, `fsck.fat -n` on the ESP and the
+/// metal-iso partition, and `edgeimage verify` of the image and of the loop device.
+#[test]
+fn four_k_logical_blocks() {
+    let f = fixture(Arch::Amd64, "sector_size = 4096");
+    let text = fs::read_to_string(&f.profile)
+        .unwrap()
+        .replace("disk_size = \"128MiB\"", "disk_size = \"266MiB\"")
+        .replace("esp_size = \"100MiB\"", "esp_size = \"260MiB\"");
+    fs::write(&f.profile, &text).unwrap();
+    fs::write(f.dir.path().join("machine.yaml"), controlplane_yaml()).unwrap();
+    fs::write(
+        &f.profile,
+        format!("{text}\n[config]\npath = \"machine.yaml\"\ndelivery = \"metal-iso\"\n"),
+    )
+    .unwrap();
+    let b = built_from(f, true);
+    let raw = b.out.join("t.raw");
+    let j = inspect_json(&raw);
+    assert_eq!(j["sector_size"], 4096);
+    let parts = j["partitions"].as_array().unwrap();
+    assert_eq!(parts[0]["label"], "EFI");
+    assert_eq!(parts[0]["first_lba"], 256, "1 MiB in 4 KiB blocks");
+    assert_eq!(parts[0]["offset"], 1 << 20);
+    assert_eq!(b.manifest()["image"]["sector_size"], 4096);
+    b.verify(&raw, &[]).expect(0, "VERIFIED");
+
+    // The ESP and the metal-iso volume: FAT with 4096-byte sectors, clean for fsck.fat.
+    for p in parts
+        .iter()
+        .filter(|p| p["label"] != "META" && p["label"] != "edgeimage-manifest")
+    {
+        let part =
+            b.f.dir
+                .path()
+                .join(format!("{}.img", p["label"].as_str().unwrap()));
+        extract(
+            &raw,
+            p["offset"].as_u64().unwrap(),
+            p["size"].as_u64().unwrap(),
+            &part,
+        );
+        let boot = read_at(&part, 0, 512);
+        assert_eq!(
+            u16::from_le_bytes([boot[11], boot[12]]),
+            4096,
+            "{}",
+            p["label"]
+        );
+        if have("fsck.fat") {
+            let o = tool("fsck.fat").arg("-n").arg(&part).output().unwrap();
+            assert!(
+                o.status.success(),
+                "fsck.fat {}: {}",
+                p["label"],
+                String::from_utf8_lossy(&o.stdout)
+            );
+        }
+    }
+
+    // A loop device with 4096-byte logical blocks: sgdisk -v finds a clean table; verify of
+    // the written device.
+    let Some(lo) = Loop::with_block_size(&raw, 4096) else {
+        return;
+    };
+    if have("sgdisk") {
+        let o = tool("sgdisk").arg("-v").arg(&lo.0).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && text.contains("No problems found"),
+            "sgdisk -v: {text}"
+        );
+    }
+    b.verify(Path::new(&lo.0), &[]).expect(0, "VERIFIED");
+}
+
+/// The schematic's `diskImage.sectorSize` gives the same image as the profile's `sector_size`;
+/// the two disagreeing, or a size edgeimage does not write, is refused naming the field; the
+/// schematic fields edgeimage does not build are refused, never ignored.
+#[test]
+fn schematic_disk_image_and_unsupported_fields() {
+    let with_schematic = |profile_extra: &str, schematic: &str| {
+        let f = versioned(Arch::Amd64, "v1.12.5", profile_extra);
+        let text = fs::read_to_string(&f.profile)
+            .unwrap()
+            .replace("disk_size = \"128MiB\"", "disk_size = \"266MiB\"")
+            .replace("esp_size = \"100MiB\"", "esp_size = \"260MiB\"")
+            .replacen("[assets]", "schematic = \"s.yaml\"\n[assets]", 1);
+        fs::write(&f.profile, text).unwrap();
+        fs::write(f.dir.path().join("s.yaml"), schematic).unwrap();
+        f
+    };
+    let f = with_schematic(
+        "",
+        "customization:\n    diskImage:\n        sectorSize: 4096\n",
+    );
+    assert_eq!(built(&f)["sector_size"], 4096);
+    let refused = |f: &Fixture, want: &[&str]| {
+        let o = try_build(f, &f.dir.path().join("out"), &[]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert_eq!(
+            e.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{e}"
+        );
+        for w in want {
+            assert!(e.contains(w), "{w:?} not in {e}");
+        }
+    };
+    refused(
+        &with_schematic(
+            "sector_size = 512",
+            "customization:\n    diskImage:\n        sectorSize: 4096\n",
+        ),
+        &[
+            "field `sector_size` is 512",
+            "`customization.diskImage.sectorSize` is 4096",
+        ],
+    );
+    refused(
+        &with_schematic(
+            "",
+            "customization:\n    diskImage:\n        sectorSize: 2048\n",
+        ),
+        &[
+            "`customization.diskImage.sectorSize` is 2048",
+            "512 or 4096",
+        ],
+    );
+    refused(
+        &with_schematic(
+            "",
+            "overlay:\n    image: siderolabs/sbc-raspberrypi\n    name: rpi_generic\n",
+        ),
+        &[
+            "field `overlay`",
+            "rpi_generic",
+            "not built by edgeimage yet",
+            "Talos v1.12.5",
+        ],
+    );
+    refused(
+        &with_schematic("", "customization:\n    bootloader: dual-boot\n"),
+        &[
+            "field `customization.bootloader`",
+            "\"dual-boot\"",
+            "set `bootloader: sd-boot`",
+            "Talos v1.12.5",
+        ],
+    );
+    refused(
+        &with_schematic("", "customization:\n    bootloader: grub\n"),
+        &["\"grub\" for Talos v1.12.5 on amd64"],
+    );
+    built(&with_schematic(
+        "",
+        "customization:\n    bootloader: sd-boot\n",
+    ));
+    refused(
+        &with_schematic(
+            "",
+            "customization:\n    secureboot:\n        enrollKeys: if-safe\n",
+        ),
+        &[
+            "field `customization.secureboot`",
+            "not built by edgeimage yet",
+            "Talos v1.12.5",
+        ],
+    );
+}

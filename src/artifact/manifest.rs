@@ -102,6 +102,21 @@ pub struct ImageInfo {
     pub sha256: String,
     /// GPT disk GUID.
     pub disk_guid: String,
+    /// The logical block size the image is made for; absent when 512 (manifests of 512-byte
+    /// images stay as they were).
+    #[serde(
+        default = "default_sector_size",
+        skip_serializing_if = "is_default_sector_size"
+    )]
+    pub sector_size: u64,
+}
+
+fn default_sector_size() -> u64 {
+    512
+}
+
+fn is_default_sector_size(n: &u64) -> bool {
+    *n == 512
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -657,6 +672,7 @@ mod tests {
                 size: 10 << 20,
                 sha256: "a".repeat(64),
                 disk_guid: "G".into(),
+                sector_size: 512,
             },
             partitions: vec![PartitionInfo {
                 number: 1,

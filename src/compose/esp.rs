@@ -37,6 +37,8 @@ pub struct EspInput<'a> {
     /// whole number of MiB).
     pub size: Option<u64>,
     pub first_lba: u64,
+    /// The disk's logical block size (the FAT's sector size).
+    pub sector_size: u64,
     pub volume_id: u32,
     pub epoch: u64,
     pub arch: Arch,
@@ -72,10 +74,17 @@ pub fn build(input: EspInput) -> Result<Layout> {
         hidden_sectors: u32::try_from(input.first_lba)
             .context("the ESP starts beyond the 2 TiB a FAT boot sector can describe")?,
         mtime: input.epoch,
+        sector_size: input.sector_size,
     };
     match input.size {
         Some(_) => fat::build_fat32(&params, &files),
-        None => fat::build_smallest(&params, &files, &[], LabelRule::Uppercase, fat::min_size()),
+        None => fat::build_smallest(
+            &params,
+            &files,
+            &[],
+            LabelRule::Uppercase,
+            fat::min_size_for(input.sector_size),
+        ),
     }
     .context("composing the ESP (FAT32)")
 }

@@ -64,9 +64,29 @@ pub struct FatParams {
     pub hidden_sectors: u32,
     /// Unix seconds used for every timestamp; clamped into 1980..=2107.
     pub mtime: u64,
+    /// Bytes per sector: 512, or 4096 for a disk with 4 KiB logical blocks (Linux mounts a
+    /// FAT only if its sectors are at least the device's logical block size).
+    pub sector_size: u64,
 }
 
+impl FatParams {
+    /// Parameters with 512-byte sectors.
+    pub fn new(size: u64, label: &str, volume_id: u32, hidden_sectors: u32, mtime: u64) -> Self {
+        FatParams {
+            size,
+            label: label.to_string(),
+            volume_id,
+            hidden_sectors,
+            mtime,
+            sector_size: SECTOR_SIZE,
+        }
+    }
+}
+
+/// The usual sector size; [`SECTOR_SIZES`] are all that are written.
 pub const SECTOR_SIZE: u64 = 512;
+/// Sector sizes the writer supports.
+pub const SECTOR_SIZES: [u64; 2] = [512, 4096];
 pub const RESERVED_SECTORS: u32 = 32;
 pub const NUM_FATS: u32 = 2;
 /// Fewer clusters than this makes a FAT16 volume by definition.
@@ -91,15 +111,19 @@ const ATTR_DIRECTORY: u8 = 0x10;
 const ATTR_ARCHIVE: u8 = 0x20;
 const ATTR_LONG_NAME: u8 = 0x0F;
 
-/// Sectors-per-cluster candidates in order of preference.
-const CLUSTER_CHOICES: [u32; 8] = [8, 4, 2, 1, 16, 32, 64, 128];
+/// FAT32 cluster sizes in bytes, in order of preference (4 KiB first; with 512-byte sectors
+/// 8, 4, 2, 1, 16, … sectors per cluster); those smaller than a sector are skipped.
+const CLUSTER_CHOICES: [u64; 8] = [4096, 2048, 1024, 512, 8192, 16384, 32768, 65536];
 
 /// Largest cluster count of a FAT12 volume (the specification's "fewer than 4085").
 pub const FAT12_MAX_CLUSTERS: u32 = 4084;
 /// Root directory entries of a FAT12/FAT16 volume (a fixed region of 16 KiB).
 pub const SMALL_ROOT_ENTRIES: u32 = 512;
-/// Sectors-per-cluster candidates of FAT12/FAT16 volumes, smallest first (at most 32 KiB).
+/// Sectors-per-cluster candidates of FAT12/FAT16 volumes, smallest first (at most 32 KiB with
+/// 512-byte sectors; clusters above 32 KiB are skipped).
 const SMALL_CLUSTER_CHOICES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// The largest cluster FAT readers agree on.
+const MAX_CLUSTER_BYTES: u64 = 32 * 1024;
 
 /// The FAT variant of a volume: it follows from the cluster count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,31 +195,46 @@ pub struct Geometry {
     pub reserved_sectors: u32,
     /// Sectors of the fixed root directory region (0 for FAT32: its root is a cluster chain).
     pub root_dir_sectors: u32,
+    /// Bytes per sector.
+    pub sector_size: u64,
 }
 
 impl Geometry {
-    /// The geometry for a partition of `size` bytes: see the module documentation.
+    /// The FAT32 geometry for a partition of `size` bytes with 512-byte sectors.
     pub fn for_size(size: u64) -> Result<Self> {
-        if size % SECTOR_SIZE != 0 {
-            bail!("ESP size {size} is not a multiple of {SECTOR_SIZE} bytes");
+        Self::fat32(size, SECTOR_SIZE)
+    }
+
+    /// The FAT32 geometry for a partition of `size` bytes with `sector`-byte sectors: see the
+    /// module documentation.
+    pub fn fat32(size: u64, sector: u64) -> Result<Self> {
+        check_sector_size(sector)?;
+        if size % sector != 0 {
+            bail!("ESP size {size} is not a multiple of {sector} bytes");
         }
-        let Ok(total) = u32::try_from(size / SECTOR_SIZE) else {
+        let Ok(total) = u32::try_from(size / sector) else {
             bail!(
-                "ESP of {} MiB is too large for FAT32 with 512-byte sectors: at most {} MiB",
+                "ESP of {} MiB is too large for FAT32 with {sector}-byte sectors: at most {} MiB",
                 size / MIB,
-                (u64::from(u32::MAX) * SECTOR_SIZE) / MIB
+                (u64::from(u32::MAX) * sector) / MIB
             );
         };
         if let Some(g) = CLUSTER_CHOICES
             .iter()
-            .find_map(|&spc| Self::try_with(total, spc))
+            .filter(|&&b| b >= sector)
+            .find_map(|&b| Self::try_with(total, (b / sector) as u32, sector))
         {
             return Ok(g);
         }
-        let min = min_size();
+        let min = min_size_for(sector);
         if size < min {
+            let with = if sector == SECTOR_SIZE {
+                String::new()
+            } else {
+                format!(" with {sector}-byte sectors")
+            };
             bail!(
-                "ESP of {} MiB is too small for FAT32: at least {} MiB",
+                "ESP of {} MiB is too small for FAT32{with}: at least {} MiB",
                 format_mib(size),
                 min.div_ceil(MIB)
             );
@@ -204,11 +243,11 @@ impl Geometry {
     }
 
     /// The geometry with `spc` sectors per cluster, if it gives a valid FAT32 cluster count.
-    fn try_with(total: u32, spc: u32) -> Option<Self> {
+    fn try_with(total: u32, spc: u32, sector: u64) -> Option<Self> {
         let spc = u64::from(spc);
         let avail = u64::from(total).checked_sub(u64::from(RESERVED_SECTORS))?;
         let fats = u64::from(NUM_FATS);
-        let mut fat = fat_sectors(avail, spc, FatType::Fat32.bits());
+        let mut fat = fat_sectors(avail, spc, FatType::Fat32.bits(), sector);
         // Grow the FAT so the data region starts on a cluster boundary.
         while (u64::from(RESERVED_SECTORS) + fats * fat) % spc != 0 {
             fat += 1;
@@ -218,7 +257,7 @@ impl Geometry {
         if clusters < u64::from(MIN_CLUSTERS) || clusters > u64::from(MAX_CLUSTERS) {
             return None;
         }
-        if fat * SECTOR_SIZE / 4 < clusters + 2 {
+        if fat * sector / 4 < clusters + 2 {
             return None; // cannot happen: the FAT only grew
         }
         Some(Self {
@@ -229,40 +268,48 @@ impl Geometry {
             fat_type: FatType::Fat32,
             reserved_sectors: RESERVED_SECTORS,
             root_dir_sectors: 0,
+            sector_size: sector,
         })
     }
 
-    /// The geometry of a volume of `size` bytes of any FAT type: FAT32 from [`min_size`] on
-    /// (exactly [`Geometry::for_size`]), FAT16 or FAT12 below (see the module documentation).
+    /// [`Geometry::any`] with 512-byte sectors.
     pub fn for_any_size(size: u64) -> Result<Self> {
-        if size >= min_size() {
-            return Self::for_size(size);
+        Self::any(size, SECTOR_SIZE)
+    }
+
+    /// The geometry of a volume of `size` bytes of any FAT type: FAT32 from [`min_size_for`]
+    /// on (exactly [`Geometry::fat32`]), FAT16 or FAT12 below (see the module documentation).
+    pub fn any(size: u64, sector: u64) -> Result<Self> {
+        check_sector_size(sector)?;
+        if size >= min_size_for(sector) {
+            return Self::fat32(size, sector);
         }
-        if size % SECTOR_SIZE != 0 {
-            bail!("FAT volume size {size} is not a multiple of {SECTOR_SIZE} bytes");
+        if size % sector != 0 {
+            bail!("FAT volume size {size} is not a multiple of {sector} bytes");
         }
-        let total = (size / SECTOR_SIZE) as u32; // below 33 MiB
+        let total = (size / sector) as u32; // below the FAT32 minimum
         [FatType::Fat16, FatType::Fat12]
             .iter()
             .flat_map(|&t| SMALL_CLUSTER_CHOICES.iter().map(move |&spc| (t, spc)))
-            .find_map(|(t, spc)| Self::try_small(total, spc, t))
+            .filter(|&(_, spc)| u64::from(spc) * sector <= MAX_CLUSTER_BYTES)
+            .find_map(|(t, spc)| Self::try_small(total, spc, t, sector))
             .ok_or_else(|| {
                 anyhow!(
                     "a FAT volume of {size} bytes is too small: at least {} bytes",
-                    u64::from(1 + 2 + SMALL_ROOT_ENTRIES / 16 + 1) * SECTOR_SIZE
+                    (1 + 2 + small_root_sectors(sector) + 1) * sector
                 )
             })
     }
 
     /// The FAT12/FAT16 geometry with `spc` sectors per cluster, if its cluster count is one
     /// of type `t`.
-    fn try_small(total: u32, spc: u32, t: FatType) -> Option<Self> {
+    fn try_small(total: u32, spc: u32, t: FatType, sector: u64) -> Option<Self> {
         let spc64 = u64::from(spc);
-        let root = u64::from(SMALL_ROOT_ENTRIES) * DIR_ENTRY_SIZE as u64 / SECTOR_SIZE;
+        let root = small_root_sectors(sector);
         let mut reserved = 1u64;
         let fats = u64::from(NUM_FATS);
         let avail = u64::from(total).checked_sub(reserved + root)?;
-        let fat = fat_sectors(avail, spc64, t.bits());
+        let fat = fat_sectors(avail, spc64, t.bits(), sector);
         // Grow the reserved region so the data region starts on a cluster boundary.
         while (reserved + fats * fat + root) % spc64 != 0 {
             reserved += 1;
@@ -274,7 +321,7 @@ impl Geometry {
             FatType::Fat16 => u64::from(FAT12_MAX_CLUSTERS) + 1..=u64::from(MIN_CLUSTERS) - 1,
             FatType::Fat32 => return None,
         };
-        if !range.contains(&clusters) || fat * SECTOR_SIZE * 8 / t.bits() < clusters + 2 {
+        if !range.contains(&clusters) || fat * sector * 8 / t.bits() < clusters + 2 {
             return None;
         }
         Some(Self {
@@ -285,22 +332,23 @@ impl Geometry {
             fat_type: t,
             reserved_sectors: u32::try_from(reserved).ok()?,
             root_dir_sectors: root as u32,
+            sector_size: sector,
         })
     }
 
     pub fn cluster_size(&self) -> u64 {
-        u64::from(self.sectors_per_cluster) * SECTOR_SIZE
+        u64::from(self.sectors_per_cluster) * self.sector_size
     }
 
     /// Byte offset of FAT number `n` (0 or 1).
     pub fn fat_offset(&self, n: u32) -> u64 {
         (u64::from(self.reserved_sectors) + u64::from(n) * u64::from(self.fat_sectors))
-            * SECTOR_SIZE
+            * self.sector_size
     }
 
     /// Byte size of one FAT.
     pub fn fat_size(&self) -> u64 {
-        u64::from(self.fat_sectors) * SECTOR_SIZE
+        u64::from(self.fat_sectors) * self.sector_size
     }
 
     /// Byte offset of the fixed root directory region (FAT12/16; the data region on FAT32).
@@ -310,7 +358,7 @@ impl Geometry {
 
     /// Byte offset of the data region (cluster 2).
     pub fn data_offset(&self) -> u64 {
-        self.root_dir_offset() + u64::from(self.root_dir_sectors) * SECTOR_SIZE
+        self.root_dir_offset() + u64::from(self.root_dir_sectors) * self.sector_size
     }
 
     /// Byte offset of data cluster `cluster` (≥ 2).
@@ -319,14 +367,31 @@ impl Geometry {
     }
 }
 
-/// The smallest partition size (bytes) that holds a FAT32 volume (1-sector clusters).
+/// The smallest partition size (bytes) that holds a FAT32 volume with 512-byte sectors.
 pub fn min_size() -> u64 {
+    min_size_for(SECTOR_SIZE)
+}
+
+/// The smallest partition size (bytes) that holds a FAT32 volume (1-sector clusters).
+pub fn min_size_for(sector: u64) -> u64 {
     // Lower bound: the reserved sectors, the minimum cluster count, two 1-sector FATs.
     let mut total = RESERVED_SECTORS + MIN_CLUSTERS + NUM_FATS;
-    while Geometry::try_with(total, 1).is_none() {
+    while Geometry::try_with(total, 1, sector).is_none() {
         total += 1;
     }
-    u64::from(total) * SECTOR_SIZE
+    u64::from(total) * sector
+}
+
+/// Sectors of the fixed FAT12/FAT16 root directory ([`SMALL_ROOT_ENTRIES`] entries).
+fn small_root_sectors(sector: u64) -> u64 {
+    (u64::from(SMALL_ROOT_ENTRIES) * DIR_ENTRY_SIZE as u64).div_ceil(sector)
+}
+
+fn check_sector_size(sector: u64) -> Result<()> {
+    if !SECTOR_SIZES.contains(&sector) {
+        bail!("a FAT sector of {sector} bytes is not supported: use 512 or 4096");
+    }
+    Ok(())
 }
 
 fn format_mib(size: u64) -> String {
@@ -773,11 +838,13 @@ fn long_entries(name: &str, short: &[u8; 11]) -> Vec<[u8; 32]> {
     out
 }
 
+/// The FAT32 boot sector's first 512 bytes (the rest of a larger sector is zeros; the
+/// signature stays at offset 510 whatever the sector size, as the specification says).
 fn boot_sector32(params: &FatParams, g: &Geometry, label: &[u8; 11]) -> [u8; 512] {
     let mut b = [0u8; 512];
     b[..3].copy_from_slice(&[0xEB, 0x58, 0x90]); // jmp short 0x5A; nop
     b[3..11].copy_from_slice(b"EDGEIMG ");
-    put_u16(&mut b, 11, SECTOR_SIZE as u16);
+    put_u16(&mut b, 11, g.sector_size as u16);
     b[13] = g.sectors_per_cluster as u8;
     put_u16(&mut b, 14, RESERVED_SECTORS as u16);
     b[16] = NUM_FATS as u8;
@@ -820,7 +887,7 @@ fn boot_sector_small(params: &FatParams, g: &Geometry, label: &[u8; 11]) -> [u8;
     let mut b = [0u8; 512];
     b[..3].copy_from_slice(&[0xEB, 0x3C, 0x90]); // jmp short 0x3E; nop
     b[3..11].copy_from_slice(b"EDGEIMG ");
-    put_u16(&mut b, 11, SECTOR_SIZE as u16);
+    put_u16(&mut b, 11, g.sector_size as u16);
     b[13] = g.sectors_per_cluster as u8;
     put_u16(&mut b, 14, g.reserved_sectors as u16);
     b[16] = NUM_FATS as u8;
@@ -873,7 +940,7 @@ fn set_fat_entry(fat: &mut [u8], t: FatType, n: usize, value: u32) {
 /// Build the FAT32 volume holding `files`. The result is exactly `params.size` bytes.
 pub fn build_fat32(params: &FatParams, files: &[FatFile]) -> Result<Layout> {
     let label = validate_label(&params.label, LabelRule::Uppercase)?;
-    let g = Geometry::for_size(params.size)?;
+    let g = Geometry::fat32(params.size, params.sector_size)?;
     build_with(params, files, &[], &g, &label, "ESP")
 }
 
@@ -892,7 +959,7 @@ pub fn build_fat_dirs(
     rule: LabelRule,
 ) -> Result<Layout> {
     let label = validate_label(&params.label, rule)?;
-    let g = Geometry::for_any_size(params.size)?;
+    let g = Geometry::any(params.size, params.sector_size)?;
     let noun = format!("{} volume", g.fat_type.as_str());
     build_with(params, files, dirs, &g, &label, &noun)
 }
@@ -917,7 +984,7 @@ pub fn build_smallest(
     build_tree(files, dirs)?;
     let data: u64 = files
         .iter()
-        .map(|f| f.content.len().div_ceil(SECTOR_SIZE) * SECTOR_SIZE)
+        .map(|f| f.content.len().div_ceil(params.sector_size) * params.sector_size)
         .sum();
     let mut size = data.max(at_least).max(1).div_ceil(MIB) * MIB;
     let limit = size.saturating_mul(2).saturating_add(64 * MIB);
@@ -1036,7 +1103,8 @@ fn build_with(
 
     // Reserved region: boot sector, FSInfo, boot sector tail, and their backups (FAT32), or
     // the boot sector alone (FAT12/16).
-    let mut reserved = vec![0u8; g.reserved_sectors as usize * SECTOR_SIZE as usize];
+    let sector = g.sector_size as usize;
+    let mut reserved = vec![0u8; g.reserved_sectors as usize * sector];
     if fat32 {
         let free = g.clusters - used_clusters;
         let next_free = if free == 0 {
@@ -1047,9 +1115,9 @@ fn build_with(
         let boot = boot_sector32(params, g, label);
         let info = fsinfo_sector(free, next_free);
         for base in [0usize, usize::from(BACKUP_BOOT_SECTOR)] {
-            let at = |s: usize| (base + s) * SECTOR_SIZE as usize;
-            reserved[at(0)..at(1)].copy_from_slice(&boot);
-            reserved[at(1)..at(2)].copy_from_slice(&info);
+            let at = |s: usize| (base + s) * sector;
+            reserved[at(0)..at(0) + 512].copy_from_slice(&boot);
+            reserved[at(1)..at(1) + 512].copy_from_slice(&info);
             reserved[at(3) - 2] = 0x55;
             reserved[at(3) - 1] = 0xAA;
         }
@@ -1060,7 +1128,6 @@ fn build_with(
 
     // The FATs: the used prefix as bytes, the free rest as mapped zeros.
     let entries = next_cluster;
-    let sector = SECTOR_SIZE as usize;
     let fat_len = ((entries * t.bits()).div_ceil(8) as usize).div_ceil(sector) * sector;
     let mut fat = vec![0u8; fat_len];
     set_fat_entry(&mut fat, t, 0, t.media_entry());
@@ -1099,7 +1166,7 @@ fn build_with(
     // Directories.
     for dir in &dirs {
         let region = if dir.parent.is_none() && !fat32 {
-            u64::from(g.root_dir_sectors) * SECTOR_SIZE
+            u64::from(g.root_dir_sectors) * g.sector_size
         } else {
             u64::from(dir.clusters) * cluster_size
         };
@@ -1168,11 +1235,11 @@ fn build_with(
 /// `bits` bits for every cluster of the `avail` sectors left besides the FATs, plus the two
 /// reserved entries. The sectors needed do not grow with the FAT's own size, so
 /// "fat >= needed(fat)" is monotone and the smallest such size is a binary search.
-fn fat_sectors(avail: u64, spc: u64, bits: u64) -> u64 {
+fn fat_sectors(avail: u64, spc: u64, bits: u64, sector: u64) -> u64 {
     let fats = u64::from(NUM_FATS);
     let needed = |fat: u64| {
         let clusters = avail.saturating_sub(fats * fat) / spc;
-        ((clusters + 2) * bits).div_ceil(8).div_ceil(SECTOR_SIZE)
+        ((clusters + 2) * bits).div_ceil(8).div_ceil(sector)
     };
     let (mut lo, mut hi) = (1u64, needed(0).max(1));
     while lo < hi {
@@ -1205,6 +1272,7 @@ mod tests {
             volume_id: 0x1234_ABCD,
             hidden_sectors: 2048,
             mtime: MTIME,
+            sector_size: 512,
         }
     }
 
@@ -2076,6 +2144,7 @@ mod tests {
             volume_id: 0x0BAD_CAFE,
             hidden_sectors: 4096,
             mtime: MTIME,
+            sector_size: 512,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The partition table: a protective MBR and primary/backup GPT, written with the `gpt` crate
 //! into a sparse in-memory device (only the sectors it writes are kept), then placed into the
-//! disk layout.
+//! disk layout, for 512-byte or 4096-byte logical blocks. Reading is [`crate::format::gpt`].
 //!
 //! GUIDs are deterministic, like Talos's imager: UUID version 8 made from SHA-256 over a 16-byte
 //! namespace followed by the label text (`talos-image-disk` for the disk, the partition label
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::layout::Layout;
 
+/// The usual logical block size (4096 when a profile asks for it).
 pub const SECTOR: u64 = 512;
 
 /// A partition to create.
@@ -113,11 +114,19 @@ impl Seek for SparseDisk {
 }
 
 /// The written sectors of the partition table (protective MBR, primary and backup GPT) as a
-/// layout of the whole disk. GUIDs derive from the namespace `ns` (see the module docs).
-pub fn table(disk_size: u64, ns: &[u8; 16], parts: &[PartSpec]) -> Result<Layout> {
+/// layout of the whole disk, for `block`-byte logical blocks (512 or 4096; `parts` in those
+/// blocks). GUIDs derive from the namespace `ns` (see the module docs).
+pub fn table(disk_size: u64, ns: &[u8; 16], parts: &[PartSpec], block: u64) -> Result<Layout> {
     let disk_guid = guid_v8(ns, DISK_LABEL);
     let err = |e: &dyn std::fmt::Display| anyhow!("writing the partition table: {e}");
-    let sectors = disk_size / SECTOR;
+    let lb = match block {
+        512 => gpt::disk::LogicalBlockSize::Lb512,
+        4096 => gpt::disk::LogicalBlockSize::Lb4096,
+        other => {
+            anyhow::bail!("a logical block size of {other} bytes is not supported: use 512 or 4096")
+        }
+    };
+    let sectors = disk_size / block;
     let mut dev = SparseDisk {
         len: disk_size,
         pos: 0,
@@ -128,7 +137,7 @@ pub fn table(disk_size: u64, ns: &[u8; 16], parts: &[PartSpec]) -> Result<Layout
     mbr.overwrite_lba0(&mut dev).map_err(|e| err(&e))?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .logical_block_size(lb)
         .create_from_device(dev, Some(disk_guid))
         .map_err(|e| err(&e))?;
     let mut map = BTreeMap::new();
@@ -167,75 +176,6 @@ pub fn table(disk_size: u64, ns: &[u8; 16], parts: &[PartSpec]) -> Result<Layout
         l.put_bytes(run_start * SECTOR, run)?;
     }
     Ok(l)
-}
-
-/// The `gpt` crate wants a read-write device even to read; this one refuses writes.
-struct ReadOnly<D>(D);
-
-impl<D> std::fmt::Debug for ReadOnly<D> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReadOnly")
-    }
-}
-
-impl<D: Read> Read for ReadOnly<D> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl<D: Seek> Seek for ReadOnly<D> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.0.seek(to)
-    }
-}
-
-impl<D> Write for ReadOnly<D> {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only"))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The GPT entry of a partition as read back (for `inspect` and tests).
-#[derive(Debug, serde::Serialize, Clone)]
-pub struct PartitionInfo {
-    pub number: u32,
-    pub label: String,
-    pub type_guid: String,
-    pub guid: String,
-    pub first_lba: u64,
-    pub last_lba: u64,
-    pub offset: u64,
-    pub size: u64,
-}
-
-/// Read a GPT with the `gpt` crate from any seekable reader of the whole disk.
-pub fn read<D: Read + Seek>(dev: D) -> Result<(String, Vec<PartitionInfo>)> {
-    let disk = gpt::GptConfig::new()
-        .writable(false)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .open_from_device(ReadOnly(dev))
-        .map_err(|e| anyhow!("no valid GPT: {e}"))?;
-    let parts = disk
-        .partitions()
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(n, p)| PartitionInfo {
-            number: *n,
-            label: p.name.clone(),
-            type_guid: p.part_type_guid.guid.to_string().to_uppercase(),
-            guid: p.part_guid.to_string(),
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-            offset: p.first_lba * SECTOR,
-            size: (p.last_lba + 1 - p.first_lba) * SECTOR,
-        })
-        .collect();
-    Ok((disk.guid().to_string(), parts))
 }
 
 #[cfg(test)]

@@ -84,28 +84,32 @@ pub struct Composition {
 /// content (the partition is exactly as long as the content).
 pub type PartitionContent<'a> = (&'a str, &'a str, &'a Layout);
 
-/// Lay `parts` out one after another from [`FIRST_OFFSET`] on a disk of `disk_size` bytes,
-/// with the partition table (GUIDs derived from the namespace `ns`, see [`gpt`]) and each
-/// partition's content placed. Returns the disk and where each partition went.
+/// Lay `parts` out one after another from [`FIRST_OFFSET`] on a disk of `disk_size` bytes of
+/// `block`-byte logical blocks, with the partition table (GUIDs derived from the namespace
+/// `ns`, see [`gpt`]) and each partition's content placed. Returns the disk and where each
+/// partition went.
 pub fn place_partitions(
     disk_size: u64,
     ns: &[u8; 16],
     parts: &[PartitionContent],
+    block: u64,
 ) -> Result<(Layout, Vec<Placed>)> {
     let mut specs = Vec::new();
     let mut placed = Vec::new();
     let mut offset = FIRST_OFFSET;
     for &(label, ty, content) in parts {
         let size = content.len();
-        if size == 0 || size % gpt::SECTOR != 0 {
-            anyhow::bail!("partition {label}: {size} bytes is not a positive number of sectors");
+        if size == 0 || size % block != 0 {
+            anyhow::bail!(
+                "partition {label}: {size} bytes is not a positive number of {block}-byte blocks"
+            );
         }
         let type_guid: uuid::Uuid = ty.parse()?;
         specs.push(gpt::PartSpec {
             label: label.to_string(),
             type_guid,
-            first_lba: offset / gpt::SECTOR,
-            sectors: size / gpt::SECTOR,
+            first_lba: offset / block,
+            sectors: size / block,
         });
         placed.push(Placed {
             number: placed.len() as u32 + 1,
@@ -117,7 +121,7 @@ pub fn place_partitions(
         });
         offset += size;
     }
-    let mut layout = gpt::table(disk_size, ns, &specs)?;
+    let mut layout = gpt::table(disk_size, ns, &specs, block)?;
     for (p, (_, _, content)) in placed.iter().zip(parts) {
         layout.put_layout(p.offset, content)?;
     }
@@ -173,7 +177,8 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     let esp_guid = gpt::guid_v8(&ns, esp::LABEL);
     let esp_layout = esp::build(esp::EspInput {
         size: Some(profile.esp_size),
-        first_lba: FIRST_OFFSET / gpt::SECTOR,
+        first_lba: FIRST_OFFSET / plan.sector_size,
+        sector_size: plan.sector_size,
         volume_id: volume_id(&esp_guid),
         epoch,
         arch: profile.arch,
@@ -194,7 +199,7 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     }
     let manifest_layout = Layout::new(MANIFEST_PART_SIZE);
     specs.push((MANIFEST_LABEL, TYPE_MANIFEST, &manifest_layout));
-    let (layout, mut placed) = place_partitions(profile.disk_size, &ns, &specs)?;
+    let (layout, mut placed) = place_partitions(profile.disk_size, &ns, &specs, plan.sector_size)?;
     // The manifest partition was placed last; its content is written after the rest.
     let manifest_partition = placed
         .pop()

@@ -184,35 +184,30 @@ pub fn inline_args(
     Ok(vec![arg])
 }
 
-/// The `metal-iso` partition: a FAT12/FAT16 volume of `size` bytes labelled `metal-iso`, with
-/// `config.yaml` at its root. `epoch` stamps every timestamp, `first_lba` is the partition's
-/// start (`BPB_HiddSec`).
-pub fn metal_iso_partition(
-    cfg: &MachineConfig,
-    size: u64,
-    epoch: u64,
-    volume_id: u32,
-    first_lba: u32,
-) -> Result<Layout> {
-    metal_iso_fat(cfg.bytes(), size, epoch, volume_id, first_lba)
+/// Where and how a `metal-iso` volume is made: its size, the build's `SOURCE_DATE_EPOCH`, its
+/// serial number, its first sector (`BPB_HiddSec`) and the disk's sector size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetalIsoGeometry {
+    pub size: u64,
+    pub epoch: u64,
+    pub volume_id: u32,
+    pub first_lba: u32,
+    pub sector_size: u64,
+}
+
+/// The `metal-iso` partition: a FAT12/FAT16 volume labelled `metal-iso`, with `config.yaml`
+/// at its root.
+pub fn metal_iso_partition(cfg: &MachineConfig, g: &MetalIsoGeometry) -> Result<Layout> {
+    metal_iso_fat(cfg.bytes(), g)
 }
 
 /// [`metal_iso_partition`] for any `config.yaml` bytes: the same volume, byte for byte, for
 /// the same arguments (a flasher writes a device's own configuration with it, see
 /// [`crate::personalize::metal_iso_partition`]).
-pub fn metal_iso_fat(
-    config: &[u8],
-    size: u64,
-    epoch: u64,
-    volume_id: u32,
-    first_lba: u32,
-) -> Result<Layout> {
+pub fn metal_iso_fat(config: &[u8], g: &MetalIsoGeometry) -> Result<Layout> {
     let params = FatParams {
-        size,
-        label: METAL_ISO_LABEL.to_string(),
-        volume_id,
-        hidden_sectors: first_lba,
-        mtime: epoch,
+        sector_size: g.sector_size,
+        ..FatParams::new(g.size, METAL_ISO_LABEL, g.volume_id, g.first_lba, g.epoch)
     };
     let files = [FatFile {
         path: METAL_ISO_FILE.to_string(),
@@ -354,11 +349,20 @@ mod tests {
         );
     }
 
+    fn geometry(size: u64, sector_size: u64) -> MetalIsoGeometry {
+        MetalIsoGeometry {
+            size,
+            epoch: 1_767_225_600,
+            volume_id: 0xABCD_0123,
+            first_lba: 2048,
+            sector_size,
+        }
+    }
+
     #[test]
     fn metal_iso_partition_is_a_clean_lowercase_fat() {
         let c = cfg();
-        let l = metal_iso_partition(&c, METAL_ISO_DEFAULT_SIZE, 1_767_225_600, 0xABCD_0123, 2048)
-            .unwrap();
+        let l = metal_iso_partition(&c, &geometry(METAL_ISO_DEFAULT_SIZE, 512)).unwrap();
         assert_eq!(l.len(), METAL_ISO_DEFAULT_SIZE);
         let bytes = l.to_vec().unwrap();
         assert_eq!(&bytes[43..54], b"metal-iso  ");
@@ -392,7 +396,32 @@ mod tests {
             assert!(out.status.success(), "{text}");
             assert_eq!(text.lines().count(), 2, "{text}");
         }
-        let e = metal_iso_partition(&c, 64 * 1024 + 100, 0, 0, 0).unwrap_err();
+        let e = metal_iso_partition(&c, &geometry(64 * 1024 + 100, 512)).unwrap_err();
         assert!(format!("{e:#}").contains("not a multiple of 512"), "{e:#}");
+    }
+
+    /// On a disk of 4 KiB logical blocks the volume has 4096-byte sectors (Linux mounts no
+    /// FAT whose sectors are smaller than the device's blocks), and `fsck.fat` agrees.
+    #[test]
+    fn metal_iso_partition_with_4k_sectors() {
+        let c = cfg();
+        let l = metal_iso_partition(&c, &geometry(METAL_ISO_DEFAULT_SIZE, 4096)).unwrap();
+        let bytes = l.to_vec().unwrap();
+        assert_eq!(u16::from_le_bytes([bytes[11], bytes[12]]), 4096);
+        assert_eq!(&bytes[43..54], b"metal-iso  ");
+        assert_eq!(&bytes[510..512], &[0x55, 0xAA]);
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), &bytes).unwrap();
+        if let Ok(out) = std::process::Command::new("/usr/sbin/fsck.fat")
+            .args(["-n", t.path().to_str().unwrap()])
+            .output()
+        {
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert_eq!(text.lines().count(), 2, "{text}");
+        }
+        let e = metal_iso_partition(&c, &geometry(METAL_ISO_DEFAULT_SIZE + 512, 4096));
+        assert!(format!("{:#}", e.unwrap_err()).contains("not a multiple of 4096"));
     }
 }

@@ -268,6 +268,11 @@ impl Schematic {
             .then_some((self.overlay_image.as_str(), self.overlay_name.as_str()))
     }
 
+    /// `customization.diskImage.sectorSize`; `None` when unset (0).
+    pub fn sector_size(&self) -> Option<u64> {
+        Some(self.sector_size).filter(|&n| n != 0)
+    }
+
     /// `customization.secureboot`: (enrollKeys, includeWellKnownCertificates).
     pub fn secureboot(&self) -> (Option<&str>, bool) {
         (

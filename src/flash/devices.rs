@@ -169,11 +169,13 @@ pub enum Check {
     TooSmall,
     /// The kernel refuses writes to it.
     ReadOnly,
+    /// Its logical block size is not the one the image's partition table was written for.
+    BlockSize,
 }
 
 impl Check {
     /// Every check, in the order they are reported.
-    pub const ALL: [Check; 8] = [
+    pub const ALL: [Check; 9] = [
         Check::Partition,
         Check::Mounted,
         Check::Swap,
@@ -182,6 +184,7 @@ impl Check {
         Check::Source,
         Check::TooSmall,
         Check::ReadOnly,
+        Check::BlockSize,
     ];
 
     /// The name used by `--force` and in JSON output.
@@ -195,6 +198,7 @@ impl Check {
             Check::Source => "source",
             Check::TooSmall => "too-small",
             Check::ReadOnly => "read-only",
+            Check::BlockSize => "block-size",
         }
     }
 
@@ -1120,6 +1124,26 @@ impl Disk {
         out
     }
 
+    /// Why an image whose partition table was written for `image_block`-byte logical blocks
+    /// must not go to this disk: the firmware and the kernel look for the GPT header at LBA 1
+    /// of the disk's own block size, so the written disk would have no partition table at
+    /// all (nothing boots, Talos finds no META).
+    pub fn block_size_refusal(&self, image_block: u64, force: &[Check]) -> Option<Refusal> {
+        let disk = u64::from(self.logical_block_size);
+        if force.contains(&Check::BlockSize) || disk == 0 || disk == image_block {
+            return None;
+        }
+        Some(Refusal {
+            check: Check::BlockSize,
+            reason: format!(
+                "{} has {disk}-byte logical blocks but the image's partition table is written for \
+                 {image_block}-byte blocks: nothing on it would be found; build the image with \
+                 `sector_size = {disk}` (or --force block-size)",
+                self.path.display()
+            ),
+        })
+    }
+
     /// "/dev/sdb1 (a partition of /dev/sdb)" or "/dev/sdb".
     fn part_of(&self, device: &str) -> String {
         if device == self.name {
@@ -1598,6 +1622,20 @@ mod tests {
             )]
         );
         assert!(sdc.refusals(&sys, 2 * GIB, None, &[]).is_empty());
+        // An image for 4 KiB blocks on a 512-byte disk: its GPT would not be found.
+        assert!(sdc.block_size_refusal(512, &[]).is_none());
+        let r = sdc.block_size_refusal(4096, &[]).expect("refused");
+        assert_eq!(r.check, Check::BlockSize);
+        assert!(
+            r.reason.contains("/dev/sdc has 512-byte logical blocks")
+                && r.reason.contains("written for 4096-byte blocks")
+                && r.reason.contains("sector_size = 512")
+                && r.reason.contains("--force block-size"),
+            "{}",
+            r.reason
+        );
+        assert!(sdc.block_size_refusal(4096, &[Check::BlockSize]).is_none());
+        assert_eq!(Check::parse("block-size"), Some(Check::BlockSize));
         assert_eq!(sys.real(&sdc.path), t.path("dev/sdc"));
 
         let by_id = TargetSpec::Path("/dev/disk/by-id/usb-SanDisk_Ultra_Fit_4C53-0:0".into());

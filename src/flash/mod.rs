@@ -132,11 +132,11 @@ fn resolve(
     };
     let label = arg.label();
     let resolved = sys.resolve(&spec)?;
-    let refusals = resolved
-        .refusals(sys, image.size, Some(&image.path), force)?
-        .into_iter()
-        .map(|r| r.reason)
-        .collect();
+    let mut refusals = resolved.refusals(sys, image.size, Some(&image.path), force)?;
+    if let (Resolved::Disk(d), Some(block)) = (&resolved, image.block_size()) {
+        refusals.extend(d.block_size_refusal(block, force));
+    }
+    let refusals = refusals.into_iter().map(|r| r.reason).collect();
     let target = match resolved {
         Resolved::Disk(d) => Target {
             label,

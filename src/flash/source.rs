@@ -525,6 +525,19 @@ impl Image {
     }
 
     /// Bytes that will be written.
+    /// The logical block size the image's partition table was written for: the manifest's,
+    /// else read from the image's GPT; `None` when it has no readable GPT (a plain disk image
+    /// of something else).
+    pub fn block_size(&self) -> Option<u64> {
+        if let Some(m) = &self.manifest {
+            return Some(m.image.sector_size);
+        }
+        let head = self.read_range(0, (64 << 10).min(self.size)).ok()?;
+        crate::format::gpt::read_head(&head, true)
+            .ok()
+            .map(|g| g.sector_size)
+    }
+
     pub fn mapped_bytes(&self) -> u64 {
         self.pieces.iter().map(|(a, b)| b - a).sum()
     }

@@ -10,8 +10,8 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::PartitionInfo;
 use super::{UkiReport, Window};
-use crate::compose::gpt::PartitionInfo;
 use crate::install::config::{Action, InstallerConfig, PAYLOAD_PARTNAME, RECORDS_PARTNAME};
 use crate::installer::RECORDS_DIR;
 

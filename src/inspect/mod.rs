@@ -4,12 +4,13 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use crate::compose::gpt::{self, PartitionInfo};
+use crate::compose::gpt;
 use crate::compose::uki;
 use crate::format::meta;
 
@@ -22,6 +23,8 @@ pub struct Inspection {
     /// `raw` or `zstd`.
     pub format: String,
     pub size: u64,
+    /// The logical block size the partition table was written for (512 or 4096).
+    pub sector_size: u64,
     pub disk_guid: String,
     pub partitions: Vec<PartitionInfo>,
     pub esp: Option<EspInfo>,
@@ -38,6 +41,36 @@ pub struct Inspection {
     /// An installer image's configuration, payload and records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub installer: Option<installer::InstallerInfo>,
+}
+
+/// A partition as the GPT describes it.
+#[derive(Debug, Serialize, Clone)]
+pub struct PartitionInfo {
+    pub number: u32,
+    pub label: String,
+    pub type_guid: String,
+    pub guid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// The partitions of a GPT read with [`crate::format::gpt`].
+pub fn partitions(g: &crate::format::gpt::Gpt) -> Vec<PartitionInfo> {
+    g.entries
+        .iter()
+        .map(|e| PartitionInfo {
+            number: e.number,
+            label: e.name.clone(),
+            type_guid: e.type_guid.to_string().to_uppercase(),
+            guid: e.guid.to_string(),
+            first_lba: e.first_lba,
+            last_lba: e.last_lba,
+            offset: e.offset(g.sector_size),
+            size: e.size(g.sector_size),
+        })
+        .collect()
 }
 
 /// The manifest carried inside the image.
@@ -235,8 +268,11 @@ impl<R> Write for ReadOnly<R> {
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let (file, format) = open_image(path)?;
     let size = file.metadata()?.len();
-    let (disk_guid, partitions) = gpt::read(&file)
+    let table = crate::format::gpt::read(size, &mut |off, buf| file.read_exact_at(buf, off))
         .with_context(|| format!("{}: reading the partition table", path.display()))?;
+    let disk_guid = table.disk_guid.to_string();
+    let sector_size = table.sector_size;
+    let partitions = partitions(&table);
     let esp_part = partitions
         .iter()
         .find(|p| p.type_guid == gpt::TYPE_EFI || p.label == "EFI");
@@ -328,6 +364,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         path: path.to_path_buf(),
         format,
         size,
+        sector_size,
         disk_guid,
         partitions,
         esp,
@@ -612,6 +649,11 @@ pub fn render(i: &Inspection) -> Result<String> {
         i.size
     )?;
     writeln!(s, "disk GUID  {}", i.disk_guid)?;
+    writeln!(
+        s,
+        "blocks     {} bytes (the disk's logical block size)",
+        i.sector_size
+    )?;
     writeln!(s, "partitions")?;
     let width = i
         .partitions

@@ -376,7 +376,9 @@ pub fn build(
     boot.put_file(0, a.systemd_boot.file.clone(), 0, a.systemd_boot.len)?;
     let esp_layout = esp::build(esp::EspInput {
         size: None,
+        // A USB stick: 512-byte blocks.
         first_lba: FIRST_OFFSET / gpt::SECTOR,
+        sector_size: gpt::SECTOR,
         volume_id: compose::volume_id(&guid(esp::LABEL)),
         epoch,
         arch: profile.arch,
@@ -390,13 +392,13 @@ pub fn build(
     let payload_offset = FIRST_OFFSET + esp_layout.len();
     let (files, listed) = payload_files(name, payload, &prepared.trust)?;
     let payload_layout = fat::build_smallest(
-        &FatParams {
-            size: 0,
-            label: PAYLOAD_LABEL.to_string(),
-            volume_id: compose::volume_id(&guid(PAYLOAD_PARTNAME)),
-            hidden_sectors: sector_u32(payload_offset)?,
-            mtime: epoch,
-        },
+        &FatParams::new(
+            0,
+            PAYLOAD_LABEL,
+            compose::volume_id(&guid(PAYLOAD_PARTNAME)),
+            sector_u32(payload_offset)?,
+            epoch,
+        ),
         &files,
         &[],
         LabelRule::Uppercase,
@@ -406,13 +408,13 @@ pub fn build(
 
     let records_offset = payload_offset + payload_layout.len();
     let records_layout = fat::build_fat_dirs(
-        &FatParams {
-            size: RECORDS_SIZE,
-            label: RECORDS_LABEL.to_string(),
-            volume_id: compose::volume_id(&guid(RECORDS_PARTNAME)),
-            hidden_sectors: sector_u32(records_offset)?,
-            mtime: epoch,
-        },
+        &FatParams::new(
+            RECORDS_SIZE,
+            RECORDS_LABEL,
+            compose::volume_id(&guid(RECORDS_PARTNAME)),
+            sector_u32(records_offset)?,
+            epoch,
+        ),
         &[],
         &[RECORDS_DIR],
         LabelRule::Uppercase,
@@ -429,6 +431,7 @@ pub fn build(
             (PAYLOAD_PARTNAME, TYPE_BASIC_DATA, &payload_layout),
             (RECORDS_PARTNAME, TYPE_BASIC_DATA, &records_layout),
         ],
+        gpt::SECTOR,
     )?;
 
     progress.phase("writing the installer image");

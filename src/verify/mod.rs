@@ -550,29 +550,29 @@ fn manifest_location(head: &[u8], what: &str) -> Result<(u64, u64), Stop> {
         )
             .into()
     };
-    let entries = target::gpt_entries(head).map_err(|e| no_manifest(format!("{e:#}")))?;
+    // CRCs unchecked: the table's bytes are proven against the manifest afterwards, where a
+    // changed byte is reported at its range.
+    let table =
+        crate::format::gpt::read_head(head, false).map_err(|e| no_manifest(format!("{e:#}")))?;
+    let entries = &table.entries;
     let ty: uuid::Uuid = crate::compose::TYPE_MANIFEST
         .parse()
         .map_err(|_| no_manifest("bad type constant".into()))?;
     let e = entries
         .iter()
         .find(|e| e.type_guid == ty)
-        .or_else(|| {
-            entries
-                .iter()
-                .find(|e| e.label == crate::compose::MANIFEST_LABEL)
-        })
+        .or_else(|| table.by_name(crate::compose::MANIFEST_LABEL))
         .ok_or_else(|| {
             no_manifest(format!(
                 "the partition table has no {} partition",
                 crate::compose::MANIFEST_LABEL
             ))
         })?;
-    if e.last_lba < e.first_lba {
-        return Err(no_manifest("its partition entry is damaged".into()));
-    }
-    let size = ((e.last_lba - e.first_lba + 1) * 512).min(manifest::MAX_PARTITION_READ);
-    Ok((e.first_lba * 512, size))
+    let block = table.sector_size;
+    Ok((
+        e.offset(block),
+        e.size(block).min(manifest::MAX_PARTITION_READ),
+    ))
 }
 
 fn decode(data: &[u8], what: &str) -> Result<Found, Stop> {

@@ -214,62 +214,6 @@ impl Source {
     }
 }
 
-/// GPT facts `verify` needs: where the manifest partition is.
-pub struct GptEntry {
-    pub type_guid: uuid::Uuid,
-    pub label: String,
-    pub first_lba: u64,
-    pub last_lba: u64,
-}
-
-/// Read the primary GPT's entries from the first bytes of a disk (512-byte sectors, as
-/// edgeimage writes). Only what locating the manifest needs is checked; the GPT's bytes are
-/// checked against the manifest's block map afterwards.
-pub fn gpt_entries(head: &[u8]) -> Result<Vec<GptEntry>> {
-    let hdr = head
-        .get(512..512 + 92)
-        .ok_or_else(|| anyhow!("too short to hold a GPT"))?;
-    if &hdr[..8] != b"EFI PART" {
-        return Err(anyhow!("no GPT header at byte 512"));
-    }
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-    let entries_lba = u64_at(hdr, 72);
-    let count = u32_at(hdr, 80) as usize;
-    let size = u32_at(hdr, 84) as usize;
-    if !(128..=4096).contains(&size) || count > 1024 {
-        return Err(anyhow!(
-            "implausible GPT entry table ({count} entries of {size} bytes)"
-        ));
-    }
-    let mut out = Vec::new();
-    for i in 0..count {
-        let off = entries_lba
-            .checked_mul(512)
-            .and_then(|o| o.checked_add((i * size) as u64))
-            .map(|o| o as usize);
-        let Some(e) = off.and_then(|o| head.get(o..o + 128)) else {
-            break;
-        };
-        let ty: [u8; 16] = e[..16].try_into().unwrap_or([0; 16]);
-        if ty == [0; 16] {
-            continue;
-        }
-        let name: Vec<u16> = e[56..128]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&c| c != 0)
-            .collect();
-        out.push(GptEntry {
-            type_guid: uuid::Uuid::from_bytes_le(ty),
-            label: String::from_utf16_lossy(&name),
-            first_lba: u64_at(e, 32),
-            last_lba: u64_at(e, 40),
-        });
-    }
-    Ok(out)
-}
-
 /// Read everything from `r` into `buf`'s first `len` bytes (a stream's prefix).
 pub fn read_prefix(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
     let mut v = vec![0u8; len];

@@ -222,7 +222,12 @@ pub fn small_fixture(extra_toml: &str) -> Fixture {
 
 /// Fixture + trust store with a fresh key + `build --raw` (signed with that key if `signed`).
 pub fn setup(extra_toml: &str, signed: bool) -> Built {
-    let f = small_fixture(extra_toml);
+    built_from(small_fixture(extra_toml), signed)
+}
+
+/// A trust store with a fresh key, and `build --raw` of `f` (signed with that key if
+/// `signed`).
+pub fn built_from(f: Fixture, signed: bool) -> Built {
     let key = new_key(&f.dir.path().join("keys"), "release");
     let trust = f.dir.path().join("trust");
     fs::create_dir_all(trust.join("trusted")).unwrap();
@@ -459,6 +464,11 @@ impl Loop {
     /// Attach `file` read-only.
     pub fn read_only(file: &Path) -> Option<Loop> {
         Self::attach(file, &["-r"])
+    }
+
+    /// Attach `file` read-write with `block`-byte logical blocks (`losetup -b`).
+    pub fn with_block_size(file: &Path, block: u32) -> Option<Loop> {
+        Self::attach(file, &["-b", &block.to_string()])
     }
 
     fn attach(file: &Path, extra: &[&str]) -> Option<Loop> {
