@@ -20,6 +20,7 @@ pub mod format;
 pub mod inspect;
 pub mod install;
 pub mod installer;
+pub mod kmod;
 pub mod layout;
 pub mod pe;
 pub mod personalize;

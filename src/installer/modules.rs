@@ -12,19 +12,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::profile::installer::{profile_error, ModulesSpec};
 
-/// Largest module accepted, decompressed (the largest in-tree modules are about 30 MiB).
-pub const MAX_MODULE_SIZE: u64 = 256 << 20;
+pub use crate::kmod::{module_name, MAX_MODULE_SIZE};
 /// Directory levels searched below `modules.dir` (a `lib/modules/<kver>` tree has about 8).
 const MAX_DEPTH: usize = 24;
-/// File name endings of modules, plain first.
-const SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
 
 /// One module, ready for the initramfs.
 #[derive(Clone, Debug)]
@@ -42,16 +38,6 @@ impl Module {
     pub fn file_name(&self) -> String {
         format!("{}.ko", self.name)
     }
-}
-
-/// The module name of a file name (`virtio-blk.ko.zst` → `virtio_blk`), if it is a module.
-pub fn module_name(file_name: &str) -> Option<String> {
-    SUFFIXES
-        .iter()
-        .rev()
-        .find_map(|s| file_name.strip_suffix(s))
-        .filter(|stem| !stem.is_empty())
-        .map(|stem| stem.replace('-', "_"))
 }
 
 /// Find, order and decompress the modules of `spec`; `profile` names the file in errors.
@@ -265,30 +251,7 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let reader: Box<dyn Read> = if name.ends_with(".ko.xz") {
-        Box::new(xz2::read::XzDecoder::new(file))
-    } else if name.ends_with(".ko.zst") {
-        Box::new(zstd::stream::read::Decoder::new(file)?)
-    } else if name.ends_with(".ko.gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
-    let mut data = Vec::new();
-    reader
-        .take(MAX_MODULE_SIZE + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| anyhow::anyhow!("cannot read or decompress it: {e}"))?;
-    if data.len() as u64 > MAX_MODULE_SIZE {
-        bail!("it is larger than {} MiB", MAX_MODULE_SIZE >> 20);
-    }
-    if !data.starts_with(b"\x7fELF") {
-        bail!(
-            "it is not a kernel module (an ELF object); it starts with {}",
-            hex::encode(&data[..data.len().min(8)])
-        );
-    }
-    Ok(data)
+    crate::kmod::decompress(&name, file)
 }
 
 #[cfg(test)]
