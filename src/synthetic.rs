@@ -174,6 +174,57 @@ pub fn asset_set(arch: Arch, sizes: Sizes) -> Result<Vec<(&'static str, Vec<u8>)
     ])
 }
 
+/// A synthetic base initramfs whose `rootfs.sqsh` is a real squashfs holding the kernel
+/// module tree `<modules_root>/<kver>/` with `files` (path relative to it, bytes): what an
+/// extension's kernel modules are combined with. zstd-compressed newc cpio, as Talos's.
+pub fn initramfs_with_modules(
+    modules_root: &str,
+    kver: &str,
+    files: &[(&str, Vec<u8>)],
+) -> Result<Vec<u8>> {
+    use crate::compose::cpio::{Entry, Writer};
+    use crate::layout::Layout;
+    use crate::tree::{Node, Tree};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut t = Tree::new();
+    let base = format!("{modules_root}/{kver}");
+    let mut dirs: Vec<String> = Vec::new();
+    let mut add_dirs = |path: &str, t: &mut Tree| {
+        let mut d = String::new();
+        for part in path.split('/') {
+            if !d.is_empty() {
+                d.push('/');
+            }
+            d.push_str(part);
+            if !dirs.contains(&d) {
+                dirs.push(d.clone());
+                t.insert(d.clone(), Node::dir(0o755));
+            }
+        }
+    };
+    add_dirs(&base, &mut t);
+    for (rel, data) in files {
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            add_dirs(&format!("{base}/{parent}"), &mut t);
+        }
+        t.insert(
+            format!("{base}/{rel}"),
+            Node::file(Layout::from_bytes(data.clone()), 0o644),
+        );
+    }
+    let mut f = tempfile::tempfile().context("creating a temporary squashfs")?;
+    crate::compose::squashfs::write_squashfs(&t, 0, &mut f)?;
+    let mut sqsh = Vec::new();
+    f.seek(SeekFrom::Start(0))?;
+    f.read_to_end(&mut sqsh)?;
+    let mut cpio_bytes = Vec::new();
+    let mut w = Writer::new(&mut cpio_bytes);
+    w.append(Entry::file_bytes("init", 0o755, b"#!/bin/sh\n"))?;
+    w.append(Entry::file_bytes("rootfs.sqsh", 0o644, &sqsh))?;
+    w.finish()?;
+    zstd::bulk::compress(&cpio_bytes, 1).context("compressing the synthetic initramfs")
+}
+
 /// Write a synthetic set into `dir`; returns `(file name, sha256)` of each file.
 pub fn write_asset_set(dir: &Path, arch: Arch, sizes: Sizes) -> Result<Vec<(String, String)>> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

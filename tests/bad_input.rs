@@ -31,16 +31,6 @@ fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// Replace an asset and re-pin it, so the check after the pin is what fails.
-fn replace_pinned(f: &Fixture, name: &str, data: &[u8]) {
-    let old = digest(&f.digests, name);
-    fs::write(f.dir.path().join("assets").join(name), data).unwrap();
-    let text = fs::read_to_string(&f.profile)
-        .unwrap()
-        .replace(&old, &sha(data));
-    fs::write(&f.profile, text).unwrap();
-}
-
 #[test]
 fn truncated_asset_is_refused_with_both_digests() {
     let f = fixture(Arch::Amd64, "");
@@ -83,7 +73,7 @@ fn missing_asset_names_the_file() {
 #[test]
 fn stub_that_is_not_pe_is_refused() {
     let f = fixture(Arch::Amd64, "");
-    replace_pinned(&f, "systemd-stub.efi", b"#!/bin/sh\necho not a PE file\n");
+    replace_asset(&f, "systemd-stub.efi", b"#!/bin/sh\necho not a PE file\n");
     let e = fails(&f, &f.dir.path().join("out"));
     assert!(
         e.contains("asset `systemd_stub`")
@@ -97,7 +87,7 @@ fn stub_that_is_not_pe_is_refused() {
 fn truncated_pe_stub_is_refused() {
     let f = fixture(Arch::Amd64, "");
     let stub = fs::read(f.dir.path().join("assets/systemd-stub.efi")).unwrap();
-    replace_pinned(&f, "systemd-stub.efi", &stub[..0x1000]);
+    replace_asset(&f, "systemd-stub.efi", &stub[..0x1000]);
     let e = fails(&f, &f.dir.path().join("out"));
     assert!(e.contains("systemd-stub") && e.contains("truncated"), "{e}");
 }
@@ -107,7 +97,7 @@ fn kernel_for_the_other_architecture_is_refused() {
     let f = fixture(Arch::Amd64, "");
     let arm = edgeimage::synthetic::asset_set(Arch::Arm64, Default::default()).unwrap();
     let kernel = &arm.iter().find(|(n, _)| *n == "vmlinuz").unwrap().1;
-    replace_pinned(&f, "vmlinuz", kernel);
+    replace_asset(&f, "vmlinuz", kernel);
     let e = fails(&f, &f.dir.path().join("out"));
     assert!(
         e.contains("asset `kernel`") && e.contains("arm64 binary") && e.contains("arch is amd64"),
@@ -118,7 +108,7 @@ fn kernel_for_the_other_architecture_is_refused() {
 #[test]
 fn initramfs_that_is_not_compressed_cpio_is_refused() {
     let f = fixture(Arch::Amd64, "");
-    replace_pinned(&f, "initramfs.xz", b"plain text, no archive");
+    replace_asset(&f, "initramfs.xz", b"plain text, no archive");
     let e = fails(&f, &f.dir.path().join("out"));
     assert!(
         e.contains("asset `initramfs`") && e.contains("not an initramfs"),

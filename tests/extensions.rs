@@ -13,20 +13,6 @@ use edgeimage::talos::Arch;
 use sha2::{Digest, Sha256};
 
 /// An extension in `form` under the fixture dir; returns the profile snippet pinning it.
-fn extension(f: &Fixture, entries: &[Entry], form: Form, name: &str) -> String {
-    let dir = f.dir.path().join(name);
-    fs::create_dir_all(&dir).unwrap();
-    let path = xf::write(entries, form, &dir, Arch::Amd64).unwrap();
-    let pin = edgeimage::extension::input_sha256(&path).unwrap();
-    // Relative to the profile, so the profile's bytes (and digest) do not depend on where
-    // the test runs.
-    let rel = path.strip_prefix(f.profile.parent().unwrap()).unwrap();
-    format!(
-        "[[extensions]]\npath = \"{}\"\nsha256 = \"{pin}\"\n",
-        rel.display()
-    )
-}
-
 fn config_section(f: &Fixture, yaml: &str, delivery: &str) -> String {
     fs::write(f.dir.path().join("machine.yaml"), yaml).unwrap();
     fs::write(
@@ -35,14 +21,6 @@ fn config_section(f: &Fixture, yaml: &str, delivery: &str) -> String {
     )
     .unwrap();
     format!("[config]\npath = \"machine.yaml\"\npatches = [\"hostname.yaml\"]\ndelivery = \"{delivery}\"\n")
-}
-
-/// Append sections to the fixture's profile.
-fn add(f: &Fixture, text: &str) {
-    let mut p = fs::read_to_string(&f.profile).unwrap();
-    p.push('\n');
-    p.push_str(text);
-    fs::write(&f.profile, p).unwrap();
 }
 
 fn build_json(f: &Fixture, out: &Path) -> serde_json::Value {

@@ -7,6 +7,7 @@
 //! image is composed from.
 
 pub mod oci;
+pub mod rootfs;
 
 use std::fs::File;
 use std::io::Read;

@@ -32,8 +32,9 @@
 //! naming and order to Talos for up to ten layers, and the profile's order (not Talos's
 //! accidental string order) beyond.
 //!
-//! Kernel modules (`usr/lib/modules`, `lib/modules`) need a combined `modules.dep` layer built
-//! with depmod: [`extensions_archive`] refuses them with a clear error.
+//! Kernel modules (`usr/lib/modules`, `lib/modules`) need a combined `modules.dep` layer
+//! ([`crate::extension::modules`]): it is packed last, as `modules.dep.sqsh`, exactly as Talos's
+//! imager names and lists it; [`extensions_archive`] refuses modules without it.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -43,7 +44,7 @@ use sha2::{Digest, Sha256};
 
 use crate::compose::cpio::{self, Entry};
 use crate::compose::squashfs;
-use crate::extension::{Extension, Metadata};
+use crate::extension::{modules, Extension, Metadata};
 use crate::layout::{Layout, SharedFile};
 use crate::tree::{Node, NodeKind, Tree};
 
@@ -89,28 +90,41 @@ pub struct ExtensionsArchive {
     pub layers: Vec<LayerInfo>,
 }
 
-/// Pack `exts` (profile order; the embedded configuration, if any, last).
-pub fn extensions_archive(exts: &[Extension], epoch: u64) -> Result<ExtensionsArchive> {
+/// Pack `exts` (profile order; the embedded configuration, if any, last), then the combined
+/// `modules.dep` layer `modules_dep` when extensions carry kernel modules.
+pub fn extensions_archive(
+    exts: &[Extension],
+    modules_dep: Option<&Extension>,
+    epoch: u64,
+) -> Result<ExtensionsArchive> {
     if exts.is_empty() {
         bail!("no extensions to pack");
     }
+    let named: Vec<(String, &Extension)> = exts
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (format!("{i}.sqsh"), e))
+        .chain(modules_dep.map(|m| (modules::LAYER_IMAGE.to_string(), m)))
+        .collect();
     let mut layers = Vec::new();
     let mut sqsh: Vec<(String, Layout)> = Vec::new();
     let mut firmware = Moved::default();
     let mut intel: Vec<Layout> = Vec::new();
     let mut amd: Vec<Layout> = Vec::new();
-    for (i, ext) in exts.iter().enumerate() {
+    for (image, ext) in &named {
         let what = format!(
             "extension {} {} ({})",
             ext.metadata.name, ext.metadata.version, ext.origin
         );
-        let image = format!("{i}.sqsh");
-        for m in MODULE_ROOTS {
-            if has_under(&ext.rootfs, m) {
-                bail!(
-                    "{what}: carries kernel modules under /{m}; packing modules needs a combined \
-                     modules.dep layer (depmod), which edgeimage does not build yet"
-                );
+        let image = image.clone();
+        if modules_dep.is_none() {
+            for m in MODULE_ROOTS {
+                if has_under(&ext.rootfs, m) {
+                    bail!(
+                        "{what}: carries kernel modules under /{m} but no combined modules.dep \
+                         layer was made for them"
+                    );
+                }
             }
         }
         let split = split_rootfs(&ext.rootfs, &mut firmware)
@@ -139,8 +153,8 @@ pub fn extensions_archive(exts: &[Extension], epoch: u64) -> Result<ExtensionsAr
     }
     let listed: Vec<(&str, &Metadata)> = layers
         .iter()
-        .zip(exts)
-        .map(|(l, e)| (l.image.as_str(), &e.metadata))
+        .zip(&named)
+        .map(|(l, (_, e))| (l.image.as_str(), &e.metadata))
         .collect();
     let extensions_yaml = extensions_yaml(&listed);
 
@@ -1200,8 +1214,8 @@ layers:
     #[test]
     fn archive_as_talos_packs_it() {
         let exts = fixtures();
-        let a = extensions_archive(&exts, EPOCH).unwrap();
-        let b = extensions_archive(&exts, EPOCH).unwrap();
+        let a = extensions_archive(&exts, None, EPOCH).unwrap();
+        let b = extensions_archive(&exts, None, EPOCH).unwrap();
         let bytes = a.layout.to_vec().unwrap();
         assert_eq!(bytes, b.layout.to_vec().unwrap(), "deterministic");
         assert_eq!(bytes.len() % 4, 0);
@@ -1312,7 +1326,7 @@ layers:
         assert_eq!(p.to_vec().unwrap(), b"BASE!\0\0\0");
         assert_eq!(pad4(&p).unwrap().len(), 8);
         let exts = fixtures();
-        let a = extensions_archive(&exts[1..], EPOCH).unwrap();
+        let a = extensions_archive(&exts[1..], None, EPOCH).unwrap();
         assert!(a.early.is_none());
         let initrd = compose_initrd(&base, &a).unwrap();
         let v = initrd.to_vec().unwrap();
@@ -1326,14 +1340,17 @@ layers:
     }
 
     #[test]
-    fn modules_are_refused() {
+    fn modules_without_their_layer_are_refused() {
         let mut t = Tree::new();
         t.insert(
             "usr/lib/modules/6.12/extra/x.ko",
             Node::file(Layout::from_bytes(b"ko".to_vec()), 0o644),
         );
-        let e = extensions_archive(&[ext(meta("m", "1", "d", None), t)], EPOCH).unwrap_err();
-        assert!(format!("{e:#}").contains("modules.dep"), "{e:#}");
+        let e = extensions_archive(&[ext(meta("m", "1", "d", None), t)], None, EPOCH).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("no combined modules.dep"),
+            "{e:#}"
+        );
     }
 
     /// `cargo test --release --lib compose::initramfs::tests::pack_50mb -- --ignored --nocapture`
@@ -1347,7 +1364,7 @@ layers:
         );
         let exts = [ext(meta("big", "1", "d", None), t)];
         let start = std::time::Instant::now();
-        let a = extensions_archive(&exts, EPOCH).unwrap();
+        let a = extensions_archive(&exts, None, EPOCH).unwrap();
         eprintln!(
             "packed 50 MiB extension in {:?}: squashfs {} bytes, archive {} bytes",
             start.elapsed(),

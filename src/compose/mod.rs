@@ -137,6 +137,46 @@ pub fn volume_id(guid: &uuid::Uuid) -> u32 {
 /// Largest stub accepted (systemd's are about 100 KiB).
 pub const STUB_LIMIT: u64 = 16 << 20;
 
+/// What the base initramfs's root filesystem gives the composer: the combined `modules.dep`
+/// layer when an extension carries kernel modules ([`crate::extension::modules`]), and the
+/// kernel release (the name of its module directory) for the UKI's `.uname` when neither the
+/// profile nor the kernel's header says it (arm64 kernels carry no header): Talos's arm64 UKIs
+/// have `.uname` too. The root filesystem is read only when one of them is needed; a base
+/// initramfs without a module tree then gives no `.uname`, but is an error for modules.
+fn from_base_rootfs(
+    profile: &Profile,
+    base: &Layout,
+    origin: &str,
+    plan: &Plan,
+    kernel_version: Option<&str>,
+) -> Result<(Option<crate::extension::Extension>, Option<String>)> {
+    use crate::extension::{modules, modules_root};
+    let with_modules = plan
+        .extensions
+        .iter()
+        .any(|e| modules::carries_modules(e, &profile.talos));
+    if !with_modules && kernel_version.is_some() {
+        return Ok((None, None));
+    }
+    let tree = assets::rootfs::BaseRootfs::extract(base, origin).and_then(|r| {
+        let t = r.modules(modules_root(&profile.talos))?;
+        Ok((t.kver.clone(), r))
+    });
+    if !with_modules {
+        return Ok((None, tree.ok().map(|t| t.0)));
+    }
+    let (_, rootfs) =
+        tree.context("reading the base initramfs for the extensions' kernel modules")?;
+    let tree = rootfs.modules(modules_root(&profile.talos))?;
+    let sig_enforce = plan
+        .cmdline
+        .split_whitespace()
+        .any(|a| a == "module.sig_enforce=1");
+    let layer = modules::modules_layer(&tree, &plan.extensions, &profile.talos, sig_enforce)
+        .context("building the combined modules.dep layer")?;
+    Ok((layer, Some(tree.kver.clone())))
+}
+
 /// Compose the disk image for a profile from checked assets and its resolved plan.
 pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Result<Composition> {
     let stub = assets::read_all(&a.systemd_stub, STUB_LIMIT)?;
@@ -147,10 +187,18 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     };
     let kernel = file_layout(&a.kernel)?;
     let base = file_layout(&a.initramfs)?;
+    let (modules_dep, base_kver) = from_base_rootfs(
+        profile,
+        &base,
+        &a.initramfs.origin,
+        plan,
+        a.kernel_version.as_deref(),
+    )?;
+    let uname = a.kernel_version.clone().or(base_kver);
     let (initrd, layers) = if plan.extensions.is_empty() {
         (base, Vec::new())
     } else {
-        let packed = initramfs::extensions_archive(&plan.extensions, epoch)
+        let packed = initramfs::extensions_archive(&plan.extensions, modules_dep.as_ref(), epoch)
             .context("packing the system extensions")?;
         (initramfs::compose_initrd(&base, &packed)?, packed.layers)
     };
@@ -164,7 +212,7 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
         stub: &stub,
         osrel: &osrel,
         cmdline: &plan.cmdline,
-        uname: a.kernel_version.as_deref(),
+        uname: uname.as_deref(),
         kernel: &kernel,
         initrd: &initrd,
         profiles: &profiles,

@@ -6,6 +6,7 @@ use crate::tree::Tree;
 
 pub mod fixtures;
 mod load;
+pub mod modules;
 pub mod semver;
 mod validate;
 

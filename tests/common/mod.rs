@@ -577,3 +577,42 @@ pub fn unpack_appended(uki: &Path, base: &Path, dir: &Path) {
         .unwrap();
     assert!(o.status.success(), "zstd | cpio: {}", stderr(&o));
 }
+
+/// Write `entries` as an extension in `form` under the fixture's directory `name`; returns
+/// the profile's `[[extensions]]` section pinning it (the path relative to the profile, so the
+/// profile's bytes do not depend on where the test runs).
+pub fn extension(
+    f: &Fixture,
+    entries: &[edgeimage::extension::fixtures::Entry],
+    form: edgeimage::extension::fixtures::Form,
+    name: &str,
+) -> String {
+    let dir = f.dir.path().join(name);
+    fs::create_dir_all(&dir).unwrap();
+    let path = edgeimage::extension::fixtures::write(entries, form, &dir, Arch::Amd64).unwrap();
+    let pin = edgeimage::extension::input_sha256(&path).unwrap();
+    let rel = path.strip_prefix(f.profile.parent().unwrap()).unwrap();
+    format!(
+        "[[extensions]]\npath = \"{}\"\nsha256 = \"{pin}\"\n",
+        rel.display()
+    )
+}
+
+/// Append sections to the fixture's profile.
+pub fn add(f: &Fixture, text: &str) {
+    let mut p = fs::read_to_string(&f.profile).unwrap();
+    p.push('\n');
+    p.push_str(text);
+    fs::write(&f.profile, p).unwrap();
+}
+
+/// Replace the fixture's asset `name` with `data` and pin the new bytes in its profile.
+pub fn replace_asset(f: &Fixture, name: &str, data: &[u8]) {
+    use sha2::{Digest, Sha256};
+    let old = digest(&f.digests, name);
+    fs::write(f.dir.path().join("assets").join(name), data).unwrap();
+    let text = fs::read_to_string(&f.profile)
+        .unwrap()
+        .replace(&old, &hex::encode(Sha256::digest(data)));
+    fs::write(&f.profile, text).unwrap();
+}
