@@ -6,7 +6,7 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -141,80 +141,40 @@ pub fn walk<R: Read>(section: R) -> Result<InitrdInfo> {
     }
 }
 
-fn hexfield(h: &[u8], i: usize) -> Result<u64> {
-    let s = std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i])?;
-    Ok(u64::from_str_radix(s, 16)?)
-}
-
-fn skip<R: Read>(r: &mut R, n: u64) -> io::Result<()> {
-    let copied = io::copy(&mut r.take(n), &mut io::sink())?;
-    if copied != n {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(())
-}
-
 /// Parse one newc archive up to its trailer; returns the number of entries.
 fn read_cpio<R: Read>(r: &mut R, info: &mut InitrdInfo) -> Result<usize> {
-    let mut count = 0;
-    let mut pos: u64 = 0;
-    loop {
-        let mut h = [0u8; 110];
-        r.read_exact(&mut h).context("truncated cpio header")?;
-        if &h[..6] != b"070701" && &h[..6] != b"070702" {
-            bail!("not a newc cpio header at archive byte {pos}");
+    crate::format::cpio::read(r, &mut |h, body| {
+        let name = h.name.as_str();
+        let text = |body: &mut dyn Read| -> Result<String> {
+            let mut t = Vec::new();
+            body.read_to_end(&mut t)?;
+            Ok(String::from_utf8_lossy(&t).into_owned())
+        };
+        if !h.is_file() {
+            return Ok(());
         }
-        let mode = hexfield(&h, 1)?;
-        let size = hexfield(&h, 6)?;
-        let namesize = hexfield(&h, 11)?;
-        if namesize == 0 || namesize > 4096 {
-            bail!("cpio name size {namesize} at archive byte {pos}");
-        }
-        let mut name = vec![0u8; namesize as usize];
-        r.read_exact(&mut name)?;
-        let name = String::from_utf8_lossy(&name[..name.len() - 1]).into_owned();
-        pos += 110 + namesize;
-        let pad = (4 - pos % 4) % 4;
-        skip(r, pad)?;
-        pos += pad;
-        if name == "TRAILER!!!" {
-            return Ok(count);
-        }
-        count += 1;
-        let is_file = mode & 0o170000 == 0o100000;
-        if is_file && name == "extensions.yaml" && size <= YAML_LIMIT {
-            let mut text = vec![0u8; size as usize];
-            r.read_exact(&mut text)?;
-            info.extensions_yaml = Some(String::from_utf8_lossy(&text).into_owned());
-        } else if is_file
-            && name == crate::install::config::CONFIG_PATH.trim_start_matches('/')
-            && size <= YAML_LIMIT
+        if name == "extensions.yaml" && h.size <= YAML_LIMIT {
+            info.extensions_yaml = Some(text(body)?);
+        } else if name == crate::install::config::CONFIG_PATH.trim_start_matches('/')
+            && h.size <= YAML_LIMIT
         {
-            let mut text = vec![0u8; size as usize];
-            r.read_exact(&mut text)?;
-            info.installer_config = Some(String::from_utf8_lossy(&text).into_owned());
-        } else if is_file && name.ends_with(".sqsh") && !name.contains('/') {
-            let mut h = Sha256::new();
-            let n = io::copy(&mut r.take(size), &mut h)?;
-            if n != size {
+            info.installer_config = Some(text(body)?);
+        } else if name.ends_with(".sqsh") && !name.contains('/') {
+            let mut d = Sha256::new();
+            let n = io::copy(body, &mut d)?;
+            if n != h.size {
                 bail!("truncated {name}");
             }
             info.layers.push(Member {
-                name,
-                size,
-                sha256: hex::encode(h.finalize()),
+                name: name.to_string(),
+                size: h.size,
+                sha256: hex::encode(d.finalize()),
             });
-        } else {
-            if is_file && name.starts_with("usr/lib/firmware/") {
-                info.firmware_files += 1;
-            }
-            skip(r, size)?;
+        } else if name.starts_with("usr/lib/firmware/") {
+            info.firmware_files += 1;
         }
-        pos += size;
-        let pad = (4 - pos % 4) % 4;
-        skip(r, pad)?;
-        pos += pad;
-    }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
