@@ -248,6 +248,21 @@ fn read_with(
     })
 }
 
+/// [`read`] from a file (an image or a disk opened as a file).
+pub fn read_file(f: &std::fs::File) -> Result<Gpt> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().context("reading the disk's size")?.len();
+    read(len, &mut |off, buf| f.read_exact_at(buf, off))
+}
+
+impl Gpt {
+    /// `(offset, size)` in bytes of the first used entry named `label`.
+    pub fn place_of(&self, label: &str) -> Option<(u64, u64)> {
+        self.by_name(label)
+            .map(|e| (e.offset(self.sector_size), e.size(self.sector_size)))
+    }
+}
+
 /// [`read`] (or, without `check_crc`, [`read_unchecked`]) from the first bytes of a disk
 /// (`head`); the entry array must lie within them.
 pub fn read_head(head: &[u8], check_crc: bool) -> Result<Gpt> {

@@ -65,13 +65,11 @@ fn is_blank(path: &Path) -> Result<bool> {
 
 /// The install records on a stick (records partition, `records/*.json`), read with mtools.
 fn records(stick: &Path) -> Result<Vec<serde_json::Value>> {
-    let f = fs::File::open(stick)?;
-    let (_, parts) = edgeimage::compose::gpt::read(&f)?;
-    let p = parts
-        .iter()
-        .find(|p| p.label == edgeimage::install::config::RECORDS_PARTNAME)
+    let gpt = edgeimage::format::gpt::read_file(&fs::File::open(stick)?)?;
+    let (offset, _) = gpt
+        .place_of(edgeimage::install::config::RECORDS_PARTNAME)
         .context("the stick has no records partition")?;
-    let img = format!("{}@@{}", stick.display(), p.offset);
+    let img = format!("{}@@{offset}", stick.display());
     let list = fetch::capture(Command::new("mdir").args(["-b", "-i", &img, "::records"]))
         .unwrap_or_default();
     let mut out = Vec::new();
@@ -91,12 +89,11 @@ fn tamper(stick: &Path, zst: &Path) -> Result<()> {
     let at = payload.len() / 2;
     let needle = &payload[at..at + 64];
     let img = fs::read(stick)?;
-    let (_, parts) = edgeimage::compose::gpt::read(fs::File::open(stick)?)?;
-    let p = parts
-        .iter()
-        .find(|p| p.label == edgeimage::install::config::PAYLOAD_PARTNAME)
+    let gpt = edgeimage::format::gpt::read_file(&fs::File::open(stick)?)?;
+    let (offset, size) = gpt
+        .place_of(edgeimage::install::config::PAYLOAD_PARTNAME)
         .context("the stick has no payload partition")?;
-    let (start, end) = (p.offset as usize, (p.offset + p.size) as usize);
+    let (start, end) = (offset as usize, (offset + size) as usize);
     let pos = start
         + img[start..end.min(img.len())]
             .windows(64)

@@ -19,14 +19,13 @@ const DEVICE_HOST: &str = "e2e-pers-01";
 
 /// `config.yaml` of the metal-iso partition of `raw`, read with mtools.
 fn metal_iso_config(raw: &Path) -> Result<String> {
-    let (_, parts) = edgeimage::compose::gpt::read(fs::File::open(raw)?)?;
-    let p = parts
-        .iter()
-        .find(|p| p.label == edgeimage::config::delivery::METAL_ISO_LABEL)
+    let gpt = edgeimage::format::gpt::read_file(&fs::File::open(raw)?)?;
+    let (offset, _) = gpt
+        .place_of(edgeimage::config::delivery::METAL_ISO_LABEL)
         .context("the image has no metal-iso partition")?;
     fetch::capture(Command::new("mtype").args([
         "-i",
-        &format!("{}@@{}", raw.display(), p.offset),
+        &format!("{}@@{offset}", raw.display()),
         "::config.yaml",
     ]))
 }
