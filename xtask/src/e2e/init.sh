@@ -64,6 +64,10 @@ while [ $i -lt 100 ]; do
   i=$((i + 1))
 done
 m "block: $(ls /sys/class/block | tr '\n' ' ')"
+if [ -n "$esp" ]; then
+  disk=$(basename "$(readlink -f "/sys/class/block/$esp/..")")
+  m "logical-block-size: $disk=$(cat "/sys/class/block/$disk/queue/logical_block_size")"
+fi
 
 # rd_u32 DEV OFFSET: big-endian u32 as decimal.
 rd_u32() {
@@ -136,11 +140,25 @@ if [ -d /sys/firmware/efi ] && mount -t efivarfs efivarfs $ev 2>/dev/null; then
   done
 fi
 
+# What the stub and the loader say about the boot profile (systemd >= 257).
+if [ -d $ev ]; then
+  for v in StubProfile LoaderEntrySelected; do
+    f=$(ls $ev/$v-* 2>/dev/null | head -n 1)
+    [ -n "$f" ] && m "efivar $v=$(dd if="$f" bs=1 skip=4 2>/dev/null | tr -d '\000')"
+  done
+fi
+m "cmdline-length: $(tr -d '\n' </proc/cmdline | wc -c)"
+
+# --- The base root filesystem: rootfs.sqsh, as Talos's init mounts it ----------------------
+mkdir -p /base
+mount -t squashfs -o ro,loop /rootfs.sqsh /base 2>/tmp/err ||
+  m "error: mount-failed: squashfs /rootfs.sqsh: $(cat /tmp/err)"
+
 # --- System extensions, mounted as machined's mountRootFS does ---------------------------
 # /extensions.yaml (yaml.v3 layout: "    - image: N.sqsh", metadata keys at 8 spaces) lists
 # the layers; each is loop-mounted read-only, and one overlay stacks them over the base
-# (standing in for rootfs.sqsh), the last listed on top: overlayfs takes the leftmost
-# lowerdir as the top layer.
+# (rootfs.sqsh), the last listed on top: overlayfs takes the leftmost lowerdir as the top
+# layer.
 if [ -f /extensions.yaml ]; then
   awk '
     function flush() { if (img != "") print img "|" name "|" ver }
@@ -172,6 +190,20 @@ if [ -f /extensions.yaml ]; then
     m "overlay: lowerdir=$lower service-definition=${svc:-none} base=$(cat /sysroot/usr/local/etc/e2e-base 2>/dev/null)"
     mount -o bind /sysroot/usr/local /usr/local 2>/tmp/err ||
       m "error: mount-failed: bind /sysroot/usr/local: $(cat /tmp/err)"
+    # A module only an extension carries, loaded by name through the combined modules.dep
+    # (busybox modprobe reads /lib/modules/$(uname -r)/modules.dep): its dependencies come
+    # from the base root filesystem.
+    kv=$(uname -r)
+    if [ -d "/sysroot/usr/lib/modules/$kv/extras" ]; then
+      mount -o bind /sysroot/usr/lib/modules /lib/modules 2>/tmp/err ||
+        m "error: mount-failed: bind /sysroot/usr/lib/modules: $(cat /tmp/err)"
+      m "modules-dep: $(grep '^extras/8021q.ko:' "/lib/modules/$kv/modules.dep")"
+      if modprobe 8021q 2>/tmp/err; then
+        m "modprobe: 8021q loaded=$(grep -c '^8021q ' /proc/modules) with=$(for x in mrp garp stp llc; do grep -q "^$x " /proc/modules && printf '%s,' $x; done)"
+      else
+        m "error: modprobe 8021q: $(cat /tmp/err)"
+      fi
+    fi
   else
     m "error: mount-failed: overlay lowerdir=$lower: $(cat /tmp/err)"
   fi

@@ -1,8 +1,11 @@
 //! The stand-in initramfs: busybox, `/dev/console`, the kernel modules the boot needs (disk,
-//! FAT, and loop + squashfs + overlay for system extensions), `/base` standing in for Talos's
-//! `rootfs.sqsh` (the bottom of the extensions' overlay), and a busybox `/init` that prints
-//! what it finds, packed with edgeimage's own cpio writer and compressed with zstd (as Talos's
-//! `initramfs.xz` is since 1.8).
+//! FAT, and loop + squashfs + overlay for system extensions), a `rootfs.sqsh` standing in for
+//! Talos's (a squashfs made by edgeimage's writer, the bottom of the extensions' overlay, with
+//! a marker file, a service definition the extension must hide, and a kernel module tree at
+//! `usr/lib/modules/<kver>/` holding [`BASE_MODULES`] with Debian's `modules.order`,
+//! `modules.builtin` and `modules.builtin.modinfo`: what edgeimage combines an extension's
+//! modules with), and a busybox `/init` that prints what it finds, packed with edgeimage's
+//! own cpio writer and compressed with zstd (as Talos's `initramfs.xz` is since 1.8).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -30,8 +33,13 @@ const WANTED: &[(&str, bool)] = &[
 
 const INIT: &str = include_str!("init.sh");
 
-/// In `/base`, under the overlay: read back through it to show the base is the bottom layer.
+/// In `rootfs.sqsh`, under the overlay: read back through it to show the base is the bottom
+/// layer.
 pub const BASE_MARK: &str = "rootfs.sqsh stand-in";
+/// The base module tree: what [`EXT_MODULE`] needs, directly or not.
+pub const BASE_MODULES: &[&str] = &["llc", "stp", "garp", "mrp"];
+/// The module only an extension carries (`extras/8021q.ko`), loaded with busybox `modprobe`.
+pub const EXT_MODULE: &str = "8021q";
 /// `/base`'s own `edgehostlet.yaml`, which the extension's must hide (it is on top).
 pub const BASE_SERVICE: &str = "name: base-placeholder\n";
 
@@ -78,22 +86,10 @@ pub fn build(root: &Root, out: &Path) -> Result<Vec<String>> {
         Entry::dir("usr", 0o755),
         Entry::dir("usr/local", 0o755),
     ];
-    let mut dir = String::from("base");
-    entries.push(Entry::dir(dir.clone(), 0o755));
-    for part in ["usr", "local", "etc", "containers"] {
-        dir = format!("{dir}/{part}");
-        entries.push(Entry::dir(dir.clone(), 0o755));
-    }
-    entries.push(Entry::file_bytes(
-        "base/usr/local/etc/e2e-base",
-        0o644,
-        BASE_MARK.as_bytes(),
-    ));
-    entries.push(Entry::file_bytes(
-        "base/usr/local/etc/containers/edgehostlet.yaml",
-        0o644,
-        BASE_SERVICE.as_bytes(),
-    ));
+    entries.push(Entry::dir("base", 0o755));
+    let rootfs = rootfs_sqsh(root)?;
+    let rootfs_len = rootfs.metadata()?.len();
+    entries.push(Entry::file("rootfs.sqsh", 0o644, rootfs_len, rootfs));
     for m in &order {
         let p = &index[m.as_str()];
         let f = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
@@ -118,6 +114,101 @@ pub fn build(root: &Root, out: &Path) -> Result<Vec<String>> {
         .flush()
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(order)
+}
+
+/// The stand-in `rootfs.sqsh` (see the module documentation), in a temporary file.
+fn rootfs_sqsh(root: &Root) -> Result<fs::File> {
+    use edgeimage::layout::Layout;
+    use edgeimage::tree::{Node, Tree};
+    let mut t = Tree::new();
+    let dir = |t: &mut Tree, path: &str| {
+        let mut d = String::new();
+        for part in path.split('/') {
+            if !d.is_empty() {
+                d.push('/');
+            }
+            d.push_str(part);
+            t.insert(d.clone(), Node::dir(0o755));
+        }
+    };
+    dir(&mut t, "usr/local/etc/containers");
+    t.insert(
+        "usr/local/etc/e2e-base",
+        Node::file(Layout::from_bytes(BASE_MARK.as_bytes().to_vec()), 0o644),
+    );
+    t.insert(
+        "usr/local/etc/containers/edgehostlet.yaml",
+        Node::file(Layout::from_bytes(BASE_SERVICE.as_bytes().to_vec()), 0o644),
+    );
+    let kdir = format!("usr/lib/modules/{}", root.kver);
+    dir(&mut t, &kdir);
+    let modules = root.modules();
+    let mut order = String::new();
+    for m in base_module_paths(root)? {
+        let rel = m
+            .strip_prefix(&modules)
+            .with_context(|| format!("{} is not under {}", m.display(), modules.display()))?
+            .to_string_lossy()
+            .into_owned();
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            dir(&mut t, &format!("{kdir}/{parent}"));
+        }
+        let data = fs::read(&m).with_context(|| format!("reading {}", m.display()))?;
+        t.insert(
+            format!("{kdir}/{rel}"),
+            Node::file(Layout::from_bytes(data), 0o644),
+        );
+        order.push_str(&rel);
+        order.push('\n');
+    }
+    t.insert(
+        format!("{kdir}/modules.order"),
+        Node::file(Layout::from_bytes(order.into_bytes()), 0o644),
+    );
+    for f in ["modules.builtin", "modules.builtin.modinfo"] {
+        let p = modules.join(f);
+        let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        t.insert(
+            format!("{kdir}/{f}"),
+            Node::file(Layout::from_bytes(data), 0o644),
+        );
+    }
+    let mut f = tempfile::tempfile().context("creating a temporary rootfs.sqsh")?;
+    edgeimage::compose::squashfs::write_squashfs(&t, 0, &mut f)?;
+    use std::io::Seek;
+    f.rewind()?;
+    Ok(f)
+}
+
+/// The files of [`BASE_MODULES`] in the kernel's tree, in Debian's `modules.order` order.
+pub fn base_module_paths(root: &Root) -> Result<Vec<PathBuf>> {
+    let index = index_modules(&root.modules())?;
+    let mut out = Vec::new();
+    for m in BASE_MODULES {
+        out.push(
+            index
+                .get(*m)
+                .with_context(|| {
+                    format!(
+                        "kernel module {m}.ko not found under {}",
+                        root.modules().display()
+                    )
+                })?
+                .clone(),
+        );
+    }
+    Ok(out)
+}
+
+/// The file of [`EXT_MODULE`].
+pub fn ext_module_path(root: &Root) -> Result<PathBuf> {
+    let index = index_modules(&root.modules())?;
+    index.get(EXT_MODULE).cloned().with_context(|| {
+        format!(
+            "kernel module {EXT_MODULE}.ko not found under {}",
+            root.modules().display()
+        )
+    })
 }
 
 /// `wanted` modules and their dependencies (read from each module's `.modinfo`), in load

@@ -1,27 +1,29 @@
-//! `cargo xtask e2e`: the end-to-end boot test.
+//! `cargo xtask e2e`: the end-to-end boot test, on amd64 and arm64.
 //!
-//! 1. Fetch Debian's kernel, systemd-boot, OVMF, busybox and QEMU with `apt-get download` into
-//!    `target/e2e/debs/`, unpack them into `target/e2e/root/` (cached; the host is not changed).
-//! 2. Make a stand-in asset set in `target/e2e/assets/`: Debian's kernel, a busybox initramfs
-//!    (edgeimage's cpio writer + zstd; modules for virtio, FAT, loop, squashfs and overlay) whose
-//!    `/init` prints what it finds, systemd-boot and the stub.
-//! 3. For each of three images ([`VARIANTS`]), write the inputs into `target/e2e/inputs/<name>/`
-//!    (the `edgehostlet` extension fixture in one of the forms edgeimage reads, a machine
-//!    configuration and a merge patch setting the host name) and `target/e2e/<name>.toml`
-//!    pinning assets and extension, run `edgeimage build --json` and
-//!    `edgeimage inspect --json`:
-//!    - `e2e`: embedded configuration, edgehostlet as an OCI archive;
-//!    - `e2e-metal-iso`: configuration on a `metal-iso` FAT partition, edgehostlet as a plain
-//!      directory;
-//!    - `e2e-inline`: a small (worker) configuration in `talos.config.inline=`, no extension.
-//! 4. Boot each image under OVMF in QEMU, one after another, and check the `EDGEIMAGE-E2E`
-//!    lines on the serial console against the profile, the build report and the inspect
-//!    output: the command line, the ESP, META; the layers of `/extensions.yaml` (name and
-//!    version, in order, mounted with loop + squashfs and stacked by one overlay over a
-//!    stand-in for `rootfs.sqsh`, the last listed on top); the SHA-256 of the configuration
-//!    each delivery brings (embedded `/usr/local/etc/talos/config.yaml`, `config.yaml` on the
-//!    filesystem labelled `metal-iso`, the `talos.config.inline=` text); and the host name the
-//!    edgehostlet entrypoint prints (the patched one).
+//! 1. Fetch Debian's kernel, systemd-boot (trixie's 257: UKI profiles), UEFI firmware (OVMF,
+//!    AAVMF), busybox and QEMU for each architecture with a private apt configuration into
+//!    `target/e2e/` ([`fetch`]; cached; the host is not changed).
+//! 2. Make a stand-in asset set per architecture in `target/e2e/assets-<arch>/`: Debian's
+//!    kernel, a busybox initramfs whose `rootfs.sqsh` (a real squashfs) carries a kernel
+//!    module tree, and whose `/init` prints what it finds ([`initramfs`], `init.sh`),
+//!    systemd-boot and the stub.
+//! 3. For each image ([`VARIANTS`]), write its inputs into `target/e2e/inputs/<name>/` (the
+//!    `edgehostlet` extension fixture in one of the forms edgeimage reads, an extension carrying
+//!    a kernel module, a machine configuration and a merge patch setting the host name) and
+//!    `target/e2e/<name>.toml`, run `edgeimage build --json` and `edgeimage inspect --json`.
+//! 4. Boot each image under UEFI firmware in QEMU and check the `EDGEIMAGE-E2E` lines on the
+//!    serial console against the profile, the build report and the inspect output: the
+//!    command line, the ESP, META; the layers of `/extensions.yaml` mounted with loop +
+//!    squashfs and stacked by one overlay over `rootfs.sqsh`, the last listed on top; the
+//!    combined `modules.dep` (the line of the extension's module equals what kmod's `depmod -b`
+//!    writes for the same tree) and busybox `modprobe` loading the extension's module with its
+//!    dependencies from the base; the configuration each delivery brings; the host name the
+//!    edgehostlet entrypoint prints. The `e2e` image is also booted into its UKI's
+//!    `reset-maintenance` profile, the `e2e-4k` image from a virtio disk with 4096-byte
+//!    logical blocks, and `e2e-inline` carries a configuration that fills the command line to
+//!    within a few bytes of the kernel's limit.
+//! 5. The installer stick (`installer`) on both architectures, a personalized disk
+//!    (`personalized`) on amd64.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,9 +34,10 @@ use anyhow::{bail, Context, Result};
 use edgeimage::config::delivery::{
     Delivery, EMBEDDED_NAME, INLINE_PARAM, METAL_ISO_ARG, METAL_ISO_LABEL,
 };
-use edgeimage::extension::fixtures::{self as ext_fixtures, Form};
+use edgeimage::extension::fixtures::{self as ext_fixtures, Entry, Form};
+use edgeimage::talos::Arch;
 
-mod fetch;
+pub mod fetch;
 mod initramfs;
 mod installer;
 mod personalized;
@@ -46,62 +49,102 @@ use qemu::Accel;
 const HELP: &str = "\
 usage: cargo xtask e2e [options]
 
-Builds three disk images with `edgeimage build` from a stand-in asset set (Debian kernel,
-systemd-boot, busybox initramfs), boots each under OVMF in QEMU, one after another, and checks
-what the guest reports:
-  e2e            embedded machine configuration + the edgehostlet extension (OCI archive)
+Builds disk images with `edgeimage build` from a stand-in asset set (Debian kernel,
+systemd-boot 257, busybox initramfs with a squashfs root file system), boots each under UEFI
+firmware in QEMU, one after another, and checks what the guest reports:
+  e2e            embedded configuration, edgehostlet (OCI archive), a kernel-module extension;
+                 booted again into its UKI's reset-maintenance profile
   e2e-metal-iso  configuration on a `metal-iso` partition + edgehostlet (plain directory)
-  e2e-inline     a small configuration in talos.config.inline=, no extension
-Checked: command line, ESP, META; /extensions.yaml's layers (name, version, order), mounted
-with loop + squashfs + overlay over a base directory; the configuration's SHA-256 against the
-build report (or the inline text against the built command line); the patched host name
-that the edgehostlet entrypoint prints. Serial logs: target/e2e/run/serial-<image>-<accel>.log.
+  e2e-inline     a configuration in talos.config.inline= filling the command line to its limit
+  e2e-4k         4096-byte logical blocks, booted from a 4K virtio disk
+  e2e-arm64      the e2e image for arm64, under qemu-system-aarch64 with AAVMF
+then the installer stick (amd64: install, tampered payload, two matching disks, no matching
+disk; arm64: install), each installed disk booted alone, and a personalized disk (amd64).
+Serial logs: target/e2e/run/serial-<image>-<accel>.log.
 
 options:
-  --check-tools          say whether the test can run here (package cache present, or apt can
-                         download); exit 0 if so, 3 if not (1 when CI=true)
+  --check-tools          say whether the test can run here (package caches present, or apt can
+                         fetch); exit 0 if so, 3 if not (1 when CI=true)
   --skip-if-unavailable  when the tools cannot be had, print \"E2E SKIPPED: <why>\" and exit 0
                          (never skips when CI=true: fails instead)
-  --scratch              boot one image assembled with sgdisk/mkfs.fat/mtools/objcopy instead of
-                         `edgeimage build` (checks the harness itself; no extensions or
-                         configuration)
+  --arch amd64|arm64|all architectures to boot (default all)
+  --scratch              boot one amd64 image assembled with sgdisk/mkfs.fat/mtools/objcopy
+                         instead of `edgeimage build` (checks the harness itself)
   --refresh              download and unpack the packages again
-  --installer-only       only the installer stick runs (install, tampered payload, two
-                         matching disks, no matching disk)
-  --accel auto|tcg|kvm   accelerator (default auto: KVM only if a probe boot works)
+  --installer-only       only the installer stick runs
+  --accel auto|tcg|kvm   accelerator for amd64 (default auto: KVM only if a probe boot works;
+                         arm64 always runs under TCG)
   --timeout SECS         per boot (default 300)
 ";
 
-/// One image of the run: its profile name, how the machine configuration reaches the node,
-/// and the form the `edgehostlet` extension is given in (none: no extension).
+/// One image of the run.
 #[derive(Clone, Copy, Debug)]
 pub struct Variant {
     pub name: &'static str,
+    pub arch: Arch,
     pub delivery: Delivery,
+    /// The form of the `edgehostlet` extension (none: no extension).
     pub extension: Option<Form>,
-    /// The small worker configuration (fits the command line) instead of the control plane one.
+    /// A second extension carrying a kernel module ([`initramfs::EXT_MODULE`]).
+    pub modules: bool,
+    /// The small worker configuration instead of the control plane one.
     pub small_config: bool,
+    /// Pad the (inline) configuration until the command line is within a few bytes of the
+    /// kernel's limit.
+    pub fill_cmdline: bool,
+    /// The disk's logical block size.
+    pub sector_size: u64,
+    /// Also boot the UKI's reset-maintenance profile.
+    pub boot_reset: bool,
 }
 
-/// The images built and booted, in this order.
-pub const VARIANTS: [Variant; 3] = [
-    Variant {
-        name: NAME,
-        delivery: Delivery::Embedded,
-        extension: Some(Form::OciTar),
-        small_config: false,
-    },
+const BASE: Variant = Variant {
+    name: NAME,
+    arch: Arch::Amd64,
+    delivery: Delivery::Embedded,
+    extension: Some(Form::OciTar),
+    modules: true,
+    small_config: false,
+    fill_cmdline: false,
+    sector_size: 512,
+    boot_reset: true,
+};
+
+/// The images built and booted, in this order (the installer uses the first of its
+/// architecture, the personalized disk the second).
+pub const VARIANTS: [Variant; 5] = [
+    BASE,
     Variant {
         name: "e2e-metal-iso",
         delivery: Delivery::MetalIso,
         extension: Some(Form::Dir),
-        small_config: false,
+        modules: false,
+        boot_reset: false,
+        ..BASE
     },
     Variant {
         name: "e2e-inline",
         delivery: Delivery::Inline,
         extension: None,
+        modules: false,
         small_config: true,
+        fill_cmdline: true,
+        boot_reset: false,
+        ..BASE
+    },
+    Variant {
+        name: "e2e-4k",
+        extension: Some(Form::Dir),
+        modules: false,
+        sector_size: 4096,
+        boot_reset: false,
+        ..BASE
+    },
+    Variant {
+        name: "e2e-arm64",
+        arch: Arch::Arm64,
+        boot_reset: false,
+        ..BASE
     },
 ];
 
@@ -113,7 +156,8 @@ const HOSTNAME_PATCH: &str = "machine:\n  network:\n    hostname: e2e-host\n";
 const MARK: &str = "EDGEIMAGE-E2E ";
 const TALOS_VERSION: &str = "v1.12.5";
 const NAME: &str = "e2e";
-const EXTRA_ARGS: &[&str] = &["console=ttyS0", "panic=-1"];
+/// The kernel-module extension's name.
+const MODULE_EXT: &str = "e2e-vlan";
 
 /// Directories under `target/e2e/`.
 pub struct Paths {
@@ -121,8 +165,6 @@ pub struct Paths {
     pub target: PathBuf,
     pub e2e: PathBuf,
     pub debs: PathBuf,
-    pub root: PathBuf,
-    pub assets: PathBuf,
     pub out: PathBuf,
     pub run: PathBuf,
 }
@@ -134,8 +176,6 @@ impl Paths {
         let e2e = target.join("e2e");
         Paths {
             debs: e2e.join("debs"),
-            root: e2e.join("root"),
-            assets: e2e.join("assets"),
             out: e2e.join("out"),
             run: e2e.join("run"),
             e2e,
@@ -143,16 +183,23 @@ impl Paths {
             workspace,
         }
     }
+
+    /// The stand-in asset set of `arch`.
+    pub fn assets(&self, arch: Arch) -> PathBuf {
+        self.e2e.join(format!("assets-{arch}"))
+    }
 }
 
 /// What the image is built from, and so what the guest must report.
 pub struct Setup {
     pub name: String,
+    pub arch: Arch,
     pub talos_version: String,
     pub kver: String,
     pub disk_mib: u64,
     pub esp_mib: u64,
-    pub extra_args: Vec<&'static str>,
+    pub sector_size: u64,
+    pub extra_args: Vec<String>,
     /// META key → value, in the profile's order.
     pub meta: Vec<(u8, Vec<u8>)>,
 }
@@ -166,6 +213,8 @@ struct Opts {
     timeout: Duration,
     /// Only the installer runs (`--installer-only`).
     installer_only: bool,
+    /// The architectures booted.
+    arches: Vec<Arch>,
 }
 
 fn parse(args: &[String]) -> Result<Option<Opts>> {
@@ -177,6 +226,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>> {
         accel: None,
         timeout: Duration::from_secs(300),
         installer_only: false,
+        arches: vec![Arch::Amd64, Arch::Arm64],
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -186,6 +236,14 @@ fn parse(args: &[String]) -> Result<Option<Opts>> {
             "--scratch" => o.scratch = true,
             "--refresh" => o.refresh = true,
             "--installer-only" => o.installer_only = true,
+            "--arch" => {
+                o.arches = match it.next().map(String::as_str) {
+                    Some("all") => vec![Arch::Amd64, Arch::Arm64],
+                    Some("amd64") => vec![Arch::Amd64],
+                    Some("arm64") => vec![Arch::Arm64],
+                    v => bail!("--arch takes amd64, arm64 or all, not {v:?}"),
+                }
+            }
             "--accel" => {
                 o.accel = match it.next().map(String::as_str) {
                     Some("auto") => None,
@@ -226,7 +284,12 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     let paths = Paths::new();
     if opts.check_tools || opts.skip_if_unavailable {
-        match fetch::check_tools(&paths) {
+        let checked: Result<Vec<String>, String> = opts
+            .arches
+            .iter()
+            .map(|&a| fetch::check_tools(&paths, a))
+            .collect();
+        match checked.map(|v| v.join("; ")) {
             Ok(how) => {
                 println!("e2e: tools available: {how}");
                 if opts.check_tools {
@@ -261,14 +324,22 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn setup_for(name: &str, kver: &str) -> Setup {
+fn setup_for(name: &str, root: &fetch::Root, sector_size: u64) -> Setup {
+    // FAT32 with 4096-byte sectors needs an ESP of at least 257 MiB.
+    let (disk_mib, esp_mib) = if sector_size == 4096 {
+        (276, 264)
+    } else {
+        (256, 100)
+    };
     Setup {
         name: name.to_string(),
+        arch: root.arch,
         talos_version: TALOS_VERSION.to_string(),
-        kver: kver.to_string(),
-        disk_mib: 256,
-        esp_mib: 100,
-        extra_args: EXTRA_ARGS.to_vec(),
+        kver: root.kver.clone(),
+        disk_mib,
+        esp_mib,
+        sector_size,
+        extra_args: vec![format!("console={}", root.console()), "panic=-1".into()],
         meta: vec![
             (0x0c, b"e2e-meta-value-1".to_vec()),
             (0x0d, b"e2e-meta-value-2 (from meta-0d.txt)".to_vec()),
@@ -276,12 +347,17 @@ fn setup_for(name: &str, kver: &str) -> Setup {
     }
 }
 
-fn run(paths: &Paths, opts: &Opts) -> Result<()> {
-    let root = fetch::ensure(paths, opts.refresh)?;
-    make_assets(paths, &root)?;
+/// The package cache, the stand-in assets and the accelerator of one architecture.
+pub struct ArchRun {
+    pub root: fetch::Root,
+    pub accel: Option<Accel>,
+}
 
+fn run(paths: &Paths, opts: &Opts) -> Result<()> {
     if opts.scratch {
-        let setup = setup_for(NAME, &root.kver);
+        let root = fetch::ensure(paths, Arch::Amd64, opts.refresh)?;
+        make_assets(paths, &root)?;
+        let setup = setup_for(NAME, &root, 512);
         println!("e2e: --scratch: assembling the image with host tools");
         let (disk, cmdline) = scratch::build(paths, &setup)?;
         let expect = Expect {
@@ -290,61 +366,66 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
         };
         println!("e2e: image {}", disk.display());
         println!("e2e: expected /proc/cmdline: {}", expect.cmdline);
-        let (boot, _) = boot_with_accel(&root, paths, &disk, NAME, opts.accel, opts)?;
+        let (boot, _) = boot_with_accel(&root, paths, &disk, NAME, opts.accel, opts, 512)?;
         return check(&boot, &setup, &expect);
     }
 
     let bin = build_edgeimage(paths)?;
-    let mut accel = opts.accel;
     let mut failed = Vec::new();
     let mut summary = Vec::new();
-    for v in VARIANTS.iter().filter(|_| !opts.installer_only) {
-        println!(
-            "\ne2e: ===== image {} ({} configuration) =====",
-            v.name,
-            v.delivery.as_str()
-        );
-        let setup = setup_for(v.name, &root.kver);
-        let r = (|| -> Result<f64> {
-            let inputs = write_inputs(paths, v)?;
-            let profile = write_profile(paths, &setup, Some(&inputs))?;
-            let (disk, expect) = build_with_edgeimage(paths, &bin, &setup, &profile, Some(v))?;
-            println!("e2e: image {}", disk.display());
-            println!("e2e: expected /proc/cmdline: {}", expect.cmdline);
-            let (boot, a) = boot_with_accel(&root, paths, &disk, v.name, accel, opts)?;
-            accel = Some(a);
-            check(&boot, &setup, &expect)?;
-            Ok(boot.wall.as_secs_f64())
-        })();
-        match r {
-            Ok(wall) => summary.push(format!("{}: passed ({wall:.1} s boot)", v.name)),
-            Err(e) => {
-                eprintln!("e2e: image {} FAILED: {e:#}", v.name);
-                summary.push(format!("{}: FAILED", v.name));
-                failed.push(format!("{}: {e:#}", v.name));
-            }
-        }
-    }
-    if !opts.installer_only {
-        println!("\ne2e: ===== personalized disk (flash --inventory, metal-iso slot) =====");
-        match personalized::run(paths, &root, &bin, accel.unwrap_or(Accel::Tcg), opts) {
-            Ok(w) => summary.push(format!("personalized: passed ({w:.1} s boot)")),
-            Err(e) => {
-                eprintln!("e2e: personalized FAILED: {e:#}");
-                summary.push("personalized: FAILED".into());
-                failed.push(format!("personalized: {e:#}"));
-            }
-        }
-    }
-    match installer::run(paths, &root, &bin, accel.unwrap_or(Accel::Tcg), opts) {
-        Ok((s, f)) => {
-            summary.extend(s);
-            failed.extend(f);
-        }
+    let mut outcome = |what: String, r: Result<f64>| match r {
+        Ok(wall) => summary.push(format!("{what}: passed ({wall:.1} s boot)")),
         Err(e) => {
-            eprintln!("e2e: installer FAILED: {e:#}");
-            summary.push("installer: FAILED".into());
-            failed.push(format!("installer: {e:#}"));
+            eprintln!("e2e: {what} FAILED: {e:#}");
+            summary.push(format!("{what}: FAILED"));
+            failed.push(format!("{what}: {e:#}"));
+        }
+    };
+    for &arch in &opts.arches {
+        let root = fetch::ensure(paths, arch, opts.refresh)?;
+        make_assets(paths, &root)?;
+        let mut run = ArchRun {
+            root,
+            accel: match arch {
+                Arch::Amd64 => opts.accel,
+                Arch::Arm64 => Some(Accel::Tcg),
+            },
+        };
+        for v in VARIANTS
+            .iter()
+            .filter(|v| v.arch == arch && !opts.installer_only)
+        {
+            println!(
+                "\ne2e: ===== image {} ({arch}, {} configuration) =====",
+                v.name,
+                v.delivery.as_str()
+            );
+            let r = image_run(paths, &bin, &mut run, v, opts);
+            match r {
+                Ok((wall, reset)) => {
+                    outcome(v.name.to_string(), Ok(wall));
+                    if let Some(reset) = reset {
+                        outcome(format!("{} reset-maintenance profile", v.name), reset);
+                    }
+                }
+                Err(e) => outcome(v.name.to_string(), Err(e)),
+            }
+        }
+        let accel = run.accel.unwrap_or(Accel::Tcg);
+        if arch == Arch::Amd64 && !opts.installer_only {
+            println!("\ne2e: ===== personalized disk (flash --inventory, metal-iso slot) =====");
+            outcome(
+                "personalized".into(),
+                personalized::run(paths, &run.root, &bin, accel, opts),
+            );
+        }
+        match installer::run(paths, &run.root, &bin, accel, opts) {
+            Ok(results) => {
+                for (what, r) in results {
+                    outcome(what, r);
+                }
+            }
+            Err(e) => outcome(format!("installer ({arch})"), Err(e)),
         }
     }
     println!("\ne2e: summary:");
@@ -362,6 +443,41 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// Build, inspect and boot one image; then, for [`Variant::boot_reset`], boot its
+/// reset-maintenance profile (the second result). Returns the boot's wall time.
+fn image_run(
+    paths: &Paths,
+    bin: &Path,
+    run: &mut ArchRun,
+    v: &Variant,
+    opts: &Opts,
+) -> Result<(f64, Option<Result<f64>>)> {
+    let root = &run.root;
+    let setup = setup_for(v.name, root, v.sector_size);
+    let inputs = write_inputs(paths, v, root)?;
+    let profile = write_profile(paths, &setup, Some(&inputs))?;
+    let cmdline_len = if v.fill_cmdline {
+        Some(fill_cmdline(paths, &inputs, &profile)?)
+    } else {
+        None
+    };
+    let (disk, mut expect) = build_with_edgeimage(paths, bin, &setup, &profile, Some(v))?;
+    expect.cmdline_len = cmdline_len;
+    if v.modules {
+        expect.modules_dep = Some(kmod_modules_dep_line(paths, root)?);
+    }
+    println!("e2e: image {}", disk.display());
+    println!("e2e: expected /proc/cmdline: {}", expect.cmdline);
+    let (boot, a) = boot_with_accel(root, paths, &disk, v.name, run.accel, opts, v.sector_size)?;
+    run.accel = Some(a);
+    check(&boot, &setup, &expect)?;
+    let wall = boot.wall.as_secs_f64();
+    let reset = v
+        .boot_reset
+        .then(|| boot_reset_profile(paths, root, &disk, &setup, &expect, a, opts));
+    Ok((wall, reset))
+}
+
 /// What the image's own description (`edgeimage inspect`), its build report and its profile
 /// say the guest must see.
 #[derive(Default)]
@@ -377,8 +493,17 @@ pub struct Expect {
     pub config: Option<ExpectConfig>,
     /// The host name the edgehostlet entrypoint must print (`None`: it is not in the image).
     pub edgehostlet_hostname: Option<String>,
+    /// The `modules.dep` line of the extension's module, as kmod's `depmod -b` writes it for
+    /// the same tree (`None`: no module extension).
+    pub modules_dep: Option<String>,
+    /// The boot profile booted, as systemd-boot names its entry (`None`: the default, main).
+    pub entry: Option<String>,
+    /// The length of the booted command line (`cmdline` may show an inline configuration by
+    /// its digest only).
+    pub cmdline_len: Option<usize>,
 }
 
+#[derive(Clone)]
 pub struct ExpectConfig {
     pub delivery: Delivery,
     /// The build report's `.config.sha256`: SHA-256 of the delivered configuration bytes.
@@ -393,16 +518,25 @@ pub struct ExpectConfig {
 
 /// The inputs a variant's profile names, relative to the profile's directory.
 pub struct Inputs {
-    /// The extension fixture and its pin.
-    pub extension: Option<(String, String)>,
+    /// The extension fixtures and their pins, in layer order.
+    pub extensions: Vec<(String, String)>,
     pub config: String,
     pub patches: Vec<String>,
     pub delivery: Delivery,
 }
 
-/// Writes the variant's extension fixture, configuration and patch into
+/// The manifest of the kernel-module extension.
+fn module_ext_manifest(kver: &str) -> String {
+    format!(
+        "version: v1alpha1\nmetadata:\n  name: {MODULE_EXT}\n  version: {kver}\n  author: edgeimage e2e\n  \
+         description: Debian's 802.1Q VLAN module, which the base rootfs.sqsh does not carry\n  \
+         compatibility:\n    talos:\n      version: \">= v1.10.0\"\n"
+    )
+}
+
+/// Writes the variant's extension fixtures, configuration and patch into
 /// `target/e2e/inputs/<name>/` (recreated on every run).
-fn write_inputs(paths: &Paths, v: &Variant) -> Result<Inputs> {
+fn write_inputs(paths: &Paths, v: &Variant, root: &fetch::Root) -> Result<Inputs> {
     let dir = paths.e2e.join("inputs").join(v.name);
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -414,30 +548,44 @@ fn write_inputs(paths: &Paths, v: &Variant) -> Result<Inputs> {
             .to_string_lossy()
             .into_owned())
     };
-    let extension = match v.extension {
-        None => None,
-        Some(form) => {
-            let p = ext_fixtures::write(
-                &ext_fixtures::edgehostlet(),
-                form,
-                &dir,
-                edgeimage::talos::Arch::Amd64,
-            )
-            .with_context(|| {
-                format!(
-                    "writing the edgehostlet fixture ({form:?}) in {}",
-                    dir.display()
-                )
-            })?;
-            let pin = edgeimage::extension::input_sha256(&p)
-                .with_context(|| format!("pinning {}", p.display()))?;
-            println!(
-                "e2e: extension edgehostlet ({form:?}) {} sha256 {pin}",
-                p.display()
-            );
-            Some((rel(&p)?, pin))
-        }
+    let mut extensions = Vec::new();
+    let mut add = |entries: &[Entry], form: Form, sub: &str| -> Result<()> {
+        let d = dir.join(sub);
+        fs::create_dir_all(&d)?;
+        let p = ext_fixtures::write(entries, form, &d, v.arch)
+            .with_context(|| format!("writing the {sub} fixture ({form:?}) in {}", d.display()))?;
+        let pin = edgeimage::extension::input_sha256(&p)
+            .with_context(|| format!("pinning {}", p.display()))?;
+        println!(
+            "e2e: extension {sub} ({form:?}) {} sha256 {pin}",
+            p.display()
+        );
+        extensions.push((rel(&p)?, pin));
+        Ok(())
     };
+    if let Some(form) = v.extension {
+        add(&ext_fixtures::edgehostlet(), form, "edgehostlet")?;
+    }
+    if v.modules {
+        let kdir = format!("rootfs/usr/lib/modules/{}", root.kver);
+        let ko = initramfs::ext_module_path(root)?;
+        let data = fs::read(&ko).with_context(|| format!("reading {}", ko.display()))?;
+        let entries = vec![
+            Entry::file("manifest.yaml", module_ext_manifest(&root.kver), 0o644),
+            Entry::dir("rootfs"),
+            Entry::dir("rootfs/usr"),
+            Entry::dir("rootfs/usr/lib"),
+            Entry::dir("rootfs/usr/lib/modules"),
+            Entry::dir(&kdir),
+            Entry::dir(&format!("{kdir}/extras")),
+            Entry::file(
+                &format!("{kdir}/extras/{}.ko", initramfs::EXT_MODULE),
+                data,
+                0o644,
+            ),
+        ];
+        add(&entries, Form::Tar, MODULE_EXT)?;
+    }
     let yaml = if v.small_config {
         edgeimage::config::fixtures::worker_yaml()
     } else {
@@ -448,7 +596,7 @@ fn write_inputs(paths: &Paths, v: &Variant) -> Result<Inputs> {
     let patch = dir.join("hostname-patch.yaml");
     fs::write(&patch, HOSTNAME_PATCH).with_context(|| format!("writing {}", patch.display()))?;
     Ok(Inputs {
-        extension,
+        extensions,
         config: rel(&cfg)?,
         patches: vec![rel(&patch)?],
         delivery: v.delivery,
@@ -480,7 +628,7 @@ fn inline_digests(cmdline: &str) -> Vec<String> {
 }
 
 fn make_assets(paths: &Paths, root: &fetch::Root) -> Result<()> {
-    let a = &paths.assets;
+    let a = &paths.assets(root.arch);
     fs::create_dir_all(a).with_context(|| format!("creating {}", a.display()))?;
     for (src, dst) in [
         (root.kernel(), "vmlinuz"),
@@ -524,15 +672,18 @@ fn write_profile(paths: &Paths, setup: &Setup, inputs: Option<&Inputs>) -> Resul
     let mut t = String::new();
     t.push_str("# Written by `cargo xtask e2e`; regenerated on every run.\n");
     t.push_str(&format!("name = {}\n", toml_str(&setup.name)));
-    t.push_str("arch = \"amd64\"\n");
+    t.push_str(&format!("arch = \"{}\"\n", setup.arch));
+    if setup.sector_size != 512 {
+        t.push_str(&format!("sector_size = {}\n", setup.sector_size));
+    }
     t.push_str(&format!(
         "talos_version = {}\n",
         toml_str(&setup.talos_version)
     ));
     t.push_str(&format!("disk_size = \"{}MiB\"\n", setup.disk_mib));
     t.push_str(&format!(
-        "esp_size = \"{}MiB\"\n\n[assets]\nsource = \"assets\"\n",
-        setup.esp_mib
+        "esp_size = \"{}MiB\"\n\n[assets]\nsource = \"assets-{}\"\n",
+        setup.esp_mib, setup.arch
     ));
     for (key, file) in [
         ("kernel", "vmlinuz"),
@@ -540,7 +691,7 @@ fn write_profile(paths: &Paths, setup: &Setup, inputs: Option<&Inputs>) -> Resul
         ("systemd_boot", "systemd-boot.efi"),
         ("systemd_stub", "systemd-stub.efi"),
     ] {
-        let sum = fetch::sha256_file(&paths.assets.join(file))?;
+        let sum = fetch::sha256_file(&paths.assets(setup.arch).join(file))?;
         t.push_str(&format!("{key} = {{ sha256 = \"{sum}\" }}\n"));
     }
     t.push_str("\n[kernel_args]\nextra = [");
@@ -562,7 +713,7 @@ fn write_profile(paths: &Paths, setup: &Setup, inputs: Option<&Inputs>) -> Resul
         }
     }
     if let Some(inputs) = inputs {
-        if let Some((path, pin)) = &inputs.extension {
+        for (path, pin) in &inputs.extensions {
             t.push_str(&format!(
                 "\n[[extensions]]\npath = {}\nsha256 = \"{pin}\"\n",
                 toml_str(path)
@@ -729,6 +880,9 @@ fn build_with_edgeimage(
     if v.extension.is_some() {
         want_ext.push(edgehostlet_meta());
     }
+    if v.modules {
+        want_ext.push((MODULE_EXT.to_string(), setup.kver.clone()));
+    }
     if v.delivery == Delivery::Embedded {
         want_ext.push((EMBEDDED_NAME.to_string(), sha256.clone()));
     }
@@ -811,6 +965,13 @@ fn build_with_edgeimage(
         sha256,
     });
     expect.edgehostlet_hostname = v.extension.map(|_| PATCHED_HOSTNAME.to_string());
+    if v.modules {
+        // The combined modules.dep layer, last (Talos's imager appends it after every other).
+        want_ext.push((
+            edgeimage::extension::modules::LAYER_NAME.to_string(),
+            setup.kver.clone(),
+        ));
+    }
     expect.extensions = want_ext;
     Ok((raw, expect))
 }
@@ -825,6 +986,7 @@ fn boot_with_accel(
     tag: &str,
     accel: Option<Accel>,
     opts: &Opts,
+    block_size: u64,
 ) -> Result<(qemu::Boot, Accel)> {
     let accel = match accel {
         Some(a) => a,
@@ -844,6 +1006,7 @@ fn boot_with_accel(
                     tag,
                     Accel::Kvm,
                     Duration::from_secs(90),
+                    block_size,
                 )?;
                 if b.log.contains(&format!("{MARK}done")) {
                     println!("e2e: KVM works ({:.1} s)", b.wall.as_secs_f64());
@@ -863,7 +1026,7 @@ fn boot_with_accel(
         accel.name(),
         opts.timeout.as_secs()
     );
-    let b = qemu::boot(root, &paths.run, disk, tag, accel, opts.timeout)?;
+    let b = qemu::boot(root, &paths.run, disk, tag, accel, opts.timeout, block_size)?;
     println!(
         "e2e: QEMU ended after {:.1} s wall ({}); serial log {}",
         b.wall.as_secs_f64(),
@@ -871,6 +1034,204 @@ fn boot_with_accel(
         b.serial.display()
     );
     Ok((b, accel))
+}
+
+/// Pad the inline configuration with a merge patch (`machine.nodeAnnotations`, text that
+/// compresses badly) as far as the build still accepts it: the command line then ends within a
+/// few bytes of the kernel's limit (less the reset profile's argument), and the boot proves a
+/// configuration that large arrives whole. Rewrites `profile` with the padding patch.
+fn fill_cmdline(paths: &Paths, inputs: &Inputs, profile: &Path) -> Result<usize> {
+    use sha2::{Digest, Sha256};
+    let pad = paths.e2e.join(format!(
+        "{}/padding-patch.yaml",
+        Path::new(&inputs.config)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .display()
+    ));
+    let text = fs::read_to_string(profile)?;
+    let last = inputs
+        .patches
+        .last()
+        .context("the inline variant has a patch")?;
+    let with_pad = text.replacen(
+        &format!("{}]", toml_str(last)),
+        &format!(
+            "{}, {}]",
+            toml_str(last),
+            toml_str(&pad.strip_prefix(&paths.e2e)?.to_string_lossy())
+        ),
+        1,
+    );
+    if with_pad == text {
+        bail!(
+            "the profile {} lists no patches to add the padding to",
+            profile.display()
+        );
+    }
+    fs::write(profile, &with_pad)?;
+    let mut filler = String::new();
+    let mut h = Sha256::digest(b"edgeimage e2e padding").to_vec();
+    while filler.len() < 6000 {
+        filler.push_str(&hex::encode(&h));
+        h = Sha256::digest(&h).to_vec();
+    }
+    let cmdline_with = |n: usize| -> Result<Option<usize>> {
+        fs::write(
+            &pad,
+            format!(
+                "machine:\n  nodeAnnotations:\n    e2e.edgeimage/padding: \"{}\"\n",
+                &filler[..n]
+            ),
+        )?;
+        let p = edgeimage::profile::Profile::load(profile)?;
+        Ok(edgeimage::plan::plan(&p, 0)
+            .ok()
+            .map(|plan| plan.cmdline.len()))
+    };
+    if cmdline_with(0)?.is_none() {
+        bail!("the inline configuration does not fit the command line even unpadded");
+    }
+    let (mut lo, mut hi) = (0usize, filler.len());
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if cmdline_with(mid)?.is_some() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let len = cmdline_with(lo)?.unwrap_or(0);
+    let limit = Arch::Amd64.max_cmdline();
+    println!(
+        "e2e: inline configuration padded by {lo} characters: the command line is {len} bytes, \
+         the reset profile's {} (the kernel keeps {limit})",
+        len + 1 + edgeimage::talos::RESET_PROFILE_ARG.len()
+    );
+    if len + 1 + edgeimage::talos::RESET_PROFILE_ARG.len() + 24 < limit {
+        bail!("the padded command line ({len} bytes) is not close to the limit");
+    }
+    Ok(len)
+}
+
+/// The `modules.dep` line kmod's `depmod -b` writes for the extension's module over the same
+/// tree as the image's (the base modules of `rootfs.sqsh` and the extension's, with Talos's
+/// `search extras built-in`).
+fn kmod_modules_dep_line(paths: &Paths, root: &fetch::Root) -> Result<String> {
+    let tree = paths.e2e.join(format!("depmod-{}", root.arch));
+    if tree.exists() {
+        fs::remove_dir_all(&tree)?;
+    }
+    let kdir = tree.join("lib/modules").join(&root.kver);
+    let modules = root.modules();
+    let mut order = String::new();
+    for m in initramfs::base_module_paths(root)? {
+        let rel = m.strip_prefix(&modules)?;
+        let to = kdir.join(rel);
+        fs::create_dir_all(to.parent().context("a module path")?)?;
+        fs::copy(&m, &to)?;
+        order.push_str(&format!("{}\n", rel.display()));
+    }
+    fs::write(kdir.join("modules.order"), order)?;
+    for f in ["modules.builtin", "modules.builtin.modinfo"] {
+        fs::copy(modules.join(f), kdir.join(f))?;
+    }
+    fs::create_dir_all(kdir.join("extras"))?;
+    fs::copy(
+        initramfs::ext_module_path(root)?,
+        kdir.join(format!("extras/{}.ko", initramfs::EXT_MODULE)),
+    )?;
+    let conf = tree.join("extra-modules.conf");
+    fs::write(&conf, "search extras built-in\n")?;
+    let depmod = ["/usr/sbin/depmod", "/sbin/depmod"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("kmod's depmod is not installed (apt-get install kmod; .ci/run does)")?;
+    fetch::run_quiet(
+        Command::new(depmod)
+            .args(["--all", "--basedir"])
+            .arg(&tree)
+            .arg("--config")
+            .arg(&conf)
+            .arg(&root.kver),
+    )?;
+    let text = fs::read_to_string(kdir.join("modules.dep"))?;
+    let want = format!("extras/{}.ko:", initramfs::EXT_MODULE);
+    text.lines()
+        .find(|l| l.starts_with(&want))
+        .map(str::to_string)
+        .with_context(|| format!("kmod's modules.dep has no line for {want}"))
+}
+
+/// Boot a copy of `disk` whose `loader.conf` makes systemd-boot start the UKI's
+/// `reset-maintenance` profile (`default *@reset-maintenance`): the guest must see that
+/// profile's command line and systemd-boot's entry for it.
+fn boot_reset_profile(
+    paths: &Paths,
+    root: &fetch::Root,
+    disk: &Path,
+    setup: &Setup,
+    expect: &Expect,
+    accel: Accel,
+    opts: &Opts,
+) -> Result<f64> {
+    println!(
+        "\ne2e: ===== image {}: the reset-maintenance boot profile =====",
+        setup.name
+    );
+    let copy = paths.run.join(format!("{}-reset.raw", setup.name));
+    let o = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(disk)
+        .arg(&copy)
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "copying {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let conf = paths.run.join("loader-reset.conf");
+    fs::write(&conf, "timeout 0\ndefault *@reset-maintenance\n")?;
+    let img = format!("{}@@{}", copy.display(), 1 << 20);
+    fetch::run_quiet(
+        Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-o", "-i", &img])
+            .arg(&conf)
+            .arg("::loader/loader.conf"),
+    )
+    .context("mcopy of loader.conf (mtools)")?;
+    let reset_cmdline = format!("{} {}", expect.cmdline, edgeimage::talos::RESET_PROFILE_ARG);
+    let uki = format!("talos-{}.efi", setup.talos_version.to_ascii_lowercase());
+    let reset = Expect {
+        cmdline: reset_cmdline,
+        entry: Some(format!("{uki}@{}", edgeimage::talos::RESET_PROFILE_ID)),
+        extensions: expect.extensions.clone(),
+        config: expect.config.clone(),
+        edgehostlet_hostname: expect.edgehostlet_hostname.clone(),
+        modules_dep: expect.modules_dep.clone(),
+        esp_guid: expect.esp_guid.clone(),
+        cmdline_len: None,
+    };
+    let boot = qemu::boot(
+        root,
+        &paths.run,
+        &copy,
+        &format!("{}-reset", setup.name),
+        accel,
+        opts.timeout,
+        setup.sector_size,
+    )?;
+    println!(
+        "e2e: QEMU ended after {:.1} s wall ({}); serial log {}",
+        boot.wall.as_secs_f64(),
+        boot.status,
+        boot.serial.display()
+    );
+    check(&boot, setup, &reset)?;
+    Ok(boot.wall.as_secs_f64())
 }
 
 /// The value of the first marker line `EDGEIMAGE-E2E <key>` (text after the key).
@@ -910,16 +1271,27 @@ fn check(boot: &qemu::Boot, setup: &Setup, expect: &Expect) -> Result<()> {
         )),
         Some(got) => {
             let toks: Vec<&str> = got.split_whitespace().collect();
-            for want in ["talos.platform=metal"]
-                .iter()
-                .chain(setup.extra_args.iter())
+            for want in std::iter::once("talos.platform=metal")
+                .chain(setup.extra_args.iter().map(String::as_str))
             {
-                if !toks.contains(want) {
+                if !toks.contains(&want) {
                     failures.push(format!("booted command line lacks {want}"));
                 }
             }
             if toks.contains(&"console=tty0") {
-                failures.push("console=ttyS0 did not replace the default console=tty0".into());
+                failures.push(format!(
+                    "{} did not replace the default console=tty0",
+                    setup.extra_args[0]
+                ));
+            }
+            // The whole command line arrived (the kernel cuts off past its limit).
+            if let Some(want) = expect.cmdline_len {
+                let got = marker(&marks, "cmdline-length: ").map(str::trim);
+                if got.and_then(|n| n.parse::<usize>().ok()) != Some(want) {
+                    failures.push(format!(
+                        "the guest's /proc/cmdline is {got:?} bytes, the built one {want}"
+                    ));
+                }
             }
         }
     }
@@ -939,9 +1311,21 @@ fn check(boot: &qemu::Boot, setup: &Setup, expect: &Expect) -> Result<()> {
             }
         }
     }
+    // The disk's logical block size as the guest's kernel sees it.
+    match marker(&marks, "logical-block-size: ").and_then(|m| m.split_once('=')) {
+        Some((_, n)) if n.trim() == setup.sector_size.to_string() => {}
+        got => failures.push(format!(
+            "the boot disk's logical block size is {got:?}, the image is for {}",
+            setup.sector_size
+        )),
+    }
+    let boot_name = setup.arch.efi_boot_name().to_ascii_uppercase();
     match marker(&marks, "esp-boot: ") {
-        Some(b) if b.to_ascii_uppercase().contains("BOOTX64.EFI") => {}
-        other => failures.push(format!("ESP: no EFI/boot/BOOTX64.efi: {other:?}")),
+        Some(b) if b.to_ascii_uppercase().contains(&boot_name) => {}
+        other => failures.push(format!(
+            "ESP: no EFI/boot/{}: {other:?}",
+            setup.arch.efi_boot_name()
+        )),
     }
 
     for (key, value) in &setup.meta {
@@ -970,6 +1354,15 @@ fn check(boot: &qemu::Boot, setup: &Setup, expect: &Expect) -> Result<()> {
     }
     check_extensions(&marks, expect, &mut failures);
     check_config(&marks, expect, &mut failures);
+    check_modules(&marks, expect, &mut failures);
+    if let Some(entry) = &expect.entry {
+        match marker(&marks, "efivar LoaderEntrySelected=") {
+            Some(got) if got.trim() == entry => {}
+            got => failures.push(format!(
+                "systemd-boot started entry {got:?}, expected {entry:?} (the boot profile)"
+            )),
+        }
+    }
 
     if !marks.contains(&"done") {
         failures.push("no `EDGEIMAGE-E2E done` marker: /init did not finish".into());
@@ -1050,13 +1443,19 @@ fn check_extensions(marks: &[&str], expect: &Expect, failures: &mut Vec<String>)
     }
     let n = expect.extensions.len();
     if n > 0 {
-        for i in 0..n {
-            let want = format!("{i} image={i}.sqsh ");
+        for (i, (name, _)) in expect.extensions.iter().enumerate() {
+            // Talos names the combined modules.dep layer by its name, the others by index.
+            let image = if name == edgeimage::extension::modules::LAYER_NAME {
+                edgeimage::extension::modules::LAYER_IMAGE.to_string()
+            } else {
+                format!("{i}.sqsh")
+            };
+            let want = format!("{i} image={image} ");
             if !markers(marks, "layer: ")
                 .iter()
                 .any(|l| l.starts_with(&want))
             {
-                failures.push(format!("extensions: layer {i} ({i}.sqsh) was not mounted"));
+                failures.push(format!("extensions: layer {i} ({image}) was not mounted"));
             }
         }
         if marker(marks, "extensions: ") != Some(format!("layers={n}").as_str()) {
@@ -1102,6 +1501,40 @@ fn check_extensions(marks: &[&str], expect: &Expect, failures: &mut Vec<String>)
         )),
         (None, Some(got)) => failures.push(format!(
             "edgehostlet ran (hostname={got}), but the image should not hold it"
+        )),
+    }
+}
+
+/// The combined modules.dep and busybox `modprobe` of the extension's module.
+fn check_modules(marks: &[&str], expect: &Expect, failures: &mut Vec<String>) {
+    let line = marker(marks, "modules-dep: ");
+    let Some(want) = &expect.modules_dep else {
+        if let Some(l) = line {
+            failures.push(format!(
+                "modules: a module test ran, but none was expected: {l}"
+            ));
+        }
+        return;
+    };
+    match line {
+        Some(got) if got.trim() == want => {}
+        got => failures.push(format!(
+            "modules: the image's modules.dep line is {got:?}, kmod's depmod -b writes {want:?}"
+        )),
+    }
+    match marker(marks, "modprobe: ") {
+        Some(m) if m.starts_with(&format!("{} loaded=1 ", initramfs::EXT_MODULE)) => {
+            for dep in initramfs::BASE_MODULES {
+                if !field(m, "with").unwrap_or("").split(',').any(|x| x == *dep) {
+                    failures.push(format!(
+                        "modules: {dep} is not in /proc/modules after modprobe: {m}"
+                    ));
+                }
+            }
+        }
+        got => failures.push(format!(
+            "modules: modprobe {} did not load it: {got:?}",
+            initramfs::EXT_MODULE
         )),
     }
 }
@@ -1202,11 +1635,13 @@ mod tests {
     fn setup() -> Setup {
         Setup {
             name: NAME.into(),
+            arch: Arch::Amd64,
             talos_version: TALOS_VERSION.into(),
             kver: "6.1.0-56-amd64".into(),
             disk_mib: 256,
             esp_mib: 100,
-            extra_args: EXTRA_ARGS.to_vec(),
+            sector_size: 512,
+            extra_args: vec!["console=ttyS0".into(), "panic=-1".into()],
             meta: vec![(0x0c, b"v1".to_vec()), (0x0d, b"v 2".to_vec())],
         }
     }
@@ -1421,6 +1856,7 @@ mod tests {
     fn good_log() -> String {
         "BdsDxe: starting\r\n[    0.000000] Linux version 6.1\r\n\
          EDGEIMAGE-E2E cmdline: talos.platform=metal console=ttyS0 panic=-1 \r\n\
+         EDGEIMAGE-E2E logical-block-size: vda=512\r\n\
          EDGEIMAGE-E2E esp: vda1 label=EFI fslabel=EFI files=Talos-v1.12.5.efi\r\n\
          EDGEIMAGE-E2E esp-boot: files=BOOTX64.efi\r\n\
          EDGEIMAGE-E2E meta-hex 0x0c=7631\r\n\
@@ -1462,6 +1898,7 @@ mod tests {
                 "META 0x0c: not found",
             ),
             ("=B53F94AD", "=C53F94AD", "LoaderDevicePartUUID"),
+            ("vda=512", "vda=4096", "logical block size"),
         ];
         for (from, to, want) in cases {
             let log = good_log().replace(from, to);
@@ -1478,19 +1915,18 @@ mod tests {
             target: dir.clone(),
             e2e: dir.clone(),
             debs: dir.join("debs"),
-            root: dir.join("root"),
-            assets: dir.join("assets"),
             out: dir.join("out"),
             run: dir.join("run"),
         };
-        fs::create_dir_all(&paths.assets).expect("mkdir");
+        let assets = paths.assets(Arch::Amd64);
+        fs::create_dir_all(&assets).expect("mkdir");
         for f in [
             "vmlinuz",
             "initramfs.xz",
             "systemd-boot.efi",
             "systemd-stub.efi",
         ] {
-            fs::write(paths.assets.join(f), f).expect("write asset");
+            fs::write(assets.join(f), f).expect("write asset");
         }
         let p = write_profile(&paths, &setup(), None).expect("profile");
         let t = fs::read_to_string(p).expect("read");
@@ -1514,31 +1950,50 @@ mod tests {
             "{t}"
         );
 
+        assert!(t.contains("source = \"assets-amd64\""), "{t}");
+
         // With a variant's inputs: the extension pinned, the configuration and its patch.
-        let inputs = write_inputs(&paths, &VARIANTS[0]).expect("inputs");
+        let root = fetch::Root {
+            arch: Arch::Amd64,
+            dir: dir.join("root"),
+            host: dir.join("host"),
+            kver: "6.1.0-56-amd64".into(),
+        };
+        let v = &VARIANTS[1];
+        let inputs = write_inputs(&paths, v, &root).expect("inputs");
         let p = write_profile(&paths, &setup(), Some(&inputs)).expect("profile");
         let t = fs::read_to_string(p).expect("read");
-        let ext = dir.join("inputs/e2e/extension.oci.tar");
-        let pin = edgeimage::extension::input_sha256(&ext).expect("pin");
+        let [(ext, pin)] = inputs.extensions.as_slice() else {
+            panic!("one extension: {:?}", inputs.extensions)
+        };
+        assert!(
+            ext.starts_with("inputs/e2e-metal-iso/edgehostlet/"),
+            "{ext}"
+        );
+        assert_eq!(
+            &edgeimage::extension::input_sha256(&dir.join(ext)).expect("pin"),
+            pin
+        );
         assert!(
             t.contains(&format!(
-                "[[extensions]]\npath = \"inputs/e2e/extension.oci.tar\"\nsha256 = \"{pin}\"\n"
+                "[[extensions]]\npath = \"{ext}\"\nsha256 = \"{pin}\"\n"
             )),
             "{t}"
         );
         assert!(
             t.contains(
-                "[config]\npath = \"inputs/e2e/machine.yaml\"\n\
-                 patches = [\"inputs/e2e/hostname-patch.yaml\"]\ndelivery = \"embedded\"\n"
+                "[config]\npath = \"inputs/e2e-metal-iso/machine.yaml\"\n\
+                 patches = [\"inputs/e2e-metal-iso/hostname-patch.yaml\"]\ndelivery = \"metal-iso\"\n"
             ),
             "{t}"
         );
         assert_eq!(
-            fs::read_to_string(dir.join("inputs/e2e/hostname-patch.yaml")).expect("patch"),
+            fs::read_to_string(dir.join("inputs/e2e-metal-iso/hostname-patch.yaml"))
+                .expect("patch"),
             HOSTNAME_PATCH
         );
         // Written again from scratch on the next run.
-        write_inputs(&paths, &VARIANTS[0]).expect("inputs again");
+        write_inputs(&paths, v, &root).expect("inputs again");
         let _ = fs::remove_dir_all(dir);
     }
 

@@ -54,9 +54,9 @@ pub(super) fn run(
     let trust = paths.e2e.join("trust-pers");
     fs::create_dir_all(trust.join("trusted"))?;
     fs::copy(keys.join("pers.pub"), trust.join("trusted/pers.pub"))?;
-    let setup = super::setup_for("e2e-pers", &root.kver);
+    let setup = super::setup_for("e2e-pers", root, 512);
     let variant = &VARIANTS[1];
-    let inputs = super::write_inputs(paths, variant)?;
+    let inputs = super::write_inputs(paths, variant, root)?;
 
     // The base build gives the delivered configuration; its host name becomes a placeholder.
     let profile = super::write_profile(paths, &setup, Some(&inputs))?;
@@ -121,7 +121,15 @@ pub(super) fn run(
         c.hostname = Some(DEVICE_HOST.to_string());
     }
     expect.edgehostlet_hostname = Some(DEVICE_HOST.to_string());
-    let boot = super::qemu::boot(root, &paths.run, &disk, "personalized", accel, opts.timeout)?;
+    let boot = super::qemu::boot(
+        root,
+        &paths.run,
+        &disk,
+        "personalized",
+        accel,
+        opts.timeout,
+        512,
+    )?;
     super::check(&boot, &setup, &expect)?;
     Ok(boot.wall.as_secs_f64())
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use edgeimage::talos::Arch;
+
 use super::fetch::Root;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct Drive<'a> {
     pub snapshot: bool,
     /// The serial number the guest sees (virtio and USB).
     pub serial: Option<&'a str>,
+    /// The logical (and physical) block size the guest sees (virtio): 512 or 4096.
+    pub block_size: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -66,8 +70,8 @@ pub enum Bus {
     Usb,
 }
 
-/// Boots `disk` (read-only: snapshot=on) and waits for QEMU to end or `timeout`. `tag` names
-/// the run's files (`serial-<tag>-<accel>.log`).
+/// Boots `disk` (read-only: snapshot=on; `block_size`-byte logical blocks) and waits for QEMU
+/// to end or `timeout`. `tag` names the run's files (`serial-<tag>-<accel>.log`).
 pub fn boot(
     root: &Root,
     run_dir: &Path,
@@ -75,12 +79,14 @@ pub fn boot(
     tag: &str,
     accel: Accel,
     timeout: Duration,
+    block_size: u64,
 ) -> Result<Boot> {
     let drive = Drive {
         file: disk,
         bus: Bus::Virtio,
         snapshot: true,
         serial: None,
+        block_size,
     };
     boot_drives(root, run_dir, &[drive], tag, accel, timeout)
 }
@@ -95,14 +101,10 @@ pub fn boot_drives(
     timeout: Duration,
 ) -> Result<Boot> {
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let vars = run_dir.join(format!("OVMF_VARS_4M-{tag}-{}.fd", accel.name()));
-    fs::copy(root.ovmf_vars(), &vars).with_context(|| {
-        format!(
-            "copying {} to {}",
-            root.ovmf_vars().display(),
-            vars.display()
-        )
-    })?;
+    let (code, vars_template) = root.firmware();
+    let vars = run_dir.join(format!("VARS-{tag}-{}.fd", accel.name()));
+    fs::copy(&vars_template, &vars)
+        .with_context(|| format!("copying {} to {}", vars_template.display(), vars.display()))?;
     let serial = run_dir.join(format!("serial-{tag}-{}.log", accel.name()));
     let _ = fs::remove_file(&serial);
     let stderr_path = run_dir.join(format!("qemu-{tag}-{}.stderr", accel.name()));
@@ -112,21 +114,19 @@ pub fn boot_drives(
     let mut cmd = Command::new(root.qemu());
     cmd.env("LD_LIBRARY_PATH", root.ld_library_path())
         .arg("-L")
-        .arg(root.qemu_data())
-        .args([
-            "-machine",
-            "q35",
-            "-m",
-            "256",
-            "-smp",
-            "1",
-            "-accel",
-            accel.name(),
-        ])
+        .arg(root.qemu_data());
+    match root.arch {
+        // q35 with OVMF; 256 MiB (128 MiB resets after systemd-boot).
+        Arch::Amd64 => cmd.args(["-machine", "q35", "-m", "256"]),
+        // The virt board with AAVMF; a Cortex-A57 under TCG; the arm64 kernel and its UKI are
+        // larger.
+        Arch::Arm64 => cmd.args(["-machine", "virt", "-cpu", "cortex-a57", "-m", "512"]),
+    };
+    cmd.args(["-smp", "1", "-accel", accel.name()])
         .arg("-drive")
         .arg(format!(
             "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            qemu_path(&root.ovmf_code())
+            qemu_path(&code)
         ))
         .arg("-drive")
         .arg(format!(
@@ -156,8 +156,16 @@ pub fn boot_drives(
             if d.snapshot { ",snapshot=on" } else { "" }
         ));
         let serial = d.serial.map(|s| format!(",serial={s}")).unwrap_or_default();
+        let blocks = if d.block_size == 512 {
+            String::new()
+        } else {
+            format!(
+                ",logical_block_size={0},physical_block_size={0}",
+                d.block_size
+            )
+        };
         cmd.arg("-device").arg(match d.bus {
-            Bus::Virtio => format!("virtio-blk-pci,drive=d{i}{serial}"),
+            Bus::Virtio => format!("virtio-blk-pci,drive=d{i}{serial}{blocks}"),
             Bus::Usb => format!("usb-storage,bus=xhci.0,drive=d{i},bootindex=0{serial}"),
         });
     }

@@ -59,11 +59,12 @@ pub fn build(paths: &Paths, setup: &Setup) -> Result<(std::path::PathBuf, String
     }
     fs::create_dir_all(&work)?;
     fs::create_dir_all(&paths.out)?;
-    let cmdline = expected_cmdline(&setup.extra_args);
+    let extra: Vec<&str> = setup.extra_args.iter().map(String::as_str).collect();
+    let cmdline = expected_cmdline(&extra);
 
     // UKI: the stub plus .osrel, .cmdline, .uname, .linux, .initrd at increasing addresses.
-    let stub = paths.assets.join("systemd-stub.efi");
-    let mut initrd = fs::read(paths.assets.join("initramfs.xz"))?;
+    let stub = paths.assets(setup.arch).join("systemd-stub.efi");
+    let mut initrd = fs::read(paths.assets(setup.arch).join("initramfs.xz"))?;
     initrd.resize(initrd.len().div_ceil(4) * 4, 0);
     let osrel = format!(
         "NAME=\"Talos\"\nID=talos\nVERSION_ID={v}\nPRETTY_NAME=\"Talos ({v})\"\n",
@@ -73,7 +74,10 @@ pub fn build(paths: &Paths, setup: &Setup) -> Result<(std::path::PathBuf, String
         (".osrel", osrel.into_bytes()),
         (".cmdline", cmdline.clone().into_bytes()),
         (".uname", setup.kver.clone().into_bytes()),
-        (".linux", fs::read(paths.assets.join("vmlinuz"))?),
+        (
+            ".linux",
+            fs::read(paths.assets(setup.arch).join("vmlinuz"))?,
+        ),
         (".initrd", initrd),
     ];
     let dump = capture(Command::new("objdump").arg("-h").arg(&stub))?;
@@ -125,7 +129,7 @@ pub fn build(paths: &Paths, setup: &Setup) -> Result<(std::path::PathBuf, String
     }
     let copies = [
         (
-            paths.assets.join("systemd-boot.efi"),
+            paths.assets(setup.arch).join("systemd-boot.efi"),
             "::EFI/boot/BOOTX64.efi".to_string(),
         ),
         (
