@@ -182,39 +182,9 @@ fn depmod_agrees_with_kmod_byte_for_byte() {
         .filter(|s| s.0 != "extras/drbd_transport_tcp.ko")
         .collect();
     write_tree(dir.path(), &specs, &order);
-    let conf = dir.path().join("depmod.conf");
-    fs::write(&conf, "search extras built-in\n").unwrap();
-    let o = tool("depmod")
-        .args(["--all", "--basedir"])
-        .arg(dir.path())
-        .arg("--config")
-        .arg(&conf)
-        .arg(KVER)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "depmod: {}", stderr(&o));
-    let base = dir.path().join("lib/modules").join(KVER);
-    for (name, data) in ours(&specs, &order, dir.path()) {
-        let kmod = fs::read(base.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        if name == "modules.symbols" {
-            let sorted = |b: &[u8]| {
-                let mut l: Vec<String> = String::from_utf8_lossy(b)
-                    .lines()
-                    .map(str::to_string)
-                    .collect();
-                l.sort();
-                l
-            };
-            assert_eq!(sorted(&data), sorted(&kmod), "{name}");
-        } else {
-            assert!(
-                data == kmod,
-                "{name} differs from kmod's:\nours:\n{}\nkmod:\n{}",
-                String::from_utf8_lossy(&data),
-                String::from_utf8_lossy(&kmod)
-            );
-        }
-    }
+    kmod_depmod(dir.path(), KVER);
+    let ours: Vec<(String, Vec<u8>)> = ours(&specs, &order, dir.path()).into_iter().collect();
+    assert_same_as_kmod(&ours, &dir.path().join("lib/modules").join(KVER));
 }
 
 /// With several `extras/` modules (whose order kmod takes from a hash) the lines may come in
@@ -233,17 +203,7 @@ fn same_dependencies_and_modprobe_reads_our_indexes() {
         &specs,
         "kernel/crypto/xor.ko\nkernel/lib/raid6/raid6_pq.ko\n",
     );
-    let conf = dir.path().join("depmod.conf");
-    fs::write(&conf, "search extras built-in\n").unwrap();
-    let o = tool("depmod")
-        .args(["--all", "--basedir"])
-        .arg(dir.path())
-        .arg("--config")
-        .arg(&conf)
-        .arg(KVER)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "depmod: {}", stderr(&o));
+    kmod_depmod(dir.path(), KVER);
     let base = dir.path().join("lib/modules").join(KVER);
     let deps = |text: &str| -> BTreeMap<String, Vec<String>> {
         text.lines()

@@ -169,39 +169,12 @@ fn modules_dep_layer_matches_kmods_depmod() {
     }
     fs::create_dir_all(kdir.join("extras")).unwrap();
     fs::write(kdir.join("extras/8021q.ko"), q8021()).unwrap();
-    let conf = work.join("extra-modules.conf");
-    fs::write(&conf, "search extras built-in\n").unwrap();
-    let o = tool("depmod")
-        .args(["--all", "--basedir"])
-        .arg(&tree)
-        .arg("--config")
-        .arg(&conf)
-        .arg(KVER)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "depmod: {}", stderr(&o));
-    for name in &names {
-        let a = fs::read(ours.join(name)).unwrap();
-        let b = fs::read(kdir.join(name)).unwrap();
-        if name == "modules.symbols" {
-            let sorted = |x: &[u8]| {
-                let mut l: Vec<String> = String::from_utf8_lossy(x)
-                    .lines()
-                    .map(str::to_string)
-                    .collect();
-                l.sort();
-                l
-            };
-            assert_eq!(sorted(&a), sorted(&b), "{name}");
-        } else {
-            assert!(
-                a == b,
-                "{name}: ours\n{}\nkmod's\n{}",
-                String::from_utf8_lossy(&a),
-                String::from_utf8_lossy(&b)
-            );
-        }
-    }
+    kmod_depmod(&tree, KVER);
+    let mine: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .map(|n| (n.clone(), fs::read(ours.join(n)).unwrap()))
+        .collect();
+    assert_same_as_kmod(&mine, &kdir);
     assert_eq!(
         fs::read_to_string(ours.join("modules.dep"))
             .unwrap()

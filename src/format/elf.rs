@@ -15,6 +15,8 @@
 
 use anyhow::{anyhow, bail, Result};
 
+use super::le::{u16_at, u32_at, u64_at};
+
 const SHN_UNDEF: u16 = 0;
 const STB_WEAK: u8 = 2;
 const SYM_SIZE: usize = 24;
@@ -43,20 +45,6 @@ pub struct Module<'a> {
 pub struct Needed {
     pub name: String,
     pub weak: bool,
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// The NUL-terminated string at `off` of `table` (empty when out of range).

@@ -11,6 +11,8 @@ use std::io;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::le::{u32_at, u64_at};
+
 /// Logical block sizes looked for, in this order.
 pub const SECTOR_SIZES: [u64; 2] = [512, 4096];
 /// The most entries read (the specification's minimum array holds 128; Linux reads any).
@@ -66,16 +68,6 @@ impl Gpt {
     pub fn by_name(&self, label: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.name == label)
     }
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Read the primary GPT of a disk of `len` bytes through `read_at(offset, buf)` (which fills

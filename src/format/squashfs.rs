@@ -15,6 +15,8 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::le::{u16_at as le16, u32_at as le32, u64_at as le64};
+
 const MAGIC: u32 = 0x7371_7368;
 const METADATA_SIZE: usize = 8192;
 const NO_FRAGMENT: u32 = 0xFFFF_FFFF;
@@ -71,20 +73,6 @@ pub struct Squashfs<'a> {
     inode_table: u64,
     dir_table: u64,
     frag_table: u64,
-}
-
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn le64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Reads bytes across consecutive metadata blocks from a start position.

@@ -616,3 +616,45 @@ pub fn replace_asset(f: &Fixture, name: &str, data: &[u8]) {
         .replace(&old, &hex::encode(Sha256::digest(data)));
     fs::write(&f.profile, text).unwrap();
 }
+
+/// kmod's `depmod --all` over `<basedir>/lib/modules/<kver>` with Talos's configuration
+/// (`search extras built-in`).
+pub fn kmod_depmod(basedir: &Path, kver: &str) {
+    let conf = basedir.join("extra-modules.conf");
+    fs::write(&conf, "search extras built-in\n").unwrap();
+    let o = tool("depmod")
+        .args(["--all", "--basedir"])
+        .arg(basedir)
+        .arg("--config")
+        .arg(&conf)
+        .arg(kver)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "depmod: {}", stderr(&o));
+}
+
+/// Each of `ours` (file name, bytes) equals kmod's file of that name in `kmod_dir`, byte for
+/// byte; `modules.symbols` as a set of lines (kmod writes it in hash order).
+pub fn assert_same_as_kmod(ours: &[(String, Vec<u8>)], kmod_dir: &Path) {
+    for (name, data) in ours {
+        let kmod = fs::read(kmod_dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "modules.symbols" {
+            let sorted = |b: &[u8]| {
+                let mut l: Vec<String> = String::from_utf8_lossy(b)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                l.sort();
+                l
+            };
+            assert_eq!(sorted(data), sorted(&kmod), "{name}");
+        } else {
+            assert!(
+                *data == kmod,
+                "{name} differs from kmod's:\nours:\n{}\nkmod:\n{}",
+                String::from_utf8_lossy(data),
+                String::from_utf8_lossy(&kmod)
+            );
+        }
+    }
+}

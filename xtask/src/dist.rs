@@ -96,33 +96,11 @@ fn build_arm64() -> Result<PathBuf> {
     if !crate::e2e::fetch::on_path(ARM64_CC) {
         bail!("{ARM64_CC} is not installed: apt-get install gcc-aarch64-linux-gnu (.ci/run does)");
     }
-    let mut c = util::cargo();
-    c.args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "edgeimage",
-        "--bin",
-        "edgeimage",
-        "--target",
-        ARM64_MUSL,
-    ])
-    .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", ARM64_CC)
-    .env("CC_aarch64_unknown_linux_musl", ARM64_CC)
-    .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar");
-    util::run(&mut c)?;
-    let built = util::target_dir()
-        .join(ARM64_MUSL)
-        .join("release/edgeimage");
-    if !is_static(&built)? {
-        bail!("{} is dynamically linked", built.display());
-    }
-    let dir = util::target_dir().join("dist");
-    fs::create_dir_all(&dir)?;
-    let out = dir.join("edgeimage-arm64");
-    fs::copy(&built, &out).with_context(|| format!("copying to {}", out.display()))?;
-    Ok(out)
+    let mut c = release_build(ARM64_MUSL);
+    c.env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", ARM64_CC)
+        .env("CC_aarch64_unknown_linux_musl", ARM64_CC)
+        .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar");
+    finish(c, ARM64_MUSL, "edgeimage-arm64")
 }
 
 /// Build the static amd64 binary; returns its path (`target/dist/edgeimage`).
@@ -135,6 +113,15 @@ pub fn build() -> Result<PathBuf> {
         );
         (GNU, Some("-C target-feature=+crt-static"))
     };
+    let mut c = release_build(target);
+    if let Some(f) = flags {
+        c.env("RUSTFLAGS", f);
+    }
+    finish(c, target, "edgeimage")
+}
+
+/// `cargo build --release` of the `edgeimage` binary for `target`.
+fn release_build(target: &str) -> Command {
     let mut c = util::cargo();
     c.args([
         "build",
@@ -147,17 +134,19 @@ pub fn build() -> Result<PathBuf> {
         "--target",
         target,
     ]);
-    if let Some(f) = flags {
-        c.env("RUSTFLAGS", f);
-    }
-    util::run(&mut c)?;
+    c
+}
+
+/// Run the build, check the binary is static, copy it to `target/dist/<name>`.
+fn finish(mut build: Command, target: &str, name: &str) -> Result<PathBuf> {
+    util::run(&mut build)?;
     let built = util::target_dir().join(target).join("release/edgeimage");
     if !is_static(&built)? {
         bail!("{} is dynamically linked", built.display());
     }
     let dir = util::target_dir().join("dist");
     fs::create_dir_all(&dir)?;
-    let out = dir.join("edgeimage");
+    let out = dir.join(name);
     fs::copy(&built, &out).with_context(|| format!("copying to {}", out.display()))?;
     Ok(out)
 }

@@ -162,7 +162,6 @@ const MODULE_EXT: &str = "e2e-vlan";
 /// Directories under `target/e2e/`.
 pub struct Paths {
     pub workspace: PathBuf,
-    pub target: PathBuf,
     pub e2e: PathBuf,
     pub debs: PathBuf,
     pub out: PathBuf,
@@ -179,7 +178,6 @@ impl Paths {
             out: e2e.join("out"),
             run: e2e.join("run"),
             e2e,
-            target,
             workspace,
         }
     }
@@ -370,7 +368,7 @@ fn run(paths: &Paths, opts: &Opts) -> Result<()> {
         return check(&boot, &setup, &expect);
     }
 
-    let bin = build_edgeimage(paths)?;
+    let bin = build_edgeimage()?;
     let mut failed = Vec::new();
     let mut summary = Vec::new();
     let mut outcome = |what: String, r: Result<f64>| match r {
@@ -734,17 +732,8 @@ fn write_profile(paths: &Paths, setup: &Setup, inputs: Option<&Inputs>) -> Resul
 }
 
 /// Builds edgeimage (release); returns the binary.
-fn build_edgeimage(paths: &Paths) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = Command::new(&cargo)
-        .args(["build", "--release", "-p", "edgeimage"])
-        .current_dir(&paths.workspace)
-        .status()
-        .context("running cargo build --release -p edgeimage")?;
-    if !st.success() {
-        bail!("cargo build --release -p edgeimage failed ({st})");
-    }
-    Ok(paths.target.join("release/edgeimage"))
+fn build_edgeimage() -> Result<PathBuf> {
+    crate::util::edgeimage_bin()
 }
 
 fn json_str<'a>(v: &'a serde_json::Value, ptr: &str, what: &str) -> Result<&'a str> {
@@ -855,6 +844,23 @@ fn build_with_edgeimage(
         esp_guid,
         ..Expect::default()
     };
+    // The UKI as `inspect` reads it: `.uname` is the kernel release on both architectures
+    // (arm64: from the base initramfs's module tree), and Talos v1.12 has two boot profiles.
+    let uname = json.pointer("/uki/uname").and_then(|u| u.as_str());
+    if uname != Some(setup.kver.as_str()) {
+        bail!(
+            "{inspect_what}: the UKI's .uname is {uname:?}, the kernel is {}",
+            setup.kver
+        );
+    }
+    let profiles: Vec<&str> = json
+        .pointer("/uki/profiles")
+        .and_then(|p| p.as_array())
+        .map(|a| a.iter().filter_map(|p| p["id"].as_str()).collect())
+        .unwrap_or_default();
+    if profiles != ["main", edgeimage::talos::RESET_PROFILE_ID] {
+        bail!("{inspect_what}: the UKI's boot profiles are {profiles:?}, Talos v1.12 has main and reset-maintenance");
+    }
     let Some(v) = variant else {
         return Ok((raw, expect));
     };
@@ -1912,7 +1918,6 @@ mod tests {
         let dir = tempfile_dir();
         let paths = Paths {
             workspace: dir.clone(),
-            target: dir.clone(),
             e2e: dir.clone(),
             debs: dir.join("debs"),
             out: dir.join("out"),
