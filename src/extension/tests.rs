@@ -876,3 +876,79 @@ fn allowed_paths_follow_each_talos_version() {
         );
     }
 }
+
+/// The cases of Talos's `pkg/machinery/extensions/services` tests (v1.10 … v1.14), as service
+/// definitions of an extension: `testdata/hello.yaml` (`TestUnmarshal`) is accepted; the
+/// `TestValidate` cases "empty", "invalid name" and "invalid deps" are refused with one message
+/// per problem Talos reports.
+#[test]
+fn talos_service_validator_cases() {
+    let with = |name: &str, spec: &str| {
+        plus(vec![
+            Entry::file(
+                &format!("rootfs/usr/local/etc/containers/{name}.yaml"),
+                spec,
+                0o644,
+            ),
+            Entry::dir(&format!("rootfs/usr/local/lib/containers/{name}")),
+            Entry::file(
+                &format!("rootfs/usr/local/lib/containers/{name}/hello-world"),
+                "#!/bin/sh\n",
+                0o755,
+            ),
+        ])
+    };
+    let hello = "name: hello
+container:
+  entrypoint: hello-world
+  args:
+    - --development
+    - --log=debug
+  mounts:
+    - source: /var/lib/example
+      destination: /var/lib/example
+      type: bind
+      options:
+        - rbind
+        - ro
+depends:
+  - service: cri
+  - path: /system/run/machined/machined.sock
+  - network:
+      - addresses
+restart: never
+";
+    load_as(&with("hello", hello), Form::Tar, "v1.12.5").unwrap();
+    let cases: [(&str, &str, &[&str]); 3] = [
+        // Talos: name "" is invalid; restart kind is invalid; container endpoint can't be empty.
+        ("empty", "{}\n", &["name: required", "restart: required", "container: required"]),
+        // Talos: name "FOO" is invalid.
+        (
+            "FOO",
+            "name: FOO\ncontainer:\n  entrypoint: hello-world\nrestart: always\n",
+            &["name: \"FOO\" must match ^[-_a-z0-9]+$"],
+        ),
+        // Talos: no dependency specified; path is not absolute; invalid network dependency;
+        // more than a single dependency is set.
+        (
+            "foo",
+            "name: foo\ncontainer:\n  entrypoint: hello-world\nrestart: always\ndepends:\n  - {}\n  \
+             - path: ./somefile\n  - network: [bogus]\n  - network: [addresses]\n    path: /foo\n",
+            &[
+                "depends[0]: no dependency specified",
+                "depends[1].path: \"./somefile\" is not absolute",
+                "depends[2].network: bogus is not one of",
+                "depends[3]: sets path and network: each item must set exactly one of",
+            ],
+        ),
+    ];
+    for (name, spec, wants) in cases {
+        let msg = refusal(&with(name, spec), Form::Tar, "v1.12.5");
+        for w in wants {
+            assert!(
+                rules(&msg).iter().any(|r| r.contains(w)),
+                "{name}: {w:?} not in {msg}"
+            );
+        }
+    }
+}
