@@ -1352,24 +1352,4 @@ layers:
             "{e:#}"
         );
     }
-
-    /// `cargo test --release --lib compose::initramfs::tests::pack_50mb -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn pack_50mb() {
-        let mut t = Tree::new();
-        t.insert(
-            "usr/local/lib/filler.bin",
-            Node::file(file_region(&filler(50 << 20, 5)), 0o644),
-        );
-        let exts = [ext(meta("big", "1", "d", None), t)];
-        let start = std::time::Instant::now();
-        let a = extensions_archive(&exts, None, EPOCH).unwrap();
-        eprintln!(
-            "packed 50 MiB extension in {:?}: squashfs {} bytes, archive {} bytes",
-            start.elapsed(),
-            a.layers[0].squashfs_size,
-            a.layout.len()
-        );
-    }
 }

@@ -501,7 +501,9 @@ pub fn check_tools(paths: &Paths, arch: Arch) -> Result<String, String> {
     }
     let apt = Apt::new(paths).map_err(|e| format!("{e:#}"))?;
     match apt.update() {
-        Ok(()) => Ok("apt can fetch Debian's package lists (no cache yet)".to_string()),
+        Ok(()) => Ok(format!(
+            "no {arch} package cache yet; apt can fetch Debian's package lists"
+        )),
         Err(e) => Err(format!(
             "no {arch} package cache in {} and apt cannot fetch packages: {e:#}",
             guest_dir(paths, arch).display()
