@@ -485,8 +485,7 @@ pub fn sign_manifest(doc: &Manifest, bytes: &[u8], key: &crate::sign::SecretKey)
 
 /// `edgeimage sign`: sign an existing manifest, writing `<manifest>.minisig` next to it.
 pub fn sign_manifest_file(path: &Path, key: &crate::sign::SecretKey) -> Result<PathBuf> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    let bytes = crate::input::read(path, crate::input::Kind::Manifest)?;
     let doc = Manifest::parse(&bytes, &path.display().to_string())?;
     let text = sign_manifest(&doc, &bytes, key)?;
     let sig = PathBuf::from(format!("{}.minisig", path.display()));

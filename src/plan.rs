@@ -59,7 +59,8 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
     let schematic = match &profile.schematic {
         Some(path) => {
             let ctx = || format!("profile {p}: field `schematic`: {}", path.display());
-            let bytes = std::fs::read(path).with_context(ctx)?;
+            let bytes =
+                crate::input::read(path, crate::input::Kind::Schematic).with_context(ctx)?;
             Some(Schematic::parse(&bytes).with_context(ctx)?)
         }
         None => None,
@@ -138,12 +139,8 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
         put(m.clone(), "the profile's [meta]")?;
     }
     if let Some(net) = &profile.network {
-        let bytes = std::fs::read(net).with_context(|| {
-            format!(
-                "profile {p}: field `network`: cannot read {}",
-                net.display()
-            )
-        })?;
+        let bytes = crate::input::read(net, crate::input::Kind::NetworkConfig)
+            .with_context(|| format!("profile {p}: field `network`"))?;
         config::network::check_network_config(&bytes)
             .with_context(|| format!("profile {p}: field `network`: {}", net.display()))?;
         put(

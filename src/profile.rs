@@ -5,10 +5,9 @@
 //! See the README's "Profile reference" for the format.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::Deserialize;
 
 use crate::talos::{Arch, Cmdline, TalosVersion};
@@ -250,20 +249,47 @@ const ALIGN: u64 = 1 << 20;
 impl Profile {
     /// Read and validate a profile file.
     pub fn load(path: &Path) -> Result<Profile> {
-        let text =
-            fs::read(path).with_context(|| format!("cannot read profile {}", path.display()))?;
+        let text = crate::input::read(path, crate::input::Kind::Profile)?;
         Self::parse(path, &text)
     }
 
     /// Validate profile text; `path` locates relative paths and names the file in errors.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Profile> {
         let p = path.display();
-        let text =
-            std::str::from_utf8(bytes).map_err(|e| anyhow!("profile {p}: not UTF-8 text ({e})"))?;
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            anyhow!(
+                "profile {p}: not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            )
+        })?;
         let raw: RawProfile = toml::from_str(text).map_err(|e| {
-            // toml's message already names the line, column and field; keep it on one line.
-            let msg = e.to_string().replace('\n', " ").replace("  ", " ");
-            anyhow!("profile {p}: {}", msg.trim())
+            // toml's own rendering quotes the offending line; name the place and the rule only.
+            let at = match e.span() {
+                Some(s) => {
+                    let (line, col) = crate::input::line_col(bytes, s.start);
+                    // The key on that line, when it is a plain name (never a value).
+                    let key = text
+                        .lines()
+                        .nth(line - 1)
+                        .and_then(|l| l.split_once('='))
+                        .map(|(k, _)| k.trim())
+                        .filter(|k| {
+                            !k.is_empty()
+                                && k.len() <= 64
+                                && k.chars().all(|c| {
+                                    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+                                })
+                        })
+                        .map(|k| format!(", field `{k}`"))
+                        .unwrap_or_default();
+                    format!(" at line {line}, column {col}{key}")
+                }
+                None => String::new(),
+            };
+            anyhow!(
+                "profile {p}: not a valid profile{at}: {}",
+                crate::input::redact(e.message())
+            )
         })?;
         let field_err = |field: &str, msg: String| anyhow!("profile {p}: field `{field}`: {msg}");
 
@@ -382,12 +408,8 @@ impl Profile {
                 RawMetaValue::Text(t) => t.as_bytes().to_vec(),
                 RawMetaValue::File { file } => {
                     let f = base.join(file);
-                    fs::read(&f).map_err(|e| {
-                        field_err(
-                            &format!("meta.{k}.file"),
-                            format!("cannot read {}: {e}", f.display()),
-                        )
-                    })?
+                    crate::input::read(&f, crate::input::Kind::MetaValue)
+                        .map_err(|e| field_err(&format!("meta.{k}.file"), format!("{e:#}")))?
                 }
             };
             if meta.iter().any(|m: &MetaValue| m.key == key) {

@@ -6,6 +6,9 @@
 //! - `revoked` (optional): key IDs that are no longer trusted, one per line as minisign
 //!   prints them (16 hex digits); `#` starts a comment. A revoked key is refused even when
 //!   its `.pub` is still under `trusted/`, so revoking is one line and needs no deletion.
+//!
+//! Files are read through [`crate::input::open_beneath`]: a symbolic link inside the store is
+//! refused, not followed, and no error quotes a line of a file.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +16,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::input::{open_beneath, Kind};
 use crate::sign::PublicKey;
+
+/// The most public keys a trust store holds.
+const MAX_KEYS: usize = 1024;
 
 /// What the trust store says about a key ID.
 pub enum Lookup<'a> {
@@ -30,6 +37,8 @@ pub struct TrustedKey {
 
 pub struct TrustStore {
     pub dir: PathBuf,
+    /// The files read, as read: `trusted/<name>.pub` and `revoked` (relative paths), sorted.
+    files: Vec<(String, Vec<u8>)>,
     /// By key ID (uppercase hex).
     keys: BTreeMap<String, TrustedKey>,
     /// Key ID (uppercase hex) → line in `revoked`.
@@ -47,18 +56,42 @@ impl TrustStore {
                 trusted.display()
             )
         })?;
-        let mut paths = Vec::new();
+        let mut names = Vec::new();
         for e in entries {
             let e = e.with_context(|| format!("listing {}", trusted.display()))?;
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "pub") {
-                paths.push(p);
+            let name = e.file_name();
+            if Path::new(&name).extension().is_some_and(|x| x == "pub") {
+                let name = name.into_string().map_err(|n| {
+                    anyhow!(
+                        "{}: a key file name that is not UTF-8 ({}): rename it",
+                        trusted.display(),
+                        Path::new(&n).display()
+                    )
+                })?;
+                names.push(name);
             }
         }
-        paths.sort();
+        names.sort();
+        if names.len() > MAX_KEYS {
+            bail!(
+                "{} holds {} public keys, more than the {MAX_KEYS} a trust store may hold",
+                trusted.display(),
+                names.len()
+            );
+        }
+        let mut files = Vec::new();
         let mut keys: BTreeMap<String, TrustedKey> = BTreeMap::new();
-        for p in paths {
-            let key = PublicKey::load(&p)?;
+        for name in names {
+            let rel = format!("trusted/{name}");
+            let p = dir.join(&rel);
+            let Some(input) = open_beneath(dir, Path::new(&rel), Kind::PublicKey)? else {
+                continue; // removed while listing
+            };
+            let bytes = input.read_all()?;
+            let text = crate::input::text(bytes.clone(), &p, Kind::PublicKey)?;
+            let key =
+                PublicKey::parse(&text).with_context(|| format!("reading {}", p.display()))?;
+            files.push((rel, bytes));
             let id = key.key_id_hex();
             if let Some(other) = keys.get(&id) {
                 if other.key.key != key.key {
@@ -79,15 +112,18 @@ impl TrustStore {
             );
         }
         let revoked_path = dir.join("revoked");
-        let revoked = match fs::read_to_string(&revoked_path) {
-            Ok(text) => {
+        let revoked = match open_beneath(dir, Path::new("revoked"), Kind::Revoked)? {
+            Some(input) => {
+                let bytes = input.read_all()?;
+                let text = crate::input::text(bytes.clone(), &revoked_path, Kind::Revoked)?;
+                files.push(("revoked".to_string(), bytes));
                 parse_revoked(&text).map_err(|e| anyhow!("{}: {e}", revoked_path.display()))?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", revoked_path.display())),
+            None => BTreeMap::new(),
         };
         Ok(TrustStore {
             dir: dir.to_path_buf(),
+            files,
             keys,
             revoked,
         })
@@ -103,6 +139,11 @@ impl TrustStore {
             Some(k) => Lookup::Trusted(k),
             None => Lookup::Unknown,
         }
+    }
+
+    /// The store's files as read (`trusted/<name>.pub`, `revoked`), to copy it whole.
+    pub fn files(&self) -> &[(String, Vec<u8>)] {
+        &self.files
     }
 
     /// Key IDs of the trusted keys (for messages).
@@ -124,7 +165,7 @@ fn parse_revoked(text: &str) -> Result<BTreeMap<String, usize>> {
             .flatten()
             .ok_or_else(|| {
                 anyhow!(
-                    "line {}: {t:?} is not a key ID (up to 16 hex digits, as in the public key's comment line)",
+                    "line {} is not a key ID (up to 16 hex digits, as in the public key's comment line)",
                     i + 1
                 )
             })?;

@@ -9,7 +9,6 @@
 pub mod oci;
 pub mod rootfs;
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -126,20 +125,9 @@ pub fn load_kernel_file(
     sha256: &str,
     profile: &Profile,
 ) -> Result<(Asset, Option<String>)> {
-    let file = File::open(path).with_context(|| {
-        format!(
-            "profile {}: field `{field}`: cannot open {}",
-            profile.path.display(),
-            path.display()
-        )
-    })?;
-    if !file.metadata()?.is_file() {
-        bail!(
-            "profile {}: field `{field}`: {} is not a regular file",
-            profile.path.display(),
-            path.display()
-        );
-    }
+    let file = crate::input::open(path, crate::input::Kind::Asset)
+        .with_context(|| format!("profile {}: field `{field}`", profile.path.display()))?
+        .into_file();
     let a = hash_asset(
         field,
         path.display().to_string(),
@@ -165,21 +153,15 @@ fn open_all(src: &Source, profile: &Profile) -> Result<[Asset; 4]> {
         Source::Dir(dir) => {
             let open = |pin: &AssetPin| -> Result<Asset> {
                 let path = dir.join(&pin.path);
-                let file = File::open(&path).with_context(|| {
-                    format!(
-                        "asset `{}`: cannot open {}; the asset directory must hold the files of /usr/install/{}/ of the Talos imager",
-                        pin.field,
-                        path.display(),
-                        profile.arch
-                    )
-                })?;
-                if !file.metadata()?.is_file() {
-                    bail!(
-                        "asset `{}`: {} is not a regular file",
-                        pin.field,
-                        path.display()
-                    );
-                }
+                let file = crate::input::open(&path, crate::input::Kind::Asset)
+                    .with_context(|| {
+                        format!(
+                            "asset `{}`: the asset directory must hold the files of /usr/install/{}/ of the Talos imager",
+                            pin.field,
+                            profile.arch
+                        )
+                    })?
+                    .into_file();
                 hash_asset(
                     pin.field,
                     path.display().to_string(),

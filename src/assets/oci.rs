@@ -23,7 +23,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -32,7 +31,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::layout::SharedFile;
+use crate::layout::{RegionReader, SharedFile};
 
 /// The largest JSON blob (index, manifest, config, manifest.json) that is read.
 pub const MAX_JSON_BLOB: u64 = 4 << 20;
@@ -324,40 +323,6 @@ struct Archive {
     source: Source,
 }
 
-/// Reads `[offset, end)` of a shared file.
-struct RegionReader {
-    file: SharedFile,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for RegionReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.end.saturating_sub(self.pos)) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.file.read_exact_at(&mut buf[..n], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl io::Seek for RegionReader {
-    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
-        // Only used on whole files (the region starts at 0). Positions may pass the end, where
-        // reads return nothing (EOF).
-        let new = match to {
-            io::SeekFrom::Start(p) => Some(p),
-            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            io::SeekFrom::End(d) => self.end.checked_add_signed(d),
-        };
-        let new = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))?;
-        self.pos = new;
-        Ok(new)
-    }
-}
-
 fn compression_name(head: &[u8]) -> Option<&'static str> {
     if head.starts_with(&[0x1f, 0x8b]) {
         Some("gzip")
@@ -383,7 +348,7 @@ impl Archive {
                 source: Source::Dir(path.to_path_buf()),
             });
         }
-        let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
+        let file = crate::input::open(path, crate::input::Kind::ImageArchive)?.into_file();
         let shared = SharedFile::new(file, path);
         let members = index_tar(&name, &shared)?;
         Ok(Archive {
@@ -412,27 +377,18 @@ impl Archive {
                 (r, m.size)
             })),
             Source::Dir(root) => {
-                let p = root.join(member);
-                // Check the type before opening: opening a FIFO would block.
-                match std::fs::metadata(&p) {
-                    Ok(m) if m.is_file() => {}
-                    Ok(_) => bail!("{}: {member} is not a regular file", self.name),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => bail!("{}: cannot stat {member}: {e}", self.name),
-                }
-                let f = match File::open(&p) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => bail!("{}: cannot open {member}: {e}", self.name),
+                // No symbolic link below the directory is followed (a `layer.tar` linking to
+                // a file outside it is refused), and neither a FIFO nor a device is opened.
+                let Some(input) = crate::input::open_beneath(
+                    root,
+                    Path::new(member),
+                    crate::input::Kind::ImageBlob,
+                )?
+                else {
+                    return Ok(None);
                 };
-                let meta = f
-                    .metadata()
-                    .with_context(|| format!("{}: cannot stat {member}", self.name))?;
-                if !meta.is_file() {
-                    bail!("{}: {member} is not a regular file", self.name);
-                }
-                let len = meta.len();
-                Ok(Some((Box::new(f.take(len)), len)))
+                let len = input.len();
+                Ok(Some((Box::new(input.into_file().take(len)), len)))
             }
         }
     }

@@ -159,7 +159,7 @@ impl Drop for MachineConfig {
 /// Load the configuration at `path`, apply `patches` in order, and check the result.
 pub fn load(path: &Path, patches: &[PathBuf]) -> Result<MachineConfig> {
     let origin = format!("machine config {}", path.display());
-    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{origin}: cannot read: {e}"))?;
+    let bytes = crate::input::read(path, crate::input::Kind::MachineConfig)?;
     if patches.is_empty() {
         return MachineConfig::from_bytes(bytes, &origin);
     }
@@ -466,7 +466,7 @@ const OPS: [&str; 6] = ["add", "remove", "replace", "move", "copy", "test"];
 
 fn apply_patch_file(docs: &mut Vec<Value>, path: &Path) -> Result<()> {
     let origin = format!("patch {}", path.display());
-    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{origin}: cannot read: {e}"))?;
+    let bytes = crate::input::read(path, crate::input::Kind::ConfigPatch)?;
     let patch_docs = parse_yaml_documents(&bytes).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     zero(bytes);
     if patch_docs.is_empty() {
@@ -804,6 +804,9 @@ pub(crate) mod tests {
         let e = load(&d.path().join("missing.yaml"), &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("missing.yaml: cannot read"), "{e}");
+        assert!(
+            e.contains("cannot read the machine configuration") && e.contains("missing.yaml"),
+            "{e}"
+        );
     }
 }

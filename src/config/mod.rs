@@ -31,7 +31,7 @@ pub(crate) fn parse_yaml_documents(data: &[u8]) -> Result<Vec<Value>, String> {
 
 /// A YAML error without quoted material.
 pub(crate) fn yaml_error(doc: usize, e: &serde_norway::Error) -> String {
-    let msg = redact_quoted(&e.to_string());
+    let msg = crate::input::redact(&e.to_string());
     match e.location() {
         Some(l) => format!(
             "document {doc} is not valid YAML at line {}, column {}: {msg}",
@@ -39,35 +39,6 @@ pub(crate) fn yaml_error(doc: usize, e: &serde_norway::Error) -> String {
             l.column()
         ),
         None => format!("document {doc} is not valid YAML: {msg}"),
-    }
-}
-
-/// Replace every `"…"` and `` `…` `` span of a message with `"…"`, and drop a trailing
-/// location the caller prints itself.
-pub(crate) fn redact_quoted(msg: &str) -> String {
-    let mut out = String::new();
-    let mut in_quote: Option<char> = None;
-    for c in msg.chars() {
-        match in_quote {
-            Some(q) if c == q => {
-                out.push('…');
-                out.push(q);
-                in_quote = None;
-            }
-            Some(_) => {}
-            None if c == '"' || c == '`' => {
-                out.push(c);
-                in_quote = Some(c);
-            }
-            None => out.push(c),
-        }
-    }
-    if in_quote.is_some() {
-        out.push('…');
-    }
-    match out.find(" at line ") {
-        Some(i) => out[..i].to_string(),
-        None => out,
     }
 }
 
@@ -131,11 +102,6 @@ mod tests {
 
     #[test]
     fn redaction_and_documents() {
-        assert_eq!(
-            redact_quoted("duplicate entry with key \"s3cr3t\" at line 2 column 1"),
-            "duplicate entry with key \"…\""
-        );
-        assert_eq!(redact_quoted("bad `x` and \"open"), "bad `…` and \"…");
         let docs = parse_yaml_documents(b"a: 1\n---\n---\nb: [x, 2]\n").unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1]["b"][1], 2);

@@ -168,15 +168,10 @@ impl Input {
         if !meta.is_file() {
             bail!("extension {origin}: neither a directory nor a regular file");
         }
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-            .with_context(|| format!("extension {origin}: cannot open"))?;
+        let f = crate::input::open(path, crate::input::Kind::Extension)
+            .with_context(|| format!("extension {origin}"))?
+            .into_file();
         let m = f.metadata()?;
-        if !m.is_file() {
-            bail!("extension {origin}: not a regular file");
-        }
         Ok(Input::File {
             path: path.to_path_buf(),
             file: SharedFile::new(f, path),
@@ -194,7 +189,7 @@ impl Input {
                 path, file, len, ..
             } => {
                 let mut h = Sha256::new();
-                io::copy(&mut PReader::new(file.clone(), *len), &mut h)
+                io::copy(&mut file.region(0, *len), &mut h)
                     .with_context(|| format!("extension {}: reading", path.display()))?;
                 Ok(hex::encode(h.finalize()))
             }
@@ -224,20 +219,18 @@ impl Input {
             } => {
                 let origin = path.display().to_string();
                 let mut head = vec![0u8; 512];
-                let n = read_up_to(&mut PReader::new(file.clone(), len), &mut head)?;
+                let n = read_up_to(&mut file.region(0, len), &mut head)?;
                 head.truncate(n);
                 if head.starts_with(&[0x1f, 0x8b]) {
-                    let r = flate2::read::MultiGzDecoder::new(io::BufReader::new(PReader::new(
-                        file, len,
-                    )));
+                    let r =
+                        flate2::read::MultiGzDecoder::new(io::BufReader::new(file.region(0, len)));
                     read_tar(r, None, &origin)
                 } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-                    let r = zstd::stream::read::Decoder::new(PReader::new(file, len))
+                    let r = zstd::stream::read::Decoder::new(file.region(0, len))
                         .with_context(|| format!("extension {origin}: zstd"))?;
                     read_tar(r, None, &origin)
                 } else if is_tar_header(&head) {
-                    let (tree, problems) =
-                        read_tar(PReader::new(file.clone(), len), Some(&file), &origin)?;
+                    let (tree, problems) = read_tar(file.region(0, len), Some(&file), &origin)?;
                     let has = |n: &str| tree.entries.contains_key(n);
                     if !has("manifest.yaml") && (has("index.json") || has("manifest.json")) {
                         drop(tree);
@@ -262,31 +255,6 @@ impl Input {
                 }
             }
         }
-    }
-}
-
-/// Reads a region of a [`SharedFile`] sequentially (positioned reads; no shared offset).
-struct PReader {
-    file: SharedFile,
-    pos: u64,
-    len: u64,
-}
-
-impl PReader {
-    fn new(file: SharedFile, len: u64) -> PReader {
-        PReader { file, pos: 0, len }
-    }
-}
-
-impl Read for PReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.file.read_exact_at(&mut buf[..n], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
     }
 }
 

@@ -360,12 +360,7 @@ impl Inventory {
     /// JSON values, unusable or duplicate column names, no `id` column, both `disk_serial`
     /// and `host_serial` columns, no rows. Row contents are checked by [`Self::validate`].
     pub fn load(path: &Path) -> Result<Inventory> {
-        let bytes = std::fs::read(path).with_context(|| {
-            format!(
-                "cannot read the inventory {}: check the path and its permissions",
-                path.display()
-            )
-        })?;
+        let bytes = crate::input::read(path, crate::input::Kind::Inventory)?;
         Self::parse(path, &bytes)
     }
 

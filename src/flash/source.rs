@@ -22,7 +22,6 @@
 //! size, so they are decompressed once beforehand to learn it (which also proves the stream
 //! intact before the first byte is written).
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -33,6 +32,7 @@ use serde::Serialize;
 use crate::artifact::bmap::{self, Bmap};
 use crate::artifact::manifest::Manifest;
 use crate::artifact::seekable::{self, SeekTable};
+use crate::layout::SharedFile;
 use crate::verify::target::{AlignedBuf, Kind};
 use crate::verify::{self, Outcome, Report, Stop, VerifyOptions};
 
@@ -113,6 +113,8 @@ pub struct Image {
     /// The manifest (authenticated unless `--allow-unsigned` let an untrusted one through).
     pub manifest: Option<Manifest>,
     seek: Option<SeekTable>,
+    /// The image file, opened once.
+    file: SharedFile,
 }
 
 /// A window of the image with the digest it must have.
@@ -164,23 +166,15 @@ fn refuse(o: Outcome, msg: String) -> anyhow::Error {
     anyhow::Error::new(Refused(o, msg))
 }
 
-/// Recognise the format by magic bytes.
-fn sniff(path: &Path) -> Result<Format> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot open the image {}", path.display()))?;
-    if !meta.is_file() {
-        bail!(
-            "the image {} is not a regular file (give an image file: .raw.zst, .raw, .img, .xz, .gz)",
-            path.display()
-        );
-    }
-    let f =
-        File::open(path).with_context(|| format!("cannot open the image {}", path.display()))?;
+/// Open the image once (every later read uses this descriptor, so the bytes proven are the
+/// bytes written) and recognise its format by magic bytes.
+fn sniff(path: &Path) -> Result<(Format, SharedFile)> {
+    let f = crate::input::open(path, crate::input::Kind::Image)?.into_file();
     let mut head = [0u8; 6];
     let n = crate::layout::read_up_to(&mut &f, &mut head)
         .with_context(|| format!("reading {}", path.display()))?;
     let head = &head[..n];
-    Ok(match head {
+    let format = match head {
         [0x28, 0xb5, 0x2f, 0xfd, ..] => {
             if seekable::read_seek_table(&f, &path.display().to_string())?.is_some() {
                 Format::SeekableZstd
@@ -204,7 +198,8 @@ fn sniff(path: &Path) -> Result<Format> {
         ),
         _ if n == 0 => bail!("the image {} is empty", path.display()),
         _ => Format::Raw,
-    })
+    };
+    Ok((format, SharedFile::new(f, path)))
 }
 
 /// `foo.raw.zst` → `foo`, `foo.img.xz` → `foo.img` and `foo`, …: stems to look for
@@ -232,12 +227,6 @@ fn sidecar(path: &Path, ext: &str) -> Option<PathBuf> {
         .into_iter()
         .map(|s| PathBuf::from(format!("{}.{ext}", s.display())))
         .find(|p| p.is_file())
-}
-
-fn sha256_file(p: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 /// The manifest of the image, authenticated (or, with `--allow-unsigned`, at least read).
@@ -380,17 +369,16 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 impl Image {
     /// Recognise, authenticate and map the image at `path`.
     pub fn open(path: &Path, opts: &SourceOptions) -> Result<Image> {
-        let format = sniff(path)?;
+        let (format, file) = sniff(path)?;
         let what = path.display().to_string();
         let seek = if format == Format::SeekableZstd {
-            let f = File::open(path).with_context(|| format!("cannot open {what}"))?;
-            seekable::read_seek_table(&f, &what)?
+            seekable::read_seek_table(file.file(), &what)?
         } else {
             None
         };
-        let file_len = std::fs::metadata(path)
-            .with_context(|| format!("reading the size of {what}"))?
-            .len();
+        let file_len = file
+            .len()
+            .with_context(|| format!("reading the size of {what}"))?;
         // The size the container states, if it states one.
         let stated: Option<u64> = match format {
             Format::Raw => Some(file_len),
@@ -447,11 +435,9 @@ impl Image {
             manifest = Some(m);
             (size, MapSource::Manifest(source), merge(wanted))
         } else if let Some(bpath) = opts.bmap.clone().or_else(|| sidecar(path, "bmap")) {
-            let b: Bmap = bmap::parse_bytes(
-                &std::fs::read(&bpath)
-                    .with_context(|| format!("cannot read the block map {}", bpath.display()))?,
-            )
-            .with_context(|| format!("the block map {}", bpath.display()))?;
+            let bmap_bytes = crate::input::read(&bpath, crate::input::Kind::BlockMap)?;
+            let b: Bmap = bmap::parse_bytes(&bmap_bytes)
+                .with_context(|| format!("the block map {}", bpath.display()))?;
             if let Some(s) = stated {
                 if s != b.image_size {
                     return Err(refuse(
@@ -484,7 +470,10 @@ impl Image {
                     place: format!("block map range #{} (blocks {}-{})", i + 1, r.first, r.last),
                 });
             }
-            provenance.manifest_sha256 = Some(sha256_file(&bpath)?);
+            provenance.manifest_sha256 = Some({
+                use sha2::{Digest, Sha256};
+                hex::encode(Sha256::digest(&bmap_bytes))
+            });
             provenance.statement = format!(
                 "NOT SIGNED (block map {}), written because of --allow-unsigned",
                 bpath.display()
@@ -504,7 +493,7 @@ impl Image {
                 "NOT SIGNED (plain image), written because of --allow-unsigned".into();
             let size = match stated {
                 Some(s) => s,
-                None => measure(path, format)?,
+                None => measure(&file, format, &what)?,
             };
             (size, MapSource::Whole, vec![(0, size)])
         };
@@ -521,6 +510,7 @@ impl Image {
             provenance,
             manifest,
             seek,
+            file,
         })
     }
 
@@ -551,7 +541,7 @@ impl Image {
             .checked_add(len)
             .filter(|&e| e <= self.size)
             .ok_or_else(|| anyhow!("{what}: bytes {offset}+{len} lie outside the image"))?;
-        let f = File::open(&self.path).with_context(|| format!("cannot open {what}"))?;
+        let f = self.file.file();
         match (self.format, &self.seek) {
             (Format::Raw, _) => {
                 let mut v = vec![0u8; len as usize];
@@ -562,7 +552,7 @@ impl Image {
             (Format::SeekableZstd, Some(table)) => {
                 let frames: Vec<usize> = table.frames_overlapping(offset, end).collect();
                 let mut v = vec![0u8; len as usize];
-                seekable::decompress_frames(&f, &what, table, &frames, 1, &mut |_, at, bytes| {
+                seekable::decompress_frames(f, &what, table, &frames, 1, &mut |_, at, bytes| {
                     let (a, b) = (at.max(offset), (at + bytes.len() as u64).min(end));
                     if a < b {
                         v[(a - offset) as usize..(b - offset) as usize]
@@ -584,7 +574,7 @@ impl Image {
     /// size.
     pub fn stream(&self, workers: usize, out: &mut dyn FnMut(Chunk) -> Result<bool>) -> Result<()> {
         let what = self.path.display().to_string();
-        let f = File::open(&self.path).with_context(|| format!("cannot open {what}"))?;
+        let f = self.file.file();
         match self.format {
             Format::Raw => {
                 for &(a, b) in &self.pieces {
@@ -619,7 +609,7 @@ impl Image {
                 let mut asm = Assembler::new(&self.pieces);
                 let mut stop = false;
                 seekable::decompress_frames(
-                    &f,
+                    f,
                     &what,
                     table,
                     &frames,
@@ -636,7 +626,7 @@ impl Image {
                 Ok(())
             }
             Format::Zstd | Format::Xz | Format::Gzip => {
-                let mut dec = decoder(f, self.format, &what)?;
+                let mut dec = decoder(&self.file, self.format, &what)?;
                 let mut asm = Assembler::new(&self.pieces);
                 let mut pos = 0u64;
                 let mut buf = vec![0u8; 1 << 20];
@@ -658,8 +648,14 @@ impl Image {
                     }
                     pos += n as u64;
                 }
-                // The stream must end where the image does (a longer one is another image).
-                let rest = io::copy(&mut dec, &mut io::sink()).map_err(|e| {
+                // The stream must end where the image does (a longer one is another image);
+                // what follows the last piece is read only up to the stated size, plus one
+                // byte to tell a longer stream.
+                let rest = io::copy(
+                    &mut (&mut dec).take(self.size.saturating_sub(pos) + 1),
+                    &mut io::sink(),
+                )
+                .map_err(|e| {
                     refuse(
                         Outcome::ContentMismatch,
                         format!("{what}: the compressed stream is damaged after byte {pos}: {e}"),
@@ -670,7 +666,8 @@ impl Image {
                     return Err(refuse(
                         Outcome::ContentMismatch,
                         format!(
-                            "{what} decompresses to {total} bytes, but {} says the image has {} bytes",
+                            "{what} decompresses to {}{total} bytes, but {} says the image has {} bytes",
+                            if total > self.size { "more than " } else { "" },
                             match &self.map {
                                 MapSource::Manifest(s) => s.clone(),
                                 MapSource::Bmap(b) => format!("the block map {}", b.display()),
@@ -691,8 +688,11 @@ fn overlaps(pieces: &[(u64, u64)], s: u64, e: u64) -> bool {
     pieces.get(i).is_some_and(|p| p.0 < e)
 }
 
-fn decoder(f: File, format: Format, what: &str) -> Result<Box<dyn Read + Send>> {
-    let r = io::BufReader::with_capacity(1 << 20, f);
+fn decoder(f: &SharedFile, format: Format, what: &str) -> Result<Box<dyn Read + Send>> {
+    let len = f
+        .len()
+        .with_context(|| format!("reading the size of {what}"))?;
+    let r = io::BufReader::with_capacity(1 << 20, f.region(0, len));
     Ok(match format {
         Format::Zstd | Format::SeekableZstd => Box::new(
             zstd::Decoder::with_buffer(r).with_context(|| format!("starting zstd on {what}"))?,
@@ -703,17 +703,27 @@ fn decoder(f: File, format: Format, what: &str) -> Result<Box<dyn Read + Send>> 
     })
 }
 
-/// Decompress a plain compressed image once to learn its size (and prove it readable).
-fn measure(path: &Path, format: Format) -> Result<u64> {
-    let what = path.display().to_string();
-    let f = File::open(path).with_context(|| format!("cannot open {what}"))?;
-    let mut dec = decoder(f, format, &what)?;
-    io::copy(&mut dec, &mut io::sink()).map_err(|e| {
+/// Decompress a plain compressed image once to learn its size (and prove it readable), up
+/// to the largest image edgeimage writes.
+fn measure(f: &SharedFile, format: Format, what: &str) -> Result<u64> {
+    let max = crate::layout::MAX_DISK_SIZE;
+    let mut dec = decoder(f, format, what)?;
+    let n = io::copy(&mut (&mut dec).take(max + 1), &mut io::sink()).map_err(|e| {
         refuse(
             Outcome::ContentMismatch,
             format!("{what}: the compressed stream is damaged: {e}; nothing was written"),
         )
-    })
+    })?;
+    if n > max {
+        return Err(refuse(
+            Outcome::ContentMismatch,
+            format!(
+                "{what} decompresses to more than {}, the largest image edgeimage writes; nothing was written",
+                crate::progress::human_bytes(max)
+            ),
+        ));
+    }
+    Ok(n)
 }
 
 /// Cuts an in-order stream of decompressed bytes into the pieces to write.

@@ -151,14 +151,10 @@ fn load_binary(
             "the running edgeimage (no --installer-binary, no [installer] binary)".to_string(),
         ),
     };
-    let file =
-        File::open(&path).with_context(|| format!("{source}: cannot open {}", path.display()))?;
-    let md = file
-        .metadata()
-        .with_context(|| format!("{source}: cannot read {}", path.display()))?;
-    if !md.is_file() {
-        bail!("{source}: {} is not a regular file", path.display());
-    }
+    let input = crate::input::open(&path, crate::input::Kind::InstallerBinary)
+        .with_context(|| source.clone())?;
+    let len = input.len();
+    let file = input.into_file();
     let info =
         elf::read(&file).map_err(|why| anyhow!("{source}: {}: {why}; {hint}", path.display()))?;
     let want = elf::machine_of(profile.arch);
@@ -177,7 +173,6 @@ fn load_binary(
             path.display()
         );
     }
-    let len = md.len();
     let file = SharedFile::new(file, &path);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -228,37 +223,11 @@ fn trust_files(
             store.key_ids().join(", ")
         ),
     }
-    let trusted = dir.join("trusted");
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(&trusted)
-        .with_context(|| format!("{field}: listing {}", trusted.display()))?
-    {
-        let p = e
-            .with_context(|| format!("{field}: listing {}", trusted.display()))?
-            .path();
-        if p.extension().is_some_and(|x| x == "pub") {
-            names.push(p);
-        }
-    }
-    names.sort();
-    let mut out = Vec::new();
-    for p in names {
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow!("{field}: {} has a name that is not UTF-8", p.display()))?
-            .to_string();
-        let data =
-            std::fs::read(&p).with_context(|| format!("{field}: reading {}", p.display()))?;
-        out.push((format!("{PAYLOAD_TRUST_DIR}/trusted/{name}"), data));
-    }
-    let revoked = dir.join("revoked");
-    match std::fs::read(&revoked) {
-        Ok(data) => out.push((format!("{PAYLOAD_TRUST_DIR}/revoked"), data)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("{field}: reading {}", revoked.display())),
-    }
-    Ok(out)
+    Ok(store
+        .files()
+        .iter()
+        .map(|(rel, data)| (format!("{PAYLOAD_TRUST_DIR}/{rel}"), data.clone()))
+        .collect())
 }
 
 /// The build's outputs the installer carries.

@@ -176,18 +176,8 @@ pub(super) fn parse(
             }
         };
         let path = base.join(&r.template);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            field_err(
-                &f("template"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            field_err(
-                &f("template"),
-                format!("{} is not UTF-8 text ({e})", path.display()),
-            )
-        })?;
+        let text = crate::input::read_text(&path, crate::input::Kind::Template)
+            .map_err(|e| field_err(&f("template"), format!("{e:#}")))?;
         personalize::fields(&text)
             .map_err(|e| field_err(&f("template"), format!("{}: {e}", path.display())))?;
         use sha2::Digest;

@@ -11,9 +11,6 @@ use zeroize::{Zeroize, Zeroizing};
 use super::kdf::Kdf;
 use super::keys::{PublicKey, SecretKey};
 
-/// Key and signature files are a few hundred bytes; anything much larger is not one.
-const MAX_KEY_FILE: u64 = 64 * 1024;
-
 /// A key name must be `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`: it becomes `<name>.pub` and
 /// `<name>.key`, so no path separators, no leading dot or dash.
 pub fn validate_key_name(name: &str) -> Result<()> {
@@ -32,27 +29,9 @@ pub fn validate_key_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Read a small text file (public key, signature). Errors name the file.
-pub(crate) fn read_public_file(path: &Path, what: &str) -> Result<String> {
-    let ctx = || format!("reading {what} {}", path.display());
-    let file = File::open(path).with_context(ctx)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut bytes)
-        .with_context(ctx)?;
-    if bytes.len() as u64 > MAX_KEY_FILE {
-        bail!(
-            "{} is larger than {} KiB: it is not a minisign {what} file",
-            path.display(),
-            MAX_KEY_FILE / 1024
-        );
-    }
-    String::from_utf8(bytes).map_err(|_| {
-        anyhow::anyhow!(
-            "{} is not text: it is not a minisign {what} file",
-            path.display()
-        )
-    })
+/// Read a small text file (public key, signature). Errors name the file, never its content.
+pub(crate) fn read_public_file(path: &Path, kind: crate::input::Kind) -> Result<String> {
+    crate::input::read_text(path, kind)
 }
 
 /// Read a secret key file, refusing it when others may access it. The checks are made on the
@@ -60,18 +39,8 @@ pub(crate) fn read_public_file(path: &Path, what: &str) -> Result<String> {
 /// followed: what protects the key is the mode of the file itself.
 pub(crate) fn read_secret_file(path: &Path) -> Result<Zeroizing<String>> {
     let ctx = || format!("reading secret key {}", path.display());
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(path)
-        .with_context(ctx)?;
+    let file = crate::input::open(path, crate::input::Kind::SecretKey)?.into_file();
     let meta = file.metadata().with_context(ctx)?;
-    if !meta.is_file() {
-        bail!(
-            "{} is not a regular file: name the secret key file",
-            path.display()
-        );
-    }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         let how = if mode & 0o044 != 0 {
@@ -84,16 +53,11 @@ pub(crate) fn read_secret_file(path: &Path) -> Result<Zeroizing<String>> {
             p = path.display()
         );
     }
-    if meta.len() > MAX_KEY_FILE {
-        bail!(
-            "{} is larger than {} KiB: it is not a minisign secret key file",
-            path.display(),
-            MAX_KEY_FILE / 1024
-        );
-    }
     // Capacity reserved up front: reading never reallocates, so no stray copy is left.
-    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE as usize + 1));
-    file.take(MAX_KEY_FILE)
+    let mut buf = Zeroizing::new(Vec::with_capacity(
+        crate::input::Kind::SecretKey.max() as usize + 1,
+    ));
+    file.take(crate::input::Kind::SecretKey.max())
         .read_to_end(&mut buf)
         .with_context(ctx)?;
     match String::from_utf8(std::mem::take(&mut *buf)) {

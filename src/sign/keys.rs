@@ -96,14 +96,10 @@ impl PublicKey {
             file: FILE,
             item: "a minisign public key",
             len: PUBLIC_KEY_BYTES,
-            secret: false,
         }
         .decode()?;
         if raw[..2] != SIGALG {
-            bail!(
-                "public key: unsupported signature algorithm \"{}\" (minisign public keys are \"Ed\")",
-                raw[..2].escape_ascii()
-            );
+            bail!("public key: unsupported signature algorithm (minisign public keys are \"Ed\")");
         }
         let mut key_id = [0u8; 8];
         key_id.copy_from_slice(&raw[2..10]);
@@ -114,7 +110,7 @@ impl PublicKey {
 
     /// Read and parse a public key file; errors name the file.
     pub fn load(path: &Path) -> Result<PublicKey> {
-        let text = read_public_file(path, "public key")?;
+        let text = read_public_file(path, crate::input::Kind::PublicKey)?;
         PublicKey::parse(&text).with_context(|| format!("reading {}", path.display()))
     }
 
@@ -278,20 +274,13 @@ impl SecretKey {
             file: FILE,
             item: "a minisign secret key",
             len: SECRET_KEY_BYTES,
-            secret: true,
         }
         .decode()?;
         if raw[..2] != SIGALG {
-            bail!(
-                "secret key: unsupported signature algorithm \"{}\" (minisign keys are \"Ed\")",
-                raw[..2].escape_ascii()
-            );
+            bail!("secret key: unsupported signature algorithm (minisign keys are \"Ed\")");
         }
         if raw[OFF_CHK_ALG..OFF_CHK_ALG + 2] != CHKALG {
-            bail!(
-                "secret key: unsupported checksum algorithm \"{}\" (minisign uses \"B2\")",
-                raw[OFF_CHK_ALG..OFF_CHK_ALG + 2].escape_ascii()
-            );
+            bail!("secret key: unsupported checksum algorithm (minisign uses \"B2\")");
         }
         let kdf_tag = [raw[OFF_KDF], raw[OFF_KDF + 1]];
         let encrypted = if kdf_tag == KDFALG {
@@ -300,9 +289,8 @@ impl SecretKey {
             false
         } else {
             bail!(
-                "secret key: unsupported key derivation \"{}\" (minisign uses \"Sc\", or two \
-                 zero bytes for an unencrypted key)",
-                kdf_tag.escape_ascii()
+                "secret key: unsupported key derivation (minisign uses \"Sc\", or two zero bytes \
+                 for an unencrypted key)"
             );
         };
         if encrypted {

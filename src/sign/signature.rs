@@ -142,16 +142,14 @@ impl Signature {
             file: FILE,
             item: "a minisign signature",
             len: SIG_STRUCT_BYTES,
-            secret: false,
         }
         .decode()?;
         let algorithm = match [raw[0], raw[1]] {
             SIGALG_HASHED => SigAlg::Prehashed,
             SIGALG => SigAlg::Legacy,
-            other => bail!(
-                "signature: unsupported signature algorithm \"{}\" (minisign signatures are \
-                 \"ED\", or \"Ed\" for legacy ones)",
-                other.escape_ascii()
+            _ => bail!(
+                "signature: unsupported signature algorithm (minisign signatures are \"ED\", or \
+                 \"Ed\" for legacy ones)"
             ),
         };
         let trusted = strip_prefix(lines[2], TRUSTED_COMMENT_PREFIX, 3, FILE)?;
@@ -166,7 +164,6 @@ impl Signature {
             file: FILE,
             item: "the global signature",
             len: 64,
-            secret: false,
         }
         .decode()?;
         let mut key_id = [0u8; 8];
@@ -187,7 +184,7 @@ impl Signature {
 
     /// Read and parse a `.minisig` file; errors name the file.
     pub fn load(path: &Path) -> Result<Signature> {
-        let text = read_public_file(path, "signature")?;
+        let text = read_public_file(path, crate::input::Kind::Signature)?;
         Signature::parse(&text).with_context(|| format!("reading {}", path.display()))
     }
 

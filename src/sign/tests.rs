@@ -384,7 +384,7 @@ fn public_key_format_errors_name_the_problem() {
     wrong_alg[..2].copy_from_slice(b"Xy");
     let msg = err_text(PublicKey::parse(&pub_text_with(&wrong_alg)));
     assert!(
-        msg.contains("unsupported signature algorithm \"Xy\""),
+        msg.contains("unsupported signature algorithm") && !msg.contains("Xy"),
         "{msg}"
     );
 
@@ -443,7 +443,7 @@ fn signature_format_errors_name_the_problem() {
 
     let msg = err_text(Signature::parse(&flip_alg(MS_SIG, b"EX")));
     assert!(
-        msg.contains("unsupported signature algorithm \"EX\""),
+        msg.contains("unsupported signature algorithm") && !msg.contains("EX"),
         "{msg}"
     );
 
@@ -557,11 +557,14 @@ fn secret_key_format_errors_name_the_problem() {
 
     let unknown_kdf = flip_alg_at(MS_KEY, 2, b"Ar");
     let msg = err_text(SecretKey::parse(&unknown_kdf, &mut no_passphrase()));
-    assert!(msg.contains("unsupported key derivation \"Ar\""), "{msg}");
+    assert!(
+        msg.contains("unsupported key derivation") && !msg.contains("Ar\""),
+        "{msg}"
+    );
     let unknown_chk = flip_alg_at(MS_KEY, 4, b"S2");
     let msg = err_text(SecretKey::parse(&unknown_chk, &mut no_passphrase()));
     assert!(
-        msg.contains("unsupported checksum algorithm \"S2\""),
+        msg.contains("unsupported checksum algorithm") && !msg.contains("S2"),
         "{msg}"
     );
 
@@ -628,11 +631,11 @@ fn secret_key_file_mode_is_checked() {
     let missing = d.path().join("missing.key");
     let msg = err_text(SecretKey::load(&missing, &mut no_passphrase()));
     assert!(
-        msg.starts_with(&format!("reading secret key {}", missing.display())),
+        msg.starts_with(&format!("cannot read the secret key {}", missing.display())),
         "{msg}"
     );
     let msg = err_text(SecretKey::load(d.path(), &mut no_passphrase()));
-    assert!(msg.contains("is not a regular file"), "{msg}");
+    assert!(msg.contains("not a regular file"), "{msg}");
     let garbage = d.path().join("garbage.key");
     fs::write(&garbage, "untrusted comment: x\nnope\n").unwrap();
     fs::set_permissions(&garbage, fs::Permissions::from_mode(0o600)).unwrap();
@@ -652,7 +655,7 @@ fn public_key_load_names_the_file() {
     let path = d.path().join("edge.pub");
     let msg = err_text(PublicKey::load(&path));
     assert!(
-        msg.starts_with(&format!("reading public key {}", path.display())),
+        msg.starts_with(&format!("cannot read the public key {}", path.display())),
         "{msg}"
     );
     fs::write(&path, "untrusted comment: x\nAAAA\n").unwrap();
@@ -670,7 +673,7 @@ fn public_key_load_names_the_file() {
     let sig_path = d.path().join("image.raw.minisig");
     let msg = err_text(Signature::load(&sig_path));
     assert!(
-        msg.starts_with(&format!("reading signature {}", sig_path.display())),
+        msg.starts_with(&format!("cannot read the signature {}", sig_path.display())),
         "{msg}"
     );
     fs::write(&sig_path, MS_PUB).unwrap();
@@ -686,7 +689,7 @@ fn public_key_load_names_the_file() {
     Signature::load(&sig_path).unwrap();
     fs::write(&sig_path, [0xffu8, 0xfe, b'\n']).unwrap();
     let msg = err_text(Signature::load(&sig_path));
-    assert!(msg.contains("is not text"), "{msg}");
+    assert!(msg.contains("not UTF-8 text"), "{msg}");
 }
 
 #[test]

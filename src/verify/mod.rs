@@ -238,7 +238,12 @@ pub fn verify(target: &Path, opts: &VerifyOptions, progress: &mut dyn Progress) 
     progress.finish();
     r.outcome = outcome;
     r.exit_code = outcome.exit_code();
-    r.verdict = format!("{}: {}: {verdict}", outcome.word(), target.display());
+    // The target is named once, even when the reason starts with it.
+    let shown = target.display().to_string();
+    let verdict = verdict
+        .strip_prefix(&format!("{shown}: "))
+        .unwrap_or(&verdict);
+    r.verdict = format!("{}: {shown}: {verdict}", outcome.word());
     r.seconds = t0.elapsed().as_secs_f64();
     r
 }
@@ -476,19 +481,15 @@ fn run_content(
 /// The manifest for `target`: `--manifest`, else inside the target, else next to it.
 fn find_manifest(target: &Path, kind: Kind, explicit: Option<&Path>) -> Result<Found, Stop> {
     let sidecar = |m: &Path| -> Result<Found, Stop> {
-        let bytes = std::fs::read(m)
-            .map_err(|e| unreadable(format!("cannot read the manifest {}: {e}", m.display())))?;
+        let bytes = crate::input::read(m, crate::input::Kind::Manifest)
+            .map_err(|e| unreadable(format!("{e:#}")))?;
         let sig_path = PathBuf::from(format!("{}.minisig", m.display()));
-        let signature = match std::fs::read_to_string(&sig_path) {
-            Ok(s) => Some(s),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(unreadable(format!(
-                    "cannot read the signature {}: {e}",
-                    sig_path.display()
-                )))
-            }
-        };
+        let signature = crate::input::read_optional(&sig_path, crate::input::Kind::Signature)
+            .and_then(|b| {
+                b.map(|b| crate::input::text(b, &sig_path, crate::input::Kind::Signature))
+                    .transpose()
+            })
+            .map_err(|e| unreadable(format!("{e:#}")))?;
         Ok(Found {
             bytes,
             signature,
@@ -610,9 +611,14 @@ fn embedded_in_disk(target: &Path, kind: Kind) -> Result<Found, Stop> {
     decode(&data, &what)
 }
 
+fn open_image(path: &Path) -> Result<File, Stop> {
+    crate::input::open(path, crate::input::Kind::Image)
+        .map(crate::input::Input::into_file)
+        .map_err(|e| unreadable(format!("{e:#}")))
+}
+
 fn zstd_reader(path: &Path) -> Result<zstd::Decoder<'static, io::BufReader<File>>, Stop> {
-    let f =
-        File::open(path).map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
+    let f = open_image(path)?;
     zstd::Decoder::new(f).map_err(|e| unreadable(format!("{}: {e}", path.display())))
 }
 
@@ -838,8 +844,7 @@ fn check_compressed(
     progress: &mut dyn Progress,
     r: &mut Report,
 ) -> Result<(), Stop> {
-    let f =
-        File::open(path).map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
+    let f = open_image(path)?;
     let wins = windows(m);
     let mut collector = SlotCollector::new(m);
     let last_needed = wins.last().map_or(0, |w| w.1).max(collector.end());

@@ -6,10 +6,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 
 /// Alignment of direct I/O.
 pub const ALIGN: usize = 4096;
@@ -41,20 +41,12 @@ impl Kind {
 
 /// Decide what `path` is: by file type, then by its first bytes (never by its name).
 pub fn classify(path: &Path) -> Result<Kind> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let ft = meta.file_type();
-    if ft.is_block_device() {
+    let input = crate::input::open(path, crate::input::Kind::Disk)?;
+    if input.is_device() {
         return Ok(Kind::Device);
     }
-    if !ft.is_file() {
-        return Err(anyhow!(
-            "{} is neither a file nor a block device",
-            path.display()
-        ));
-    }
     let mut head = [0u8; 4];
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = input.into_file();
     let n = crate::layout::read_up_to(&mut f, &mut head)
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(match &head[..n] {
