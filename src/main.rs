@@ -520,15 +520,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             json,
         }) => {
             use edgeimage::factory;
-            let l = factory::log::read(&log)?;
-            for t in &l.torn {
-                eprintln!("warning: {}", t.message);
-            }
             let inv = inventory
                 .as_deref()
                 .map(factory::Inventory::load)
                 .transpose()?;
-            let sum = factory::log::summarize(&l.entries, inv.as_ref());
+            let mut tally = factory::log::Tally::default();
+            let torn = factory::log::scan(&log, &mut |e| {
+                tally.add(&e);
+                Ok(())
+            })?;
+            for t in &torn {
+                eprintln!("warning: {}", t.message);
+            }
+            let sum = tally.summary(inv.as_ref());
             if json {
                 println!("{}", serde_json::to_string_pretty(&sum)?);
             } else {

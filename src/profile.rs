@@ -385,11 +385,11 @@ impl Profile {
             systemd_stub: pin("systemd_stub", "systemd-stub.efi", &raw.assets.systemd_stub)?,
         };
 
-        for a in &raw.kernel_args.extra {
+        for (i, a) in raw.kernel_args.extra.iter().enumerate() {
             if a.bytes().any(|b| b.is_ascii_control()) {
                 return Err(field_err(
-                    "kernel_args.extra",
-                    format!("{a:?} contains a control character"),
+                    &format!("kernel_args.extra[{i}]"),
+                    "contains a control character".to_string(),
                 ));
             }
         }
@@ -578,6 +578,10 @@ impl Profile {
     }
 }
 
+/// The most extra kernel arguments read (one-byte arguments and spaces fill 2047 bytes with
+/// 1024).
+pub const MAX_EXTRA_ARGS: usize = 1024;
+
 /// Talos's defaults (if wanted), then each list of extra arguments in order, by Talos's rules.
 pub fn kernel_cmdline(
     talos: &TalosVersion,
@@ -585,6 +589,15 @@ pub fn kernel_cmdline(
     defaults: bool,
     extras: &[&[String]],
 ) -> std::result::Result<String, String> {
+    // A command line of at most 2047 bytes holds at most 1024 arguments: more is refused before
+    // they are merged (merging compares each with those before it).
+    let count: usize = extras.iter().map(|e| e.len()).sum();
+    if count > MAX_EXTRA_ARGS {
+        return Err(format!(
+            "{count} extra kernel arguments, more than the {MAX_EXTRA_ARGS} a {}-byte command line can hold",
+            arch.max_cmdline()
+        ));
+    }
     let mut c = if defaults {
         Cmdline::parse(&talos.default_kernel_args(arch))
     } else {

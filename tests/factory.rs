@@ -35,7 +35,7 @@ fn a_line_of_three_devices() {
 
     let log_path = dir.path().join("factory.jsonl");
     for (serial, ok) in [("WD-02", true), ("WD-01", false), ("WD-01", true)] {
-        let used = log::used_rows(&log::read(&log_path).unwrap().entries);
+        let used = log::used_rows(&log_path).unwrap();
         let row = inv.row_for(Some(serial), None, &used, false).unwrap();
         let slots: BTreeMap<&str, String> = templates
             .iter()
@@ -61,7 +61,7 @@ fn a_line_of_three_devices() {
     assert!(text.contains("\"join_token\":\"<secret>\""), "{text}");
 
     let entries = log::read(&log_path).unwrap().entries;
-    let used = log::used_rows(&entries);
+    let used = log::used_rows(&log_path).unwrap();
     let e = inv.row_for(Some("WD-02"), None, &used, false).unwrap_err();
     assert_eq!(
         e,

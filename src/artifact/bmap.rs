@@ -382,7 +382,7 @@ pub fn parse(text: &str) -> Result<Bmap> {
         .to_string();
     let bad_version = || {
         anyhow!(
-            "<bmap version=\"{version}\"> (line {}): the version must be MAJOR.MINOR, e.g. 2.0; \
+            "<bmap version=…> (line {}): the version must be MAJOR.MINOR, e.g. 2.0; \
              {REMAKE}",
             line(root)
         )
@@ -459,7 +459,7 @@ pub fn parse(text: &str) -> Result<Bmap> {
         let (node, v) = value(i)?;
         let n = decimal(&v).ok_or_else(|| {
             anyhow!(
-                "<{}> (line {}) is {v:?}, not a decimal number{}; {REMAKE}",
+                "<{}> (line {}) is not a decimal number{}; {REMAKE}",
                 NAMES[i],
                 line(node),
                 if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
@@ -476,7 +476,7 @@ pub fn parse(text: &str) -> Result<Bmap> {
     let (ct_node, checksum_type) = value(4)?;
     if !checksum_type.eq_ignore_ascii_case("sha256") {
         bail!(
-            "<ChecksumType> (line {}) is {checksum_type:?}: edgeimage reads block maps checked \
+            "<ChecksumType> (line {}) is not sha256: edgeimage reads block maps checked \
              with sha256 only (what `bmaptool create` writes); make one with \
              `bmaptool create IMAGE > IMAGE.bmap`",
             line(ct_node)
@@ -532,21 +532,29 @@ pub fn parse(text: &str) -> Result<Bmap> {
             }
         }
         let raw = raw.trim();
-        let at = format!("<Range> #{n} ({raw:?}, line {})", line(node));
+        // The line is found only for a message: looking it up scans the text from its start.
+        let at = || format!("<Range> #{n} (line {})", line(node));
         let (first, last) = match raw.split_once('-') {
             Some((a, b)) => (decimal(a.trim()), decimal(b.trim())),
             None => (decimal(raw), decimal(raw)),
         };
         let (Some(first), Some(last)) = (first, last) else {
-            bail!("{at} is not a block number N or a block range FIRST-LAST in decimal; {REMAKE}");
+            bail!(
+                "{} is not a block number N or a block range FIRST-LAST in decimal; {REMAKE}",
+                at()
+            );
         };
         if first > last {
-            bail!("{at} starts at block {first}, after its last block {last}; {REMAKE}");
+            bail!(
+                "{} starts at block {first}, after its last block {last}; {REMAKE}",
+                at()
+            );
         }
         if last >= blocks_count {
             bail!(
-                "{at} ends past the image: the last block is {} (<BlocksCount> {blocks_count}); \
+                "{} ends past the image: the last block is {} (<BlocksCount> {blocks_count}); \
                  {REMAKE}",
+                at(),
                 blocks_count - 1
             );
         }
@@ -557,20 +565,22 @@ pub fn parse(text: &str) -> Result<Bmap> {
                 } else {
                     "overlaps"
                 };
-                bail!("{at} {how} the previous range ({pf}-{pl}); {REMAKE}");
+                bail!("{} {how} the previous range ({pf}-{pl}); {REMAKE}", at());
             }
         }
         prev = Some((first, last));
         let sha256 = match node.attribute("chksum") {
             Some(c) if is_sha256_hex(c.trim()) => c.trim().to_string(),
-            Some(c) => bail!(
-                "{at}: its chksum {c:?} is not 64 lowercase hex digits (a sha256 digest as \
-                 bmaptool writes it; bmaptool refuses other spellings too); {REMAKE}"
+            Some(_) => bail!(
+                "{}: its chksum is not 64 lowercase hex digits (a sha256 digest as bmaptool \
+                 writes it; bmaptool refuses other spellings too); {REMAKE}",
+                at()
             ),
             None => bail!(
-                "{at} has no chksum attribute, so its blocks cannot be verified; make a block \
+                "{} has no chksum attribute, so its blocks cannot be verified; make a block \
                  map with checksums: `bmaptool create IMAGE > IMAGE.bmap` (without \
-                 --no-checksum)"
+                 --no-checksum)",
+                at()
             ),
         };
         mapped += last - first + 1;
@@ -627,9 +637,7 @@ fn verify_file_checksum(
     };
     let value = value.trim();
     if !is_sha256_hex(value) {
-        return Err(fail(&format!(
-            "is {value:?}, not 64 lowercase hex digits (a sha256 digest)"
-        )));
+        return Err(fail("is not 64 lowercase hex digits (a sha256 digest)"));
     }
     let span = child.range();
     let raw = &text[span.clone()];
@@ -967,30 +975,27 @@ mod tests {
             ),
             (
                 text.replace("> 3 </Range>", "> 1 </Range>"),
-                vec![
-                    "<Range> #2 (\"1\", line",
-                    "overlaps the previous range (0-1)",
-                ],
+                vec!["<Range> #2 (line", "overlaps the previous range (0-1)"],
             ),
             (
                 text.replace("> 0-1 </Range>", "> 4 </Range>"),
-                vec!["<Range> #2 (\"3\"", "out of order"],
+                vec!["<Range> #2 (line", "out of order"],
             ),
             (
                 text.replace("> 5 </Range>", "> 5-6 </Range>")
                     .replace("<MappedBlocksCount> 4 ", "<MappedBlocksCount> 5 "),
                 vec![
-                    "<Range> #3 (\"5-6\"",
+                    "<Range> #3 (line",
                     "ends past the image: the last block is 5",
                 ],
             ),
             (
                 text.replace("<ImageSize> 20580 ", "<ImageSize> 20KiB "),
-                vec!["<ImageSize> (line", "\"20KiB\", not a decimal number"],
+                vec!["<ImageSize> (line", "not a decimal number"],
             ),
             (
                 text.replace("<BlockSize> 4096 ", "<BlockSize> +4096 "),
-                vec!["<BlockSize>", "\"+4096\", not a decimal number"],
+                vec!["<BlockSize>", "not a decimal number"],
             ),
             (
                 text.replace("<ImageSize> 20580 ", "<ImageSize> 99999999999999999999999 "),
@@ -1002,7 +1007,7 @@ mod tests {
             ),
             (
                 text.replace("<ChecksumType> sha256 ", "<ChecksumType> sha512 "),
-                vec!["<ChecksumType> (line", "\"sha512\"", "sha256 only"],
+                vec!["<ChecksumType> (line", "not sha256", "sha256 only"],
             ),
             (
                 text.replace("</BlockMap>", "</BlockMap"),
@@ -1011,24 +1016,21 @@ mod tests {
             (
                 text.replace("> 3 </Range>", "> 5-3 </Range>"),
                 vec![
-                    "<Range> #2 (\"5-3\"",
+                    "<Range> #2 (line",
                     "starts at block 5, after its last block 3",
                 ],
             ),
             (
                 text.replace("> 3 </Range>", "> a-b </Range>"),
-                vec![
-                    "<Range> #2 (\"a-b\"",
-                    "not a block number N or a block range",
-                ],
+                vec!["<Range> #2 (line", "not a block number N or a block range"],
             ),
             (
                 text.replace("> 3 </Range>", "> -3 </Range>"),
-                vec!["<Range> #2 (\"-3\"", "not a block number"],
+                vec!["<Range> #2 (line", "not a block number"],
             ),
             (
                 text.replace("> 3 </Range>", "> 1-2-3 </Range>"),
-                vec!["<Range> #2 (\"1-2-3\"", "not a block number"],
+                vec!["<Range> #2 (line", "not a block number"],
             ),
             (
                 text.replacen("<Range chksum=\"", "<Range sum=\"", 1),

@@ -18,6 +18,7 @@ use serde_json::Value;
 /// be a secret value).
 pub(crate) fn parse_yaml_documents(data: &[u8]) -> Result<Vec<Value>, String> {
     use serde::Deserialize;
+    crate::format::yaml::check_depth(data, crate::format::yaml::MAX_DEPTH)?;
     let mut docs = Vec::new();
     for (i, de) in serde_norway::Deserializer::from_slice(data).enumerate() {
         let v = serde_norway::Value::deserialize(de).map_err(|e| yaml_error(i + 1, &e))?;

@@ -234,6 +234,10 @@ pub(crate) fn validate(
 // ---------------------------------------------------------------------------------------------
 
 fn parse_yaml(bytes: &[u8], sink: &mut Sink) -> Option<Mapping> {
+    if let Err(e) = crate::format::yaml::check_depth(bytes, crate::format::yaml::MAX_DEPTH) {
+        sink.add(&e);
+        return None;
+    }
     match serde_norway::from_slice::<Value>(bytes) {
         Ok(Value::Mapping(m)) => Some(m),
         Ok(Value::Null) => {

@@ -184,7 +184,7 @@ impl Line {
             );
         }
         let used = match log_path {
-            Some(p) => log::used_rows(&log::read(p)?.entries),
+            Some(p) => log::used_rows(p)?,
             None => BTreeMap::new(),
         };
         let meta = match m.slots.iter().find(|s| s.kind == SlotKind::Meta) {

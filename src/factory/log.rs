@@ -199,79 +199,127 @@ pub fn append(path: &Path, record: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The longest line read: a record is a few hundred bytes.
+pub const MAX_LINE: usize = 1 << 20;
+/// Torn lines listed one by one; more are counted.
+const MAX_TORN: usize = 100;
+
 /// Read the log at `path`. A log that does not exist yet has no entries.
 ///
 /// Torn lines (a JSON object cut short, or a last line without line feed that is not JSON)
 /// are skipped and listed in [`Log::torn`]. Any other line that is not an entry is an error
 /// naming the line.
 pub fn read(path: &Path) -> Result<Log> {
-    let shown = path.display();
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Log::default()),
-        Err(e) => {
-            return Err(anyhow!(e).context(format!(
-                "cannot read the record log {shown}: check the path and its permissions"
-            )))
-        }
-    };
-    let ends_with_newline = bytes.last() == Some(&b'\n');
-    let pieces: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    let last = pieces.len();
     let mut log = Log::default();
-    for (i, piece) in pieces.into_iter().enumerate() {
-        let line = i + 1;
+    log.torn = scan(path, &mut |e| {
+        log.entries.push(e);
+        Ok(())
+    })?;
+    Ok(log)
+}
+
+/// Stream the log at `path` line by line, handing each entry to `visit` (memory stays at one
+/// line, whatever the log's size); returns the torn lines (see [`read`]). A log that does not
+/// exist yet has no entries.
+pub fn scan(path: &Path, visit: &mut dyn FnMut(Entry) -> Result<()>) -> Result<Vec<Torn>> {
+    use std::io::BufRead;
+    let shown = path.display();
+    let input = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        _ => crate::input::open(path, crate::input::Kind::RecordLog)?,
+    };
+    let mut r = std::io::BufReader::with_capacity(1 << 16, input.reader());
+    let mut torn = Vec::new();
+    let mut torn_count = 0usize;
+    let mut buf = Vec::new();
+    let mut line = 0usize;
+    loop {
+        buf.clear();
+        let n = std::io::Read::take(&mut r, MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading the record log {shown}"))?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        let ends_with_newline = buf.last() == Some(&b'\n');
+        if !ends_with_newline && buf.len() > MAX_LINE {
+            bail!(
+                "{shown}:{line}: a line longer than {} MiB: this is not a record log (records \
+                 are a few hundred bytes); move the file aside",
+                MAX_LINE >> 20
+            );
+        }
+        let piece = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let piece = piece.strip_suffix(b"\r").unwrap_or(piece);
         if piece.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         match serde_json::from_slice::<Value>(piece) {
-            Ok(v) => log.entries.push(entry(&v, line).map_err(|why| {
+            Ok(v) => visit(entry(&v, line).map_err(|why| {
                 anyhow!(
                     "{shown}:{line}: {why}: the log is damaged; correct the line or move it \
                      to another file"
                 )
-            })?),
+            })?)?,
             Err(e) => {
-                let torn = (line == last && !ends_with_newline)
+                let is_torn = !ends_with_newline
                     || e.classify() == serde_json::error::Category::Eof
                     || piece.contains(&0);
-                if !torn {
+                if !is_torn {
                     bail!(
-                        "{shown}:{line}: not a JSON entry ({e}): the log is damaged; correct \
-                         the line or move it to another file"
+                        "{shown}:{line}: not a JSON entry (column {}: {}): the log is damaged; \
+                         correct the line or move it to another file",
+                        e.column(),
+                        crate::input::redact(&e.to_string())
                     );
                 }
-                log.torn.push(Torn {
-                    line,
-                    bytes: piece.len(),
-                    message: format!(
-                        "{shown}:{line}: a torn entry ({} bytes, cut short by an interrupted \
-                         write) was skipped: the device it was for counts as not written",
-                        piece.len()
-                    ),
-                });
+                torn_count += 1;
+                if torn.len() < MAX_TORN {
+                    torn.push(Torn {
+                        line,
+                        bytes: piece.len(),
+                        message: format!(
+                            "{shown}:{line}: a torn entry ({} bytes, cut short by an \
+                             interrupted write) was skipped: the device it was for counts as \
+                             not written",
+                            piece.len()
+                        ),
+                    });
+                }
             }
         }
     }
-    Ok(log)
+    if torn_count > torn.len() {
+        torn.push(Torn {
+            line,
+            bytes: 0,
+            message: format!(
+                "{shown}: {} more torn entries were skipped (the log is badly damaged)",
+                torn_count - torn.len()
+            ),
+        });
+    }
+    Ok(torn)
 }
 
-/// The rows with a verified entry, with their last verified write.
-pub fn used_rows(entries: &[Entry]) -> BTreeMap<String, Written> {
-    entries
-        .iter()
-        .filter(|e| e.verified())
-        .map(|e| {
-            (
-                e.row.clone(),
+/// The rows of the log at `path` with a verified entry, with their last verified write
+/// (streamed, see [`scan`]).
+pub fn used_rows(path: &Path) -> Result<BTreeMap<String, Written>> {
+    let mut used = BTreeMap::new();
+    scan(path, &mut |e| {
+        if e.verified() {
+            used.insert(
+                e.row,
                 Written {
-                    disk_serial: e.disk_serial.clone(),
-                    time: e.time.clone(),
+                    disk_serial: e.disk_serial,
+                    time: e.time,
                 },
-            )
-        })
-        .collect()
+            );
+        }
+        Ok(())
+    })?;
+    Ok(used)
 }
 
 /// Totals over a log, for the operator (see [`Summary::render`]) or as JSON.
@@ -303,49 +351,86 @@ pub struct Summary {
 
 /// Count `entries`; with `inventory`, also which of its rows are not written yet.
 pub fn summarize(entries: &[Entry], inventory: Option<&Inventory>) -> Summary {
-    let mut verified: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut failed: BTreeSet<&str> = BTreeSet::new();
-    let mut failures_by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    let mut t = Tally::default();
     for e in entries {
+        t.add(e);
+    }
+    t.summary(inventory)
+}
+
+/// [`summarize`] entry by entry (with [`scan`], a log of any size is summarized in memory
+/// that grows with its distinct rows only).
+#[derive(Default)]
+pub struct Tally {
+    entries: usize,
+    verified: BTreeMap<String, usize>,
+    failed: BTreeSet<String>,
+    failures_by_kind: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    pub fn add(&mut self, e: &Entry) {
+        self.entries += 1;
         match e.failure_kind() {
-            None => *verified.entry(&e.row).or_default() += 1,
+            None => *self.verified.entry(e.row.clone()).or_default() += 1,
             Some(kind) => {
-                failed.insert(&e.row);
-                *failures_by_kind.entry(kind.to_string()).or_default() += 1;
+                if !self.failed.contains(&e.row) {
+                    self.failed.insert(e.row.clone());
+                }
+                *self.failures_by_kind.entry(kind.to_string()).or_default() += 1;
             }
         }
     }
-    let ids = |set: &mut dyn Iterator<Item = &str>| set.map(str::to_string).collect::<Vec<_>>();
-    let (inventory_rows, rows_not_written, rows_not_in_inventory) = match inventory {
-        Some(inv) => {
-            let known: BTreeSet<&str> = inv.rows().iter().map(|r| r.id()).collect();
-            let not_written = inv
-                .rows()
+
+    pub fn summary(self, inventory: Option<&Inventory>) -> Summary {
+        let Tally {
+            entries,
+            verified,
+            failed,
+            failures_by_kind,
+        } = self;
+        let (inventory_rows, rows_not_written, rows_not_in_inventory) = match inventory {
+            Some(inv) => {
+                let known: BTreeSet<&str> = inv.rows().iter().map(|r| r.id()).collect();
+                let not_written = inv
+                    .rows()
+                    .iter()
+                    .map(|r| r.id())
+                    .filter(|id| !verified.contains_key(*id))
+                    .map(str::to_string)
+                    .collect();
+                let unknown = verified
+                    .keys()
+                    .chain(failed.iter())
+                    .filter(|r| !known.contains(r.as_str()))
+                    .cloned()
+                    .collect::<BTreeSet<String>>()
+                    .into_iter()
+                    .collect();
+                (Some(inv.rows().len()), Some(not_written), Some(unknown))
+            }
+            None => (None, None, None),
+        };
+        Summary {
+            entries,
+            devices_verified: verified.values().sum(),
+            rows_verified: verified.len(),
+            failed_attempts: failures_by_kind.values().sum(),
+            rows_verified_twice: verified
                 .iter()
-                .map(|r| r.id())
-                .filter(|id| !verified.contains_key(id))
-                .map(str::to_string)
-                .collect();
-            let logged: BTreeSet<&str> = entries.iter().map(|e| e.row.as_str()).collect();
-            let unknown = ids(&mut logged.into_iter().filter(|r| !known.contains(r)));
-            (Some(inv.rows().len()), Some(not_written), Some(unknown))
+                .filter(|(_, &n)| n > 1)
+                .map(|(r, _)| r.clone())
+                .collect(),
+            rows_failed_never_verified: failed
+                .iter()
+                .filter(|r| !verified.contains_key(*r))
+                .cloned()
+                .collect(),
+            failures_by_kind,
+            inventory_rows,
+            rows_not_written,
+            rows_not_in_inventory,
         }
-        None => (None, None, None),
-    };
-    Summary {
-        entries: entries.len(),
-        devices_verified: verified.values().sum(),
-        rows_verified: verified.len(),
-        failed_attempts: failures_by_kind.values().sum(),
-        rows_verified_twice: ids(&mut verified.iter().filter(|(_, &n)| n > 1).map(|(r, _)| *r)),
-        rows_failed_never_verified: ids(&mut failed
-            .iter()
-            .copied()
-            .filter(|r| !verified.contains_key(r))),
-        failures_by_kind,
-        inventory_rows,
-        rows_not_written,
-        rows_not_in_inventory,
     }
 }
 
@@ -608,18 +693,18 @@ mod tests {
 
     #[test]
     fn used_rows_are_the_verified_ones_with_their_last_write() {
-        let entries: Vec<Entry> = [
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("log.jsonl");
+        for v in [
             rec("r1", "failed", Some("S0"), "T0"),
             rec("r1", "verified", Some("S1"), "T1"),
             rec("r2", "failed", Some("S2"), "T2"),
             rec("r3", "verified", None, "T3"),
             rec("r1", "verified", Some("S9"), "T9"),
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| entry(v, i + 1).unwrap())
-        .collect();
-        let used = used_rows(&entries);
+        ] {
+            append(&path, &v).unwrap();
+        }
+        let used = used_rows(&path).unwrap();
         assert_eq!(used.keys().collect::<Vec<_>>(), ["r1", "r3"]);
         assert_eq!(
             used["r1"],

@@ -6,6 +6,7 @@ pub mod elf;
 pub mod gpt;
 pub mod meta;
 pub mod squashfs;
+pub mod yaml;
 
 /// Little-endian integers at byte offsets of a buffer the caller has bounds-checked (they
 /// panic past the end, as slice indexing does).

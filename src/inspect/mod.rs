@@ -436,6 +436,9 @@ fn layers_of(i: &initrd::InitrdInfo) -> Vec<LayerReport> {
     let Some(yaml) = &i.extensions_yaml else {
         return Vec::new();
     };
+    if crate::format::yaml::check_depth(yaml.as_bytes(), crate::format::yaml::MAX_DEPTH).is_err() {
+        return Vec::new();
+    }
     let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(yaml) else {
         return Vec::new();
     };

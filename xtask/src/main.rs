@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod bench;
 mod dist;
 mod e2e;
+mod fuzz;
 mod media;
 mod test;
 mod util;
@@ -30,6 +31,9 @@ commands:
           with the .bmap and zstd -dc | dd (--runs N; root for loop devices and cold caches)
   dist    the static edgeimage binary (musl, else static glibc) in target/dist/, the
           installer stick's /init
+  fuzz    [TARGET ...] [--seconds N] [--seeds-only] [--jobs J]: seed corpora from the
+          project's fixtures in target/fuzz-corpus/, then each cargo-fuzz target in fuzz/
+          for N seconds (default 60; needs the nightly toolchain)
 ";
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         "test" => report(test::main(&rest)),
         "bench" => report(bench::main(&rest)),
         "dist" => report(dist::main(&rest)),
+        "fuzz" => report(fuzz::main(&rest)),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             ExitCode::SUCCESS
