@@ -1,12 +1,14 @@
-//! `edgeimage build`: profile → checked assets → composed layout → written artifacts:
-//! `<name>.raw.zst` (and `<name>.raw`), `<name>.manifest.json`, its signature
-//! `<name>.manifest.json.minisig` when a key is given, and `<name>.bmap`; with an
+//! `edgeimage build`: profile → checked assets → composed layout → written artifacts, the
+//! output set `<out>/<name>/`: `<name>.raw.zst` (and `<name>.raw`), `<name>.manifest.json`,
+//! its signature `<name>.manifest.json.minisig` when a key is given, and `<name>.bmap`; with an
 //! `[installer]` section also `<name>-installer.raw.zst` (and `<name>-installer.raw`), the
-//! installer stick carrying those outputs (see [`crate::installer`]).
+//! installer stick carrying those outputs (see [`crate::installer`]). The files are written
+//! into a staging directory that replaces the previous set as a whole when all are written
+//! ([`artifact::set`]).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 use crate::artifact::manifest::{self, Manifest};
 use crate::artifact::{self, Measured, Outputs};
@@ -52,6 +54,8 @@ pub struct BuildReport {
     pub schematic: Option<crate::plan::SchematicPlan>,
     pub partitions: Vec<Placed>,
     pub build_number: u64,
+    /// The output set: the directory holding every file below.
+    pub set: PathBuf,
     pub outputs: Outputs,
     pub manifest: PathBuf,
     /// The manifest's signature, when the build was signed.
@@ -136,6 +140,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
             ))
         }
     };
+    // Held until the set is committed or dropped; dropping removes the staging directory.
+    let set = artifact::set::OutputSet::begin(&opts.out_dir, &profile.name)?;
     progress.phase("checking assets");
     let a = assets::load(&profile, opts.assets.as_deref())?;
     progress.phase("checking extensions and configuration");
@@ -221,7 +227,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         arch: profile.arch.to_string(),
         image: manifest::ImageInfo {
             size: comp.layout.len(),
-            sha256: m.image_sha256.clone(),
+            chunk_sha256: Some(m.image_sha256.clone()),
+            sha256: None,
             disk_guid: comp.disk_guid.clone(),
             sector_size: plan.sector_size,
         },
@@ -258,9 +265,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
 
     progress.phase("writing image");
     let mut late = Vec::new();
-    let (outputs, measured) = artifact::write_image(
+    let (mut outputs, measured) = artifact::write_image(
         &spec,
-        &opts.out_dir,
+        set.dir(),
         &profile.name,
         opts.raw,
         plan.config.is_some(),
@@ -290,28 +297,16 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         }),
     );
     let bytes = doc.to_canonical()?;
-    let manifest_path = opts.out_dir.join(format!("{}.manifest.json", profile.name));
+    let manifest_path = set.dir().join(format!("{}.manifest.json", profile.name));
     let signature_text = sign(&doc, &bytes)?;
-    let sig_path = opts
-        .out_dir
+    let sig_path = set
+        .dir()
         .join(format!("{}.manifest.json.minisig", profile.name));
     artifact::atomic::write(&manifest_path, &bytes, 0o644)?;
-    let signature = match &signature_text {
-        Some(text) => Some(artifact::atomic::write(&sig_path, text.as_bytes(), 0o644)?),
-        None => {
-            // A signature left from an earlier build would not match this manifest.
-            match std::fs::remove_file(&sig_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("removing the stale signature {}", sig_path.display())
-                    })
-                }
-            }
-            None
-        }
-    };
+    let signature = signature_text
+        .as_ref()
+        .map(|text| artifact::atomic::write(&sig_path, text.as_bytes(), 0o644))
+        .transpose()?;
     // The block map of the written image: what the manifest maps, the base content of the
     // slot partitions, and the manifest partition (bmaptool must write them too).
     let mut ranges = measured.ranges.clone();
@@ -326,13 +321,13 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         });
         ranges.sort_by_key(|r| r.first);
     }
-    let bmap_path = opts.out_dir.join(format!("{}.bmap", profile.name));
+    let bmap_path = set.dir().join(format!("{}.bmap", profile.name));
     let raw_name = format!("{}.raw", profile.name);
     let bmap_text =
         artifact::bmap::render(&raw_name, comp.layout.len(), manifest::BLOCK_SIZE, &ranges)?;
     artifact::atomic::write(&bmap_path, bmap_text.as_bytes(), 0o644)?;
 
-    let installer = match (installer, &signature_text) {
+    let mut installer = match (installer, &signature_text) {
         (Some((spec, prepared)), Some(sig)) => Some(crate::installer::build(
             &profile,
             spec,
@@ -345,7 +340,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
                 signature: sig,
             },
             &crate::installer::Target {
-                out_dir: &opts.out_dir,
+                out_dir: set.dir(),
                 raw: opts.raw,
                 secret: plan.config.is_some(),
                 epoch: opts.epoch,
@@ -355,24 +350,20 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         (Some(_), None) => {
             bail!("the installer needs a signed payload, but the manifest was not signed")
         }
-        (None, _) => {
-            // An installer left from an earlier build carries an older payload.
-            let stem = crate::installer::image_stem(&profile.name);
-            for stale in [format!("{stem}.raw.zst"), format!("{stem}.raw")] {
-                let p = opts.out_dir.join(stale);
-                match std::fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| {
-                            format!("removing the stale installer image {}", p.display())
-                        })
-                    }
-                }
-            }
-            None
-        }
+        (None, _) => None,
     };
+    progress.phase("replacing the output set");
+    // The paths the files have once the set is in place.
+    outputs.zst = set.final_path(&outputs.zst);
+    outputs.raw = outputs.raw.map(|p| set.final_path(&p));
+    if let Some(i) = installer.as_mut() {
+        i.outputs.zst = set.final_path(&i.outputs.zst);
+        i.outputs.raw = i.outputs.raw.take().map(|p| set.final_path(&p));
+    }
+    let manifest_path = set.final_path(&manifest_path);
+    let signature = signature.map(|p| set.final_path(&p));
+    let bmap_path = set.final_path(&bmap_path);
+    let set_dir = set.commit()?;
     progress.finish();
 
     Ok(BuildReport {
@@ -417,6 +408,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
             .cloned()
             .collect(),
         build_number: profile.build_number,
+        set: set_dir,
         outputs,
         manifest: manifest_path,
         key_id: key.as_ref().map(|k| k.key_id_hex()),

@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compose a bootable Talos UEFI disk image (`<name>.raw.zst`) from a profile.
+    /// Compose a bootable Talos UEFI disk image (`DIR/<name>/<name>.raw.zst`) from a profile.
     Build {
         /// The hardware profile (TOML), e.g. profiles/edge-amd64.toml.
         #[arg(long, value_name = "FILE")]
@@ -24,7 +24,8 @@ enum Command {
         /// (docker save / OCI layout) of the imager image. Overrides the profile's assets.source.
         #[arg(long, value_name = "DIR|ARCHIVE")]
         assets: Option<PathBuf>,
-        /// Directory for the outputs (created if missing).
+        /// Directory for the outputs (created if missing): the build replaces the output set
+        /// `DIR/<name>/` as a whole.
         #[arg(long, value_name = "DIR", default_value = ".")]
         out: PathBuf,
         /// Also write the uncompressed image `<name>.raw` (sparse).
@@ -591,7 +592,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "built {} ({} bytes image, sha256 {})",
+                    "built {} ({} bytes image, sha256-1m {})",
                     report.outputs.zst.display(),
                     report.outputs.image_size,
                     report.outputs.image_sha256
@@ -611,6 +612,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         println!("built {}", r.display());
                     }
                 }
+                println!("output set {}", report.set.display());
             }
         }
         Command::Sign {

@@ -305,6 +305,19 @@ impl Profile {
         let talos = TalosVersion::parse(&raw.talos_version)
             .map_err(|e| field_err("talos_version", e.to_string()))?;
         let disk_size = parse_size(&raw.disk_size).map_err(|e| field_err("disk_size", e))?;
+        if disk_size > crate::layout::MAX_DISK_SIZE {
+            return Err(field_err(
+                "disk_size",
+                format!(
+                    "{} GiB is more than the {} GiB edgeimage makes (the most a seek table of \
+                     .raw.zst describes); an image only needs room for its partitions, as Talos \
+                     grows them to the disk it is installed on: use the size of the smallest \
+                     target disk or less",
+                    disk_size >> 30,
+                    crate::layout::MAX_DISK_SIZE >> 30
+                ),
+            ));
+        }
         let esp_size = match &raw.esp_size {
             Some(s) => parse_size(s).map_err(|e| field_err("esp_size", e))?,
             None => talos.default_esp_size(),
@@ -780,6 +793,25 @@ mod tests {
         let e = err(&profile("esp_size = \"100MiB\"").replace("3GiB", "103MiB"));
         assert!(e.contains("104 MiB needed"), "{e}");
         Profile::parse(Path::new("x.toml"), ok.as_bytes()).unwrap();
+    }
+
+    /// A disk of 1000 TiB used to build for days behind a frozen progress bar.
+    #[test]
+    fn disk_size_has_an_upper_bound() {
+        let e = err(&profile("").replace("3GiB", "1000TiB"));
+        assert!(
+            e.contains("`disk_size`") && e.contains("1024000 GiB is more than the 4096 GiB"),
+            "{e}"
+        );
+        let e = err(&profile("").replace("\"3GiB\"", "9223372036854775807"));
+        assert!(e.contains("`disk_size`") && e.contains("more than"), "{e}");
+        let e = err(&profile("").replace("3GiB", "99999999999TiB"));
+        assert!(e.contains("`disk_size`") && e.contains("too large"), "{e}");
+        Profile::parse(
+            Path::new("x.toml"),
+            profile("").replace("3GiB", "4TiB").as_bytes(),
+        )
+        .unwrap();
     }
 
     /// The kernel keeps 2047 bytes of command line on amd64 and on arm64 (COMMAND_LINE_SIZE

@@ -180,14 +180,22 @@ fn failed_build_leaves_previous_output_intact() {
     let f = fixture(Arch::Amd64, "");
     let out = f.dir.path().join("out");
     build(&f, &out, &[]);
-    let before = fs::read(out.join("t.raw.zst")).unwrap();
-    let files = fs::read_dir(&out).unwrap().count();
+    let set = set_dir(&out);
+    let before = fs::read(set.join("t.raw.zst")).unwrap();
+    let files = fs::read_dir(&set).unwrap().count();
     assert_eq!(files, 3, "image, manifest, block map");
+    assert_eq!(
+        fs::read_dir(&out).unwrap().count(),
+        1,
+        "only the set directory"
+    );
     fs::write(f.dir.path().join("assets/vmlinuz"), b"x").unwrap();
     let o = try_build(&f, &out, &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(fs::read(out.join("t.raw.zst")).unwrap(), before);
-    assert_eq!(fs::read_dir(&out).unwrap().count(), files);
+    assert_eq!(fs::read(set.join("t.raw.zst")).unwrap(), before);
+    assert_eq!(fs::read_dir(&set).unwrap().count(), files);
+    // No staging directory and no lock file are left.
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
 }
 
 /// Talos's own META keys (`pkg/machinery/meta/constants.go`: 0x06-0x09 upgrades and

@@ -18,8 +18,8 @@ fn image_passes_sgdisk_fsck_objdump_zstd() {
     );
     let out = f.dir.path().join("out");
     build(&f, &out, &["--raw"]);
-    let raw = out.join("t.raw");
-    let zst = out.join("t.raw.zst");
+    let raw = set_dir(&out).join("t.raw");
+    let zst = set_dir(&out).join("t.raw.zst");
 
     if have("sgdisk") {
         let o = tool("sgdisk").arg("-v").arg(&raw).output().unwrap();
@@ -148,8 +148,8 @@ fn rebuilds_are_byte_identical_across_directories() {
     build(&a, &oa, &["--raw"]);
     build(&b, &ob, &["--raw"]);
     for name in ["t.raw.zst", "t.raw"] {
-        let x = fs::read(oa.join(name)).unwrap();
-        let y = fs::read(ob.join(name)).unwrap();
+        let x = fs::read(set_dir(&oa).join(name)).unwrap();
+        let y = fs::read(set_dir(&ob).join(name)).unwrap();
         assert!(x == y, "{name} differs between two builds");
     }
     // A different SOURCE_DATE_EPOCH gives different bytes (timestamps are really used).
@@ -162,8 +162,8 @@ fn rebuilds_are_byte_identical_across_directories() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(
-        fs::read(oa.join("t.raw.zst")).unwrap(),
-        fs::read(a.dir.path().join("o2/t.raw.zst")).unwrap()
+        fs::read(set_dir(&oa).join("t.raw.zst")).unwrap(),
+        fs::read(a.dir.path().join("o2/t/t.raw.zst")).unwrap()
     );
 }
 
@@ -172,7 +172,7 @@ fn arm64_profile_builds_with_aa64_loader() {
     let f = fixture(Arch::Arm64, "");
     let out = f.dir.path().join("out");
     build(&f, &out, &[]);
-    let j = inspect_json(&out.join("t.raw.zst"));
+    let j = inspect_json(&set_dir(&out).join("t.raw.zst"));
     assert_eq!(j["uki"]["machine"], "arm64");
     assert!(j["uki"]["cmdline"]
         .as_str()
@@ -240,8 +240,8 @@ fn assets_from_docker_save_archive_give_the_same_image() {
         &["--assets", archive.to_str().unwrap()],
     );
     assert_eq!(
-        fs::read(f.dir.path().join("dir/t.raw.zst")).unwrap(),
-        fs::read(f.dir.path().join("oci/t.raw.zst")).unwrap()
+        fs::read(f.dir.path().join("dir/t/t.raw.zst")).unwrap(),
+        fs::read(f.dir.path().join("oci/t/t.raw.zst")).unwrap()
     );
     // The wrong platform is refused with what the archive holds.
     let arm = f.dir.path().join("arm.tar");

@@ -62,9 +62,9 @@ fn embedded_config_and_extension_are_packed_as_talos_reads_them() {
     add(&f, &config_section(&f, &controlplane_yaml(), "embedded"));
     let out = f.dir.path().join("out");
     let report = build_json(&f, &out);
-    let raw = out.join("t.raw");
+    let raw = set_dir(&out).join("t.raw");
     use std::os::unix::fs::PermissionsExt;
-    for p in [&raw, &out.join("t.raw.zst")] {
+    for p in [&raw, &set_dir(&out).join("t.raw.zst")] {
         assert_eq!(
             fs::metadata(p).unwrap().permissions().mode() & 0o777,
             0o600,
@@ -72,7 +72,7 @@ fn embedded_config_and_extension_are_packed_as_talos_reads_them() {
             p.display()
         );
     }
-    let j = inspect(&out.join("t.raw.zst"));
+    let j = inspect(&set_dir(&out).join("t.raw.zst"));
     let layers: Vec<(String, String)> = j["layers"]
         .as_array()
         .unwrap()
@@ -212,7 +212,7 @@ fn metal_iso_partition_carries_the_config() {
     add(&f, &config_section(&f, &controlplane_yaml(), "metal-iso"));
     let out = f.dir.path().join("out");
     let report = build_json(&f, &out);
-    let j = inspect(&out.join("t.raw"));
+    let j = inspect(&set_dir(&out).join("t.raw"));
     assert!(j["uki"]["cmdline"]
         .as_str()
         .unwrap()
@@ -229,13 +229,13 @@ fn metal_iso_partition_carries_the_config() {
         "no embedded layer"
     );
     if have("sgdisk") {
-        let t = lines(tool("sgdisk").arg("-v").arg(out.join("t.raw")));
+        let t = lines(tool("sgdisk").arg("-v").arg(set_dir(&out).join("t.raw")));
         assert!(t.contains("No problems found"), "{t}");
     }
     if have("fsck.fat") {
         let off = parts[2]["offset"].as_u64().unwrap() as usize;
         let size = parts[2]["size"].as_u64().unwrap() as usize;
-        let data = fs::read(out.join("t.raw")).unwrap();
+        let data = fs::read(set_dir(&out).join("t.raw")).unwrap();
         let iso = f.dir.path().join("iso.img");
         fs::write(&iso, &data[off..off + size]).unwrap();
         let o = tool("fsck.fat").arg("-n").arg(&iso).output().unwrap();
@@ -266,7 +266,7 @@ fn inline_config_is_on_the_command_line_but_never_shown() {
         .as_str()
         .unwrap()
         .contains("talos.config.inline=<redacted:sha256="));
-    let j = inspect(&out.join("t.raw.zst"));
+    let j = inspect(&set_dir(&out).join("t.raw.zst"));
     assert!(j["uki"]["cmdline"]
         .as_str()
         .unwrap()
@@ -334,7 +334,7 @@ fn rebuilds_with_extensions_and_config_are_identical() {
         add(&f, &config_section(&f, &controlplane_yaml(), "embedded"));
         let out = f.dir.path().join("out");
         build(&f, &out, &[]);
-        images.push(fs::read(out.join("t.raw.zst")).unwrap());
+        images.push(fs::read(set_dir(&out).join("t.raw.zst")).unwrap());
     }
     assert!(images[0] == images[1], "two builds differ");
 }
@@ -356,7 +356,7 @@ fn schematic_contributes_args_meta_and_its_id() {
     fs::write(&f.profile, text).unwrap();
     let out = f.dir.path().join("out");
     build(&f, &out, &[]);
-    let j = inspect(&out.join("t.raw.zst"));
+    let j = inspect(&set_dir(&out).join("t.raw.zst"));
     assert_eq!(j["schematic_id"], id);
     assert!(j["uki"]["cmdline"].as_str().unwrap().contains(" noapic"));
     assert_eq!(j["meta"]["entries"][0]["key"], "0x0c");
@@ -394,7 +394,7 @@ fn network_config_goes_to_meta_0a_and_is_checked() {
     fs::write(&f.profile, text).unwrap();
     let out = f.dir.path().join("out");
     build(&f, &out, &[]);
-    let j = inspect(&out.join("t.raw.zst"));
+    let j = inspect(&set_dir(&out).join("t.raw.zst"));
     assert_eq!(j["meta"]["entries"][0]["key"], "0x0a");
     assert!(j["meta"]["entries"][0]["text"]
         .as_str()

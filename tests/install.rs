@@ -19,7 +19,7 @@ fn payload(b: &Built) -> PathBuf {
     let dir = b.dir().join("payload");
     fs::create_dir_all(dir.join("trust/trusted")).unwrap();
     for n in ["t.raw.zst", "t.manifest.json", "t.manifest.json.minisig"] {
-        fs::copy(b.out.join(n), dir.join(n)).unwrap();
+        fs::copy(b.set.join(n), dir.join(n)).unwrap();
     }
     fs::copy(&b.key.public, dir.join("trust/trusted/release.pub")).unwrap();
     dir
@@ -143,7 +143,13 @@ fn installs_onto_the_one_matching_disk_and_records_it() {
     assert_eq!(rec["result"], "installed", "{rec}");
     assert_eq!(rec["target"]["serial"], "VDISK-1");
     assert_eq!(rec["key_id"], b.key.id.as_str());
-    assert_eq!(rec["image_sha256"], b.manifest()["image"]["sha256"]);
+    assert_eq!(
+        rec["image_sha256"],
+        format!(
+            "sha256-1m:{}",
+            b.manifest()["image"]["chunk_sha256"].as_str().unwrap()
+        )
+    );
     assert_eq!(rec["flash"]["result"], "verified");
 }
 

@@ -165,8 +165,8 @@ fn installer_image_is_built_and_passes_the_tools() {
     args.push("--raw".into());
     let o = build(&f, &out, &strs(&args));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let zst = out.join("t-installer.raw.zst");
-    let raw = out.join("t-installer.raw");
+    let zst = set_dir(&out).join("t-installer.raw.zst");
+    let raw = set_dir(&out).join("t-installer.raw");
     assert!(
         stdout.contains(&format!("built {}", zst.display()))
             && stdout.contains(&format!("built {}", raw.display())),
@@ -258,7 +258,10 @@ fn installer_image_is_built_and_passes_the_tools() {
         }
         for name in ["t.raw.zst", "t.manifest.json", "t.manifest.json.minisig"] {
             let got = mtools("mtype", &["-i", &payload_at, &format!("::/{name}")]);
-            assert!(got == fs::read(out.join(name)).unwrap(), "{name} differs");
+            assert!(
+                got == fs::read(set_dir(&out).join(name)).unwrap(),
+                "{name} differs"
+            );
         }
         let got = mtools(
             "mtype",
@@ -451,7 +454,7 @@ fn installer_image_is_built_and_passes_the_tools() {
         })
         .collect();
     for name in ["t.raw.zst", "t.manifest.json", "t.manifest.json.minisig"] {
-        let data = fs::read(out.join(name)).unwrap();
+        let data = fs::read(set_dir(&out).join(name)).unwrap();
         assert!(
             payload.contains(&(name.to_string(), data.len() as u64, sha(&data))),
             "{name}: {payload:?}"
@@ -477,7 +480,12 @@ fn installer_image_is_built_and_passes_the_tools() {
     let stick_trust = dir.join("stick-trust/trusted");
     fs::create_dir_all(&stick_trust).unwrap();
     fs::copy(&key.public, stick_trust.join("k.pub")).unwrap();
-    verify_with(&dir.join("stick-trust"), &out.join("t.raw.zst"), &[]).expect(0, "VERIFIED");
+    verify_with(
+        &dir.join("stick-trust"),
+        &set_dir(&out).join("t.raw.zst"),
+        &[],
+    )
+    .expect(0, "VERIFIED");
 
     // The same inputs again, elsewhere: the same bytes; the report names the installer.
     let again = dir.join("again");
@@ -487,14 +495,17 @@ fn installer_image_is_built_and_passes_the_tools() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         report["installer"]["outputs"]["zst"],
-        again.join("t-installer.raw.zst").display().to_string()
+        set_dir(&again)
+            .join("t-installer.raw.zst")
+            .display()
+            .to_string()
     );
     assert_eq!(report["installer"]["config"]["wait_seconds"], 45);
     assert!(
-        fs::read(again.join("t-installer.raw.zst")).unwrap() == fs::read(&zst).unwrap(),
+        fs::read(set_dir(&again).join("t-installer.raw.zst")).unwrap() == fs::read(&zst).unwrap(),
         "a rebuild gives other bytes"
     );
-    assert!(!again.join("t-installer.raw").exists());
+    assert!(!set_dir(&again).join("t-installer.raw").exists());
 }
 
 #[test]
@@ -516,7 +527,7 @@ fn a_trust_store_directory_goes_to_the_stick_and_must_trust_the_key() {
     let out = dir.join("out");
     let sign = key.secret.to_str().unwrap();
     build(&f, &out, &["--sign-key", sign]);
-    let j = inspect_json(&out.join("t-installer.raw.zst"));
+    let j = inspect_json(&set_dir(&out).join("t-installer.raw.zst"));
     let paths: Vec<&str> = j["installer"]["payload"]
         .as_array()
         .unwrap()
@@ -567,8 +578,8 @@ fn unsigned_build_with_installer_is_refused_without_files() {
         "{e}"
     );
     assert_eq!(e.lines().count(), 1, "{e}");
-    assert!(!out.join("t-installer.raw.zst").exists());
-    assert!(!out.join("t.raw.zst").exists(), "nothing is built");
+    assert!(!set_dir(&out).join("t-installer.raw.zst").exists());
+    assert!(!set_dir(&out).exists(), "nothing is built");
 }
 
 #[test]
@@ -739,7 +750,7 @@ fn the_stick_s_configuration_and_payload_install_with_edgeimage_install() {
     let mut args = signed_args(&f, &key);
     args.push("--raw".into());
     build(&f, &out, &strs(&args));
-    let stick = out.join("t-installer.raw");
+    let stick = set_dir(&out).join("t-installer.raw");
     let j = inspect_json(&stick);
     let dir = f.dir.path();
     let config = dir.join("installer.json");
@@ -779,7 +790,8 @@ fn the_stick_s_configuration_and_payload_install_with_edgeimage_install() {
         "{said}"
     );
     assert!(
-        fs::read(sim.root.join("dev/vda")).unwrap() == fs::read(out.join("t.raw")).unwrap(),
+        fs::read(sim.root.join("dev/vda")).unwrap()
+            == fs::read(set_dir(&out).join("t.raw")).unwrap(),
         "the installed disk is not the image"
     );
 }

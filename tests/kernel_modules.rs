@@ -88,7 +88,7 @@ fn modules_dep_layer_matches_kmods_depmod() {
     let f = fixture_with(module_extension(KVER, q8021()));
     let out = f.dir.path().join("out");
     build(&f, &out, &["--raw"]);
-    let j = inspect_json(&out.join("t.raw"));
+    let j = inspect_json(&set_dir(&out).join("t.raw"));
     let layers: Vec<(String, String, String)> = j["layers"]
         .as_array()
         .unwrap()
@@ -114,7 +114,12 @@ fn modules_dep_layer_matches_kmods_depmod() {
     let work = f.dir.path().join("work");
     let uki = work.join("uki.efi");
     fs::create_dir_all(&work).unwrap();
-    esp_file(&out.join("t.raw"), 100, "EFI/Linux/Talos-v1.12.5.efi", &uki);
+    esp_file(
+        &set_dir(&out).join("t.raw"),
+        100,
+        "EFI/Linux/Talos-v1.12.5.efi",
+        &uki,
+    );
     unpack_appended(&uki, &f.dir.path().join("assets/initramfs.xz"), &work);
     let yaml = fs::read_to_string(work.join("extensions.yaml")).unwrap();
     assert!(
@@ -240,7 +245,7 @@ fn arm64_uname_from_the_base_module_tree() {
     let j = {
         let out = f.dir.path().join("out0");
         build(&f, &out, &[]);
-        inspect_json(&out.join("t.raw.zst"))
+        inspect_json(&set_dir(&out).join("t.raw.zst"))
     };
     assert!(
         j["uki"]["uname"].is_null(),
@@ -252,5 +257,8 @@ fn arm64_uname_from_the_base_module_tree() {
     replace_asset(&f, "initramfs.xz", &initramfs);
     let out = f.dir.path().join("out");
     build(&f, &out, &[]);
-    assert_eq!(inspect_json(&out.join("t.raw.zst"))["uki"]["uname"], KVER);
+    assert_eq!(
+        inspect_json(&set_dir(&out).join("t.raw.zst"))["uki"]["uname"],
+        KVER
+    );
 }

@@ -76,7 +76,14 @@ fn built(extra_toml: &str) -> Built {
         &out,
         &["--raw", "--sign-key", key.secret.to_str().unwrap()],
     );
-    Built { f, out, trust, key }
+    let set = set_dir(&out);
+    Built {
+        f,
+        out,
+        set,
+        trust,
+        key,
+    }
 }
 
 fn verify_json(b: &Built, target: &Path) -> Value {
@@ -188,13 +195,16 @@ fn slots_are_described_verified_and_personalizable() {
     let base_iso = read_at(&b.raw(), iso_off, iso_len);
     assert_eq!(meta_p["sha256"], sha(&base_meta));
     assert_eq!(iso_p["sha256"], sha(&base_iso));
-    // image.sha256 reads the slot partitions and the manifest partition as zeros.
+    // image.chunk_sha256 reads the slot partitions and the manifest partition as zeros.
     let mut image = fs::read(b.raw()).unwrap();
     let (mp_off, mp_len) = span(&m["manifest_partition"]);
     for (o, l) in [(meta_off, meta_len), (iso_off, iso_len), (mp_off, mp_len)] {
         image[o as usize..(o + l) as usize].fill(0);
     }
-    assert_eq!(m["image"]["sha256"], sha(&image));
+    assert_eq!(
+        m["image"]["chunk_sha256"],
+        edgeimage::artifact::manifest::ChunkDigest::of(&image)
+    );
 
     // The flasher's functions give back the base partitions byte for byte.
     assert_eq!(
@@ -430,7 +440,7 @@ fn slots_are_described_verified_and_personalizable() {
 
     // The .bmap writes the base image whole, slot partitions included.
     let bm =
-        edgeimage::artifact::bmap::parse_bytes(&fs::read(b.out.join("t.bmap")).unwrap()).unwrap();
+        edgeimage::artifact::bmap::parse_bytes(&fs::read(b.set.join("t.bmap")).unwrap()).unwrap();
     for (o, l) in [(meta_off, meta_len), (iso_off, iso_len)] {
         assert!(
             bm.ranges.iter().any(|r| {
@@ -456,7 +466,7 @@ fn slots_are_described_verified_and_personalizable() {
         let o = Command::new("bmaptool")
             .arg("copy")
             .arg("--bmap")
-            .arg(b.out.join("t.bmap"))
+            .arg(b.set.join("t.bmap"))
             .arg(b.raw())
             .arg(&copy)
             .output()

@@ -287,7 +287,8 @@ fn build_manifest(i: &ManifestInput) -> Manifest {
         arch: t(22),
         image: ImageInfo {
             size,
-            sha256: t(23),
+            chunk_sha256: Some(d(23)),
+            sha256: None,
             disk_guid: t(24),
             sector_size: i.sector_size,
         },

@@ -27,14 +27,14 @@ fn versioned(arch: Arch, version: &str, extra: &str) -> Fixture {
 fn built(f: &Fixture) -> serde_json::Value {
     let out = f.dir.path().join("out");
     build(f, &out, &["--raw"]);
-    inspect_json(&out.join("t.raw"))
+    inspect_json(&set_dir(&out).join("t.raw"))
 }
 
 /// The UKI, copied out of the ESP with mtools.
 fn uki_file(f: &Fixture, version: &str) -> std::path::PathBuf {
     let to = f.dir.path().join("uki.efi");
     esp_file(
-        &f.dir.path().join("out/t.raw"),
+        &f.dir.path().join("out/t/t.raw"),
         100,
         &format!("EFI/Linux/Talos-{version}.efi"),
         &to,
@@ -239,7 +239,7 @@ fn four_k_logical_blocks() {
     )
     .unwrap();
     let b = built_from(f, true);
-    let raw = b.out.join("t.raw");
+    let raw = b.set.join("t.raw");
     let j = inspect_json(&raw);
     assert_eq!(j["sector_size"], 4096);
     let parts = j["partitions"].as_array().unwrap();

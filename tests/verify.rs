@@ -254,7 +254,7 @@ fn verifies_a_bmaptool_copy() {
     let o = Command::new("bmaptool")
         .arg("copy")
         .arg("--bmap")
-        .arg(b.out.join("t.bmap"))
+        .arg(b.set.join("t.bmap"))
         .arg(b.raw())
         .arg(&copy)
         .output()
@@ -444,7 +444,7 @@ fn bmaptool_refuses_a_tampered_bmap() {
         return;
     }
     let b = signed();
-    let text = fs::read_to_string(b.out.join("t.bmap")).unwrap();
+    let text = fs::read_to_string(b.set.join("t.bmap")).unwrap();
     let r = &ranges(&b.manifest())[1];
     let span = format!("> {}-{} <", r.start / BLOCK, r.end / BLOCK - 1);
     assert!(text.contains(&span), "{span} in {text}");
@@ -1018,7 +1018,7 @@ fn world_readable_secret_key_is_refused() {
             && err.contains("readable by others (mode 0644)"),
         "{err}"
     );
-    assert!(!out.join("t.raw.zst").exists());
+    assert!(!set_dir(&out).join("t.raw.zst").exists());
 }
 
 #[test]
@@ -1072,14 +1072,14 @@ fn encrypted_key_needs_the_right_passphrase() {
         !err.contains("horse"),
         "the passphrase is never shown: {err}"
     );
-    assert!(!out.join("t.raw.zst").exists());
+    assert!(!set_dir(&out).join("t.raw.zst").exists());
 
     let o = edgeimage(&build_args, "right horse battery");
     assert!(o.status.success(), "build: {}", stderr(&o));
     let trust = f.dir.path().join("trust");
     fs::create_dir_all(trust.join("trusted")).unwrap();
     fs::copy(&key.public, trust.join("trusted/enc.pub")).unwrap();
-    let v = verify_with(&trust, &out.join("t.raw"), &[]);
+    let v = verify_with(&trust, &set_dir(&out).join("t.raw"), &[]);
     assert!(
         v.expect(0, "VERIFIED")
             .contains(&format!("signed by key {}", key.id)),

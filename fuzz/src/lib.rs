@@ -1,6 +1,7 @@
-//! What the fuzz targets share: a scratch directory per input, and OCI layouts made around
-//! fuzzed layers.
+//! What the fuzz targets share: a scratch directory per input, OCI layouts made around fuzzed
+//! layers, and how the `fat` target reads its input.
 
+pub mod fat;
 pub mod oci;
 pub use oci::{oci_input, LAYER_SEPARATOR};
 

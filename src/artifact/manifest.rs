@@ -10,8 +10,10 @@
 //!
 //! # What is described
 //!
-//! - `image`: size and SHA-256 of the whole image **with the manifest partition read as
-//!   zeros** (that partition carries this document, so it cannot be described by it).
+//! - `image`: size and chunked SHA-256 (`chunk_sha256`, see [`ChunkDigest`]) of the whole image
+//!   **with the manifest partition read as zeros** (that partition carries this document, so it
+//!   cannot be described by it). Manifests of earlier releases carry a plain `sha256` instead,
+//!   which is still read.
 //! - `partitions`: every partition but the manifest partition: number, label, type, GUID,
 //!   offset, size and SHA-256 of all its bytes.
 //! - `manifest_partition`: where the manifest partition is (not its content).
@@ -29,7 +31,7 @@
 //! - `slots` (only when the profile has `[[personalize]]` entries): the personalization slots,
 //!   parts of the image a flasher writes per device (see [`crate::personalize`]). A slot's
 //!   partition stays in `partitions` with its base digest and `"slot": true`, but the block map
-//!   does not cover it, and `image.sha256` reads it as zeros like the manifest partition.
+//!   does not cover it, and `image.chunk_sha256` reads it as zeros like the manifest partition.
 //!   `meta_base` (only with a META slot) holds the SHA-256 of every value the build wrote into
 //!   META, which `verify` requires unchanged while the slot keys may hold anything.
 //!
@@ -98,8 +100,14 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct ImageInfo {
     pub size: u64,
-    /// SHA-256 of the image with the manifest partition read as zeros.
-    pub sha256: String,
+    /// [`ChunkDigest`] of the image with the manifest partition read as zeros.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_sha256: Option<String>,
+    /// Plain SHA-256 of the image with the manifest partition read as zeros, as manifests of
+    /// earlier releases carry it (read, never written: hashing every byte of a mostly empty
+    /// disk made build time grow with the disk's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// GPT disk GUID.
     pub disk_guid: String,
     /// The logical block size the image is made for; absent when 512 (manifests of 512-byte
@@ -119,6 +127,80 @@ fn is_default_sector_size(n: &u64) -> bool {
     *n == 512
 }
 
+impl ImageInfo {
+    /// The image digest the manifest carries, as `<algorithm>:<hex>`.
+    pub fn digest(&self) -> Option<String> {
+        match (&self.chunk_sha256, &self.sha256) {
+            (Some(c), _) => Some(format!("{CHUNK_DIGEST}:{c}")),
+            (None, Some(s)) => Some(format!("sha256:{s}")),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The name of [`ChunkDigest`] where a digest is written with its algorithm.
+pub const CHUNK_DIGEST: &str = "sha256-1m";
+/// The chunk size of [`ChunkDigest`].
+pub const DIGEST_CHUNK: usize = 1 << 20;
+
+/// `image.chunk_sha256`: the SHA-256 of the sequence of SHA-256 digests (32 bytes each) of the
+/// image's consecutive 1 MiB chunks, the last one possibly shorter. A chunk of zeros has one
+/// digest, computed once, so the cost follows the bytes written, not the disk's size; to
+/// recompute it by hand: `split -b 1M` the decompressed image, `sha256sum` each piece, and
+/// hash the concatenated binary digests.
+pub struct ChunkDigest {
+    outer: sha2::Sha256,
+    zero: Option<[u8; 32]>,
+}
+
+impl Default for ChunkDigest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkDigest {
+    pub fn new() -> Self {
+        ChunkDigest {
+            outer: sha2::Sha256::default(),
+            zero: None,
+        }
+    }
+
+    /// Add the digest of the next chunk.
+    pub fn leaf(&mut self, digest: [u8; 32]) {
+        sha2::Digest::update(&mut self.outer, digest);
+    }
+
+    /// Add the next chunk.
+    pub fn chunk(&mut self, bytes: &[u8]) {
+        self.leaf(sha2::Sha256::digest(bytes).into());
+    }
+
+    /// Add a whole chunk of zeros.
+    pub fn zero_chunk(&mut self) {
+        let d = *self
+            .zero
+            .get_or_insert_with(|| sha2::Sha256::digest(vec![0u8; DIGEST_CHUNK]).into());
+        self.leaf(d);
+    }
+
+    pub fn finish(self) -> String {
+        hex::encode(sha2::Digest::finalize(self.outer))
+    }
+
+    /// The digest of `bytes`, all in memory (tests, small images).
+    pub fn of(bytes: &[u8]) -> String {
+        let mut d = ChunkDigest::new();
+        for c in bytes.chunks(DIGEST_CHUNK) {
+            d.chunk(c);
+        }
+        d.finish()
+    }
+}
+
+use sha2::Digest as _;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionInfo {
@@ -131,7 +213,7 @@ pub struct PartitionInfo {
     /// SHA-256 of all `size` bytes (for a slot partition: of the base image's content).
     pub sha256: String,
     /// The partition holds a personalization slot: its bytes differ per device, the block map
-    /// does not cover it, and `image.sha256` reads it as zeros.
+    /// does not cover it, and `image.chunk_sha256` reads it as zeros.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub slot: bool,
 }
@@ -312,6 +394,10 @@ impl Manifest {
     /// Consistency of what the manifest says (not of the target): block map inside the image,
     /// sorted, not overlapping, counted right; partitions inside the image.
     pub fn check(&self) -> Result<()> {
+        match (&self.image.chunk_sha256, &self.image.sha256) {
+            (Some(d), None) | (None, Some(d)) if is_sha256_hex(d) => {}
+            _ => bail!("image: needs one of chunk_sha256 or sha256, a SHA-256 in lowercase hex"),
+        }
         let bm = &self.block_map;
         if bm.block_size != BLOCK_SIZE {
             bail!(
@@ -670,7 +756,8 @@ mod tests {
             arch: "amd64".into(),
             image: ImageInfo {
                 size: 10 << 20,
-                sha256: "a".repeat(64),
+                chunk_sha256: Some("a".repeat(64)),
+                sha256: None,
                 disk_guid: "G".into(),
                 sector_size: 512,
             },

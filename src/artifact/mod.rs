@@ -3,9 +3,15 @@
 //! the way.
 //!
 //! A reader thread walks the layout in 1 MiB chunks. Two hashing threads measure it: one the
-//! image's SHA-256, one each partition's and each block-map range's SHA-256 (see
-//! [`manifest`]). The calling thread feeds the compressor and writes the raw image sparsely.
-//! Channels are bounded, so memory stays at a few tens of MiB whatever the image size.
+//! image's chunked SHA-256 ([`manifest::ChunkDigest`]), one each partition's and each
+//! block-map range's SHA-256 (see [`manifest`]). The calling thread feeds the compressor and
+//! writes the raw image sparsely. Channels are bounded, so memory stays at a few tens of MiB
+//! whatever the image size.
+//!
+//! A chunk that holds no extent of the layout is never read, hashed or compressed: it travels
+//! as a marker, counts as the cached digest of a zero chunk and becomes a precompressed zero
+//! frame ([`SeekableWriter::write_zero_frames`]). Build time therefore follows the bytes the
+//! build writes, not the disk's size (a 1 TiB `disk_size` costs a million small copies).
 //!
 //! `.raw.zst` is in zstd's seekable format ([`seekable`]): one zstd frame per 1 MiB of the
 //! image (each with its content size and a checksum), compressed on every core, then a seek
@@ -28,6 +34,7 @@ pub mod atomic;
 pub mod bmap;
 pub mod manifest;
 pub mod seekable;
+pub mod set;
 pub mod windows;
 
 use std::io::{self, Seek, SeekFrom, Write};
@@ -50,12 +57,52 @@ pub const ZSTD_LEVEL: i32 = 3;
 
 const CHUNK: usize = 1 << 20;
 
+/// A 1 MiB chunk of zeros, for chunks of unwritten space.
+static ZERO_CHUNK: [u8; CHUNK] = [0u8; CHUNK];
+
+/// One chunk of the image as the reader hands it on: its bytes, or `None` when it holds no
+/// extent (zeros that are never read).
+#[derive(Clone)]
+struct Piece {
+    pos: u64,
+    len: usize,
+    data: Option<Arc<Vec<u8>>>,
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Some(d) => d,
+            None => &ZERO_CHUNK[..self.len],
+        }
+    }
+
+    /// A whole chunk of unwritten space, on the chunk grid.
+    fn is_zero_chunk(&self) -> bool {
+        self.data.is_none() && self.len == CHUNK && self.pos % CHUNK as u64 == 0
+    }
+}
+
+/// The chunk of `layout` at `pos` (up to the next 1 MiB boundary): read, or a marker when
+/// nothing is mapped there.
+fn piece(layout: &Layout, pos: u64) -> io::Result<Piece> {
+    let len = (CHUNK as u64 - pos % CHUNK as u64).min(layout.len() - pos) as usize;
+    let data = if layout.is_unmapped(pos, pos + len as u64) {
+        None
+    } else {
+        let mut buf = vec![0u8; len];
+        layout.read_at(pos, &mut buf)?;
+        Some(Arc::new(buf))
+    };
+    Ok(Piece { pos, len, data })
+}
+
 /// What the writer produced.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Outputs {
     pub image_size: u64,
-    /// SHA-256 of the image with the late (manifest) region and the slot regions read as
-    /// zeros.
+    /// [`manifest::ChunkDigest`] of the image with the late (manifest) region and the slot
+    /// regions read as zeros.
     pub image_sha256: String,
     pub zst: PathBuf,
     pub zst_size: u64,
@@ -66,7 +113,8 @@ pub struct Outputs {
 /// What the stream measured, before the late region was written.
 #[derive(Clone, Debug)]
 pub struct Measured {
-    /// SHA-256 of the image with the late region and the slot regions read as zeros.
+    /// [`manifest::ChunkDigest`] of the image with the late region and the slot regions read
+    /// as zeros.
     pub image_sha256: String,
     /// SHA-256 of each described partition, in the order given.
     pub partitions: Vec<String>,
@@ -232,49 +280,46 @@ pub fn write_image(
         .collect();
     let part_windows: Vec<(u64, u64)> = spec.partitions.iter().map(|&(o, s)| (o, o + s)).collect();
 
-    let (tx_main, rx_main) = sync_channel::<(u64, Arc<Vec<u8>>)>(8);
-    let (tx_image, rx_image) = sync_channel::<Arc<Vec<u8>>>(8);
-    let (tx_parts, rx_parts) = sync_channel::<(u64, Arc<Vec<u8>>)>(8);
+    let (tx_main, rx_main) = sync_channel::<Piece>(8);
+    let (tx_image, rx_image) = sync_channel::<Piece>(8);
+    let (tx_parts, rx_parts) = sync_channel::<Piece>(8);
 
     let result: Result<(Measured, u64, String)> = std::thread::scope(|s| {
         let reader = s.spawn(move || -> Result<()> {
-            let mut r = layout.reader();
             let mut pos = 0u64;
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let filled = crate::layout::read_up_to(&mut r, &mut buf)
-                    .context("reading the image inputs")?;
-                if filled == 0 {
-                    return Ok(());
-                }
-                buf.truncate(filled);
-                let chunk = Arc::new(buf);
+            while pos < total {
+                let p = piece(layout, pos).context("reading the image inputs")?;
+                pos += p.len as u64;
                 // A closed channel means a consumer failed; it reports the error.
-                if tx_image.send(chunk.clone()).is_err()
-                    || tx_parts.send((pos, chunk.clone())).is_err()
-                    || tx_main.send((pos, chunk)).is_err()
+                if tx_image.send(p.clone()).is_err()
+                    || tx_parts.send(p.clone()).is_err()
+                    || tx_main.send(p).is_err()
                 {
                     return Ok(());
                 }
-                pos += filled as u64;
             }
+            Ok(())
         });
         let zeroed = &zeroed;
         let image_hasher = s.spawn(move || {
-            let mut h = Sha256::new();
-            let mut pos = 0u64;
-            for chunk in rx_image {
-                hash_zeroed(&mut h, pos, &chunk, zeroed);
-                pos += chunk.len() as u64;
+            let mut d = manifest::ChunkDigest::new();
+            for p in rx_image {
+                if p.is_zero_chunk() {
+                    d.zero_chunk();
+                } else {
+                    let mut h = Sha256::new();
+                    hash_zeroed(&mut h, p.pos, p.bytes(), zeroed);
+                    d.leaf(h.finalize().into());
+                }
             }
-            hex::encode(h.finalize())
+            d.finish()
         });
         let window_hasher = s.spawn(move || {
             let mut parts = WindowHasher::new(part_windows);
             let mut ranges = WindowHasher::new(range_windows);
-            for (pos, chunk) in rx_parts {
-                parts.update(pos, &chunk);
-                ranges.update(pos, &chunk);
+            for p in rx_parts {
+                parts.update(p.pos, p.bytes());
+                ranges.update(p.pos, p.bytes());
             }
             (parts.finish(), ranges.finish())
         });
@@ -287,9 +332,21 @@ pub fn write_image(
             };
             let mut enc = SeekableWriter::new(tee, ZSTD_LEVEL, seekable::workers())
                 .with_context(|| format!("starting zstd for {}", zst_path.display()))?;
-            let mut put = |pos: u64, data: &[u8], enc: &mut dyn Write| -> Result<()> {
+            let mut put = |p: &Piece,
+                           upto: usize,
+                           enc: &mut SeekableWriter<Tee<io::BufWriter<&mut std::fs::File>>>|
+             -> Result<()> {
+                let (pos, data) = (p.pos, &p.bytes()[..upto]);
+                if p.is_zero_chunk() && upto == CHUNK {
+                    return enc
+                        .write_zero_frames(1)
+                        .with_context(|| format!("writing {}", zst_path.display()));
+                }
                 enc.write_all(data)
                     .with_context(|| format!("writing {}", zst_path.display()))?;
+                if p.data.is_none() {
+                    return Ok(());
+                }
                 if let Some(f) = raw_file.as_mut() {
                     if data.iter().any(|&b| b != 0) {
                         let f = f.file();
@@ -302,11 +359,11 @@ pub fn write_image(
             };
             // Everything before the late region, as it streams.
             let mut seen = 0u64;
-            for (pos, chunk) in rx_main.iter() {
-                let end = pos + chunk.len() as u64;
-                if pos < late_start {
-                    let upto = (late_start.min(end) - pos) as usize;
-                    put(pos, &chunk[..upto], &mut enc)?;
+            for p in rx_main.iter() {
+                let end = p.pos + p.len as u64;
+                if p.pos < late_start {
+                    let upto = (late_start.min(end) - p.pos) as usize;
+                    put(&p, upto, &mut enc)?;
                 }
                 seen = end;
                 progress(seen.min(late_start), total);
@@ -343,16 +400,18 @@ pub fn write_image(
                     late.len()
                 );
             }
-            put(late_start, &late, &mut enc)?;
+            let late = Piece {
+                pos: late_start,
+                len: late.len(),
+                data: Some(Arc::new(late)),
+            };
+            put(&late, late.len, &mut enc)?;
             let mut pos = late_end;
-            let mut buf = vec![0u8; CHUNK];
             while pos < total {
-                let n = (total - pos).min(CHUNK as u64) as usize;
-                layout
-                    .read_at(pos, &mut buf[..n])
-                    .context("reading the image's tail")?;
-                put(pos, &buf[..n], &mut enc)?;
-                pos += n as u64;
+                let p = piece(layout, pos).context("reading the image's tail")?;
+                put(&p, p.len, &mut enc)?;
+                pos += p.len as u64;
+                progress(pos, total);
             }
             progress(total, total);
             let tee = enc
@@ -466,7 +525,7 @@ mod tests {
         want[35 << 20..36 << 20].copy_from_slice(&late_bytes());
         assert_eq!(raw, want);
         // The image digest is of the image with the late region as zeros.
-        assert_eq!(a.image_sha256, hex::encode(Sha256::digest(&described)));
+        assert_eq!(a.image_sha256, manifest::ChunkDigest::of(&described));
         assert_eq!(seen.unwrap().image_sha256, a.image_sha256);
         assert_eq!(
             m.partitions,
@@ -543,7 +602,7 @@ mod tests {
         let mut zeroed = described.clone();
         zeroed[20 << 20..35 << 20].fill(0);
         assert_ne!(zeroed, described, "the slot region holds data");
-        assert_eq!(a.image_sha256, hex::encode(Sha256::digest(&zeroed)));
+        assert_eq!(a.image_sha256, manifest::ChunkDigest::of(&zeroed));
         assert_eq!(m.image_sha256, a.image_sha256);
         // The partition's digest is of its real (base) bytes.
         assert_eq!(

@@ -101,6 +101,9 @@ pub struct SeekableWriter<W: Write> {
     /// `(compressed, decompressed)` size of each frame written.
     entries: Vec<(u32, u32)>,
     failed: bool,
+    level: i32,
+    /// A frame of [`FRAME_SIZE`] zeros, compressed once, for [`Self::write_zero_frames`].
+    zero_frame: Option<Vec<u8>>,
 }
 
 fn worker_gone() -> io::Error {
@@ -137,9 +140,7 @@ impl<W: Write> SeekableWriter<W> {
     pub fn new(inner: W, level: i32, workers: usize) -> io::Result<Self> {
         let mut ws = Vec::new();
         for _ in 0..workers.max(1) {
-            let mut c = zstd::bulk::Compressor::new(level)?;
-            c.include_checksum(true)?;
-            c.include_contentsize(true)?;
+            let c = Self::compressor(level)?;
             // At most IN_FLIGHT frames per worker (see `submit`): neither channel ever fills.
             let (jobs, jobs_rx) = sync_channel(IN_FLIGHT as usize);
             let (done_tx, done) = sync_channel(IN_FLIGHT as usize);
@@ -157,7 +158,47 @@ impl<W: Write> SeekableWriter<W> {
             written: 0,
             entries: Vec::new(),
             failed: false,
+            level,
+            zero_frame: None,
         })
+    }
+
+    fn compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+        let mut c = zstd::bulk::Compressor::new(level)?;
+        c.include_checksum(true)?;
+        c.include_contentsize(true)?;
+        Ok(c)
+    }
+
+    /// Append `count` frames of [`FRAME_SIZE`] zeros without handing them to the workers: the
+    /// frame is compressed once, with the workers' level and parameters, so the bytes are the
+    /// ones writing the zeros would give. This is what keeps unwritten space cheap: a TiB of
+    /// it costs a million small copies, not a TiB of input. The stream must be at a frame
+    /// boundary (everything written so far a multiple of [`FRAME_SIZE`]).
+    pub fn write_zero_frames(&mut self, count: u64) -> io::Result<()> {
+        self.check()?;
+        if !self.cur.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "zero frames must start at a frame boundary",
+            ));
+        }
+        self.failed = true;
+        while self.written < self.submitted {
+            self.write_next()?;
+        }
+        let frame = match self.zero_frame.take() {
+            Some(f) => f,
+            None => Self::compressor(self.level)?.compress(&vec![0u8; FRAME_SIZE])?,
+        };
+        let csize = frame.len() as u32;
+        for _ in 0..count {
+            self.inner.write_all(&frame)?;
+            self.entries.push((csize, FRAME_SIZE as u32));
+        }
+        self.zero_frame = Some(frame);
+        self.failed = false;
+        Ok(())
     }
 
     fn check(&self) -> io::Result<()> {
@@ -537,6 +578,19 @@ pub fn decompress_frames(
         prev = Some(i);
     }
     let workers = workers.clamp(1, frames.len().max(1));
+    if workers == 1 {
+        // No thread for one worker: reads of a frame or two (inspect) stay cheap.
+        let mut dctx =
+            zstd::bulk::Decompressor::new().map_err(|e| anyhow!("starting zstd: {e}"))?;
+        let mut compressed = Vec::new();
+        for &i in frames {
+            let data = decompress_frame(f, what, i, &table.frames[i], &mut dctx, &mut compressed)?;
+            if !out(i, table.frames[i].offset, data)? {
+                break;
+            }
+        }
+        return Ok(());
+    }
     std::thread::scope(|s| {
         let mut results = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -580,6 +634,29 @@ mod tests {
     use std::io::Seek;
     use std::path::Path;
     use std::process::Command;
+
+    /// Zero frames appended whole give the bytes writing the zeros gives, for any number of
+    /// workers, and a frame boundary is required.
+    #[test]
+    fn zero_frames_equal_written_zeros() {
+        let data = sample();
+        let plain = {
+            let mut w = SeekableWriter::new(Vec::new(), 3, 2).unwrap();
+            w.write_all(&data[..2 << 20]).unwrap();
+            w.write_all(&vec![0u8; 3 * FRAME_SIZE]).unwrap();
+            w.write_all(&data[..1000]).unwrap();
+            w.finish().unwrap()
+        };
+        for workers in [1, 3] {
+            let mut w = SeekableWriter::new(Vec::new(), 3, workers).unwrap();
+            w.write_all(&data[..2 << 20]).unwrap();
+            w.write_zero_frames(1).unwrap();
+            w.write_zero_frames(2).unwrap();
+            w.write_all(&data[..1000]).unwrap();
+            assert!(w.write_zero_frames(1).is_err());
+            assert_eq!(w.finish().unwrap(), plain);
+        }
+    }
 
     /// 5.5 MiB: noise in frames 0, 1 and 4, zeros elsewhere, a short last frame.
     fn sample() -> Vec<u8> {

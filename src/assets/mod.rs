@@ -78,7 +78,12 @@ pub fn load(profile: &Profile, source: Option<&Path>) -> Result<BootAssets> {
             source.display()
         )
     })?;
-    let src = if meta.is_dir() && !source.join("oci-layout").exists() {
+    // A directory holding an image layout's top-level files is an unpacked OCI layout or
+    // `docker save`: read as an image, its members opened without following links.
+    let layout = ["oci-layout", "index.json", "manifest.json"]
+        .iter()
+        .any(|n| std::fs::symlink_metadata(source.join(n)).is_ok());
+    let src = if meta.is_dir() && !layout {
         Source::Dir(source.clone())
     } else {
         let img =

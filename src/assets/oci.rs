@@ -9,21 +9,30 @@
 //! Safety properties, relied on by the callers:
 //! - A tar archive is indexed once (member name → data offset and size) and read in place
 //!   through [`SharedFile`]; it is never unpacked to disk and never held in memory.
-//! - Every blob read is hashed as stored and checked against its descriptor (sha256 only); a
-//!   layer is also checked against the config's `rootfs.diff_ids` (the digest of the
-//!   uncompressed tar). A layer's changes are applied only after both checks pass.
+//! - Every layer blob is hashed as stored and checked against its descriptor (size and
+//!   sha256) in a pass over all layers before any of them is decompressed; a plain (not
+//!   compressed) layer is checked against its `rootfs.diff_ids` entry in that pass too. A
+//!   layer's changes are applied only after its uncompressed tar matched its diff_id.
+//! - Decompression is bounded: a layer expands to at most [`expansion_limit`] of its stored
+//!   size, all layers together to [`MAX_IMAGE_UNCOMPRESSED`]; an entry whose header claims
+//!   data past that bound is refused at its header, and decompression stops at the bound.
 //! - Layer compression is detected from magic bytes (gzip, zstd, or a plain tar header), never
 //!   from media types or names.
-//! - Nothing from an image is written to a host path: kept file contents go to anonymous
-//!   temporary files. Paths are normalized ("./" and "/" prefixes stripped, empty and "."
-//!   components dropped); a ".." component is an error.
-//! - JSON blobs are capped at [`MAX_JSON_BLOB`] bytes; nested indexes and link chains are
-//!   bounded too.
+//! - Nothing from an image is written to a host path: only the files the caller keeps go to
+//!   anonymous temporary files, each at most [`MAX_KEPT_FILE`], together at most
+//!   [`MAX_KEPT_TOTAL`], checked at the entry's header before anything is written. Links are
+//!   never followed on the host: symlinks are kept verbatim, hard links name an entry of the
+//!   image. Paths are normalized ("./" and "/" prefixes stripped, empty and "." components
+//!   dropped); a ".." component is an error.
+//! - Every tar stream is read through [`walk`]: paths, PAX headers, entry counts and path
+//!   bytes are bounded there.
+//! - JSON blobs are capped at [`MAX_JSON_BLOB`] bytes (serde_json nests at most 128 levels);
+//!   nested indexes, manifests, layers and link chains are bounded too.
 //! - All collections are ordered, so results do not depend on hashing or timing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Cursor, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -33,8 +42,31 @@ use sha2::{Digest as _, Sha256};
 
 use crate::layout::{RegionReader, SharedFile};
 
+pub mod fixtures;
+pub mod walk;
+
 /// The largest JSON blob (index, manifest, config, manifest.json) that is read.
 pub const MAX_JSON_BLOB: u64 = 4 << 20;
+/// A compressed layer may always expand to this much (see [`expansion_limit`]). The Talos
+/// imager image is one squashed layer (`imager-image-squashed` in Talos's Dockerfile) of a
+/// few hundred MiB, much of it compressed already (`initramfs.xz` and the kernels of both
+/// architectures), so its stored size is close to its size; its limit comes from the ratio.
+pub const MIN_EXPANSION: u64 = 256 << 20;
+/// … and to this many times its stored size, when that is more: layers of binaries and text
+/// compress some 2–10×, gzip's best case is about 1000×, zstd's far more.
+pub const MAX_EXPANSION_RATIO: u64 = 64;
+/// … but never to more than this.
+pub const MAX_EXPANSION: u64 = 4 << 30;
+/// All layers of one image together decompress to at most this much.
+pub const MAX_IMAGE_UNCOMPRESSED: u64 = 8 << 30;
+/// The most layers an image may have (Docker's overlay2 storage stacks at most 128; Talos's
+/// imager image has one).
+pub const MAX_LAYERS: usize = 128;
+/// The largest file kept from an image (written to a temporary file): the limit for a boot
+/// asset (`input::Kind::Asset`).
+pub const MAX_KEPT_FILE: u64 = 1 << 30;
+/// The most bytes of files kept from one image, all layers together.
+pub const MAX_KEPT_TOTAL: u64 = 4 << 30;
 /// How deep image indexes may nest (index.json counts as level 0).
 const MAX_INDEX_DEPTH: usize = 8;
 /// How many distinct index/manifest blobs one archive may make us read.
@@ -206,10 +238,22 @@ impl OciImage {
     /// accepts. `filter` sees normalized relative paths of every kind of entry, directories
     /// included ("usr", "usr/install/amd64/vmlinuz"). Whiteouts apply regardless of the filter:
     /// a kept path deleted or replaced by a later layer is gone.
+    ///
+    /// Every layer blob is checked first (size, digest, compression; see the module
+    /// documentation), before any layer is decompressed; then each layer is read within the
+    /// bounds of [`expansion_limit`], [`MAX_IMAGE_UNCOMPRESSED`], [`MAX_KEPT_FILE`],
+    /// [`MAX_KEPT_TOTAL`] and [`walk`].
     pub fn merged_tree(&self, filter: &dyn Fn(&str) -> bool) -> Result<MergedTree> {
+        let checked = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| self.check_blob(i, layer))
+            .collect::<Result<Vec<_>>>()?;
+        let mut budget = Budget::default();
         let mut tree = BTreeMap::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let changes = self.read_layer(i, layer, filter, &tree)?;
+        for (i, (layer, c)) in self.layers.iter().zip(checked).enumerate() {
+            let changes = self.read_layer(i, layer, c, filter, &tree, &mut budget)?;
             changes.apply(&mut tree);
         }
         Ok(MergedTree { entries: tree })
@@ -478,20 +522,17 @@ fn index_tar(name: &str, file: &SharedFile) -> Result<BTreeMap<String, Member>> 
     let mut ar = tar::Archive::new(BufReader::with_capacity(BUF_SIZE, reader));
     let entries = ar
         .entries_with_seek()
-        .map_err(|e| anyhow!("{name}: not a tar archive: {e}"))?;
-    for (count, entry) in entries.enumerate() {
-        let entry = entry.map_err(|e| {
-            if count == 0 {
-                // The cause would quote the junk header; keep the message short.
-                let _ = e;
-                anyhow!("{name}: not a tar archive (its first header is invalid)")
-            } else {
-                anyhow!("{name}: corrupt tar archive after {count} members: {e}")
-            }
-        })?;
-        let Ok(path) = normalize_path(&entry.path_bytes()) else {
+        .map_err(|e| anyhow!("{name}: not a tar archive: {}", walk::clean(&e.to_string())))?;
+    let limits = walk::Limits {
+        end: len,
+        end_name: "the end of the file: the archive is truncated".into(),
+        depth: None,
+    };
+    let mut totals = walk::Totals::default();
+    walk::walk(entries, name, &limits, &mut totals, |m, entry| {
+        let Ok(path) = normalize_path(&m.path) else {
             // Members with unusable names cannot be referenced by a normalized name anyway.
-            continue;
+            return Ok(());
         };
         use tar::EntryType as T;
         match entry.header().entry_type() {
@@ -500,16 +541,14 @@ fn index_tar(name: &str, file: &SharedFile) -> Result<BTreeMap<String, Member>> 
                     offset: entry.raw_file_position(),
                     size: entry.size(),
                 };
-                if m.offset.checked_add(m.size).is_none_or(|end| end > len) {
-                    bail!("{name}: truncated: member {path} extends past the end of the file");
-                }
                 links.remove(&path);
                 files.insert(path, m);
             }
             t @ (T::Symlink | T::Link) => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                let target = m
+                    .link
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
                 files.remove(&path);
                 links.insert(path, (t == T::Symlink, target));
@@ -519,7 +558,8 @@ fn index_tar(name: &str, file: &SharedFile) -> Result<BTreeMap<String, Member>> 
                 links.remove(&path);
             }
         }
-    }
+        Ok(())
+    })?;
     // Resolve links to the regular files they reach, within the archive.
     for (path, first) in &links {
         let mut cur_path = path.clone();
@@ -554,19 +594,39 @@ fn index_tar(name: &str, file: &SharedFile) -> Result<BTreeMap<String, Member>> 
 use crate::tree::{parent_of, resolve_within};
 
 /// Normalize a path from a tar header: UTF-8, leading "/" and "./" stripped, empty and "."
-/// components dropped, no ".." components. The root itself normalizes to "".
+/// components dropped, no ".." components. The root itself normalizes to "". Errors show
+/// the path only in [`walk::shown`]'s short form.
 fn normalize_path(raw: &[u8]) -> std::result::Result<String, String> {
     let s = std::str::from_utf8(raw)
-        .map_err(|_| format!("path {:?} is not valid UTF-8", String::from_utf8_lossy(raw)))?;
+        .map_err(|_| format!("path {} is not valid UTF-8", walk::shown(raw)))?;
+    // Most paths are normal already (a directory's with one trailing "/"): one scan.
+    let trimmed = s.strip_suffix('/').unwrap_or(s);
+    if !trimmed.is_empty()
+        && trimmed
+            .as_bytes()
+            .split(|&b| b == b'/')
+            .all(|c| !matches!(c, b"" | b"." | b".."))
+    {
+        return Ok(trimmed.to_string());
+    }
     let mut parts: Vec<&str> = Vec::new();
     for c in s.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err(format!("path {s:?} has a \"..\" component")),
+            ".." => return Err(format!("path {} has a \"..\" component", walk::shown(raw))),
             c => parts.push(c),
         }
     }
     Ok(parts.join("/"))
+}
+
+/// The most a compressed blob (a layer, a compressed extension archive) of `stored` bytes may
+/// decompress to: `max(MIN_EXPANSION, MAX_EXPANSION_RATIO × stored)`, at most
+/// [`MAX_EXPANSION`].
+pub fn expansion_limit(stored: u64) -> u64 {
+    stored
+        .saturating_mul(MAX_EXPANSION_RATIO)
+        .clamp(MIN_EXPANSION, MAX_EXPANSION)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -891,6 +951,7 @@ fn select_docker(archive: &Archive, arch: Arch) -> Result<Selected> {
         bail!("{}: manifest.json lists no images", archive.name);
     }
     let mut candidates = Vec::new();
+    let mut platforms: BTreeMap<String, Platform> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate() {
         let config_member = normalize_path(e.config.as_bytes()).map_err(|m| {
             anyhow!(
@@ -933,9 +994,17 @@ fn select_docker(archive: &Archive, arch: Arch) -> Result<Selected> {
             config: None,
             layers,
         };
-        let loaded = load_config(archive, &c)?;
-        c.platform = Some(Platform::from_config(&loaded.1));
-        c.config = Some(loaded);
+        // Each distinct config is read once, however often manifest.json names it.
+        match platforms.get(&c.config_member) {
+            Some(p) => c.platform = Some(p.clone()),
+            None => {
+                let loaded = load_config(archive, &c)?;
+                let p = Platform::from_config(&loaded.1);
+                platforms.insert(c.config_member.clone(), p.clone());
+                c.platform = Some(p);
+                c.config = Some(loaded);
+            }
+        }
         candidates.push(c);
     }
     choose(archive, arch, candidates)
@@ -944,10 +1013,18 @@ fn select_docker(archive: &Archive, arch: Arch) -> Result<Selected> {
 /// Pick the one candidate for `arch`, load and check its config, and list its layers.
 fn choose(archive: &Archive, arch: Arch, mut candidates: Vec<Candidate>) -> Result<Selected> {
     let name = &archive.name;
-    // Candidates without a platform are matched by their config.
+    // Candidates without a platform are matched by their config, each distinct one read once.
+    let mut platforms: BTreeMap<(String, Option<u64>), Platform> = BTreeMap::new();
     for c in candidates.iter_mut().filter(|c| c.platform.is_none()) {
+        let key = (c.config_member.clone(), c.config_size);
+        if let Some(p) = platforms.get(&key) {
+            c.platform = Some(p.clone());
+            continue;
+        }
         let loaded = load_config(archive, c)?;
-        c.platform = Some(Platform::from_config(&loaded.1));
+        let p = Platform::from_config(&loaded.1);
+        platforms.insert(key, p.clone());
+        c.platform = Some(p);
         c.config = Some(loaded);
     }
     let mut matching: Vec<Candidate> = Vec::new();
@@ -992,6 +1069,13 @@ fn choose(archive: &Archive, arch: Arch, mut candidates: Vec<Candidate>) -> Resu
         );
     }
     let diff_ids = cfg.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    if chosen.layers.len() > MAX_LAYERS {
+        bail!(
+            "{name}: {label} has {} layers, more than the {MAX_LAYERS} edgeimage reads \
+             (limits: README, \"Input limits\")",
+            chosen.layers.len()
+        );
+    }
     if diff_ids.len() != chosen.layers.len() {
         bail!(
             "{name}: {label} has {} layers but its config lists {} rootfs.diff_ids",
@@ -1024,8 +1108,11 @@ fn choose(archive: &Archive, arch: Arch, mut candidates: Vec<Candidate>) -> Resu
 // Reading layers
 // ---------------------------------------------------------------------------------------------
 
-type RawReader = HashingReader<Box<dyn Read>>;
-type Buffered = BufReader<io::Chain<Cursor<Vec<u8>>, RawReader>>;
+/// zstd's window is at most 2^27 bytes (128 MiB), zstd's own default ceiling: a frame asking
+/// for more is refused instead of making the decoder allocate it.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+type Buffered = BufReader<Box<dyn Read>>;
 
 enum Decoder<R: BufRead> {
     Plain(R),
@@ -1039,16 +1126,6 @@ impl<R: BufRead> Read for Decoder<R> {
             Decoder::Plain(r) => r.read(buf),
             Decoder::Gzip(r) => r.read(buf),
             Decoder::Zstd(r) => r.read(buf),
-        }
-    }
-}
-
-impl<R: BufRead> Decoder<R> {
-    fn into_inner(self) -> R {
-        match self {
-            Decoder::Plain(r) => r,
-            Decoder::Gzip(r) => r.into_inner(),
-            Decoder::Zstd(r) => r.finish(),
         }
     }
 }
@@ -1101,11 +1178,70 @@ pub(crate) fn is_tar_header(block: &[u8]) -> bool {
     !digits.is_empty() && u32::from_str_radix(&digits, 8).ok() == Some(sum)
 }
 
-/// What verifying a drained blob found.
-enum Verify {
-    Ok,
-    Mismatch(anyhow::Error),
-    Io(anyhow::Error),
+/// A reader that fails as soon as more than `limit` bytes came through it (a decompressor's
+/// output): decompression stops at the bound, whatever the compressed data says.
+pub(crate) struct Capped<R> {
+    inner: R,
+    count: u64,
+    limit: u64,
+    over: bool,
+}
+
+impl<R> Capped<R> {
+    pub(crate) fn new(inner: R, limit: u64) -> Capped<R> {
+        Capped {
+            inner,
+            count: 0,
+            limit,
+            over: false,
+        }
+    }
+
+    /// Whether a read went past the limit.
+    pub(crate) fn over(&self) -> bool {
+        self.over
+    }
+
+    /// Bytes read through it so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Ask for one byte past the limit, to tell "exactly the limit" from "more".
+        let room = (self.limit + 1).saturating_sub(self.count);
+        let n = (buf.len() as u64).min(room) as usize;
+        if n == 0 && !buf.is_empty() {
+            self.over = true;
+            return Err(io::Error::other("the decompression limit was reached"));
+        }
+        let got = self.inner.read(&mut buf[..n])?;
+        self.count += got as u64;
+        if self.count > self.limit {
+            self.over = true;
+            return Err(io::Error::other("the decompression limit was reached"));
+        }
+        Ok(got)
+    }
+}
+
+/// What the pass over a layer blob before decompression found.
+#[derive(Clone, Copy, Debug)]
+struct Checked {
+    compression: Compression,
+    stored: u64,
+}
+
+/// What the layers of one image have used so far of the image-wide limits.
+#[derive(Default)]
+struct Budget {
+    totals: walk::Totals,
+    /// Uncompressed bytes of the layers read so far ([`MAX_IMAGE_UNCOMPRESSED`]).
+    uncompressed: u64,
+    /// Bytes written to temporary files ([`MAX_KEPT_TOTAL`]).
+    kept: u64,
 }
 
 /// A layer's changes, applied to the tree only after the layer checked out.
@@ -1134,6 +1270,19 @@ fn remove_below(tree: &mut BTreeMap<String, TreeEntry>, dir: &str) {
     }
 }
 
+/// The length of the deepest directory that is an ancestor-or-self of both `a` and `b`
+/// (normalized directory paths; `""` is the root, length 0).
+fn common_dir_len(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let boundary = |s: &[u8]| n == s.len() || s[n] == b'/';
+    if boundary(a) && boundary(b) {
+        n
+    } else {
+        a[..n].iter().rposition(|&c| c == b'/').unwrap_or(0)
+    }
+}
+
 impl LayerChanges {
     fn apply(self, tree: &mut BTreeMap<String, TreeEntry>) {
         for w in &self.whiteouts {
@@ -1143,6 +1292,11 @@ impl LayerChanges {
         for o in &self.opaques {
             remove_below(tree, o);
         }
+        // The parent of the entry handled last: it and its ancestors hold no non-directory
+        // (inserting an entry below it cannot change that), so the ancestors an entry shares
+        // with it need no second look. Without this, a deep tree costs depth × length per
+        // entry.
+        let mut clean = String::new();
         for (path, (is_dir, entry)) in self.upper {
             // A non-directory hides whatever was below the lower path; a directory replaces
             // a lower non-directory, here and at every ancestor.
@@ -1157,8 +1311,10 @@ impl LayerChanges {
                 tree.remove(&path);
                 remove_below(tree, &path);
             }
-            let mut anc = parent_of(&path);
-            while !anc.is_empty() {
+            let parent = parent_of(&path);
+            let shared = common_dir_len(parent, &clean);
+            let mut anc = parent;
+            while anc.len() > shared {
                 if tree
                     .get(anc)
                     .is_some_and(|e| !matches!(e.kind, EntryKind::Dir))
@@ -1167,6 +1323,8 @@ impl LayerChanges {
                 }
                 anc = parent_of(anc);
             }
+            clean.clear();
+            clean.push_str(parent);
             if let Some(e) = entry {
                 tree.insert(path, e);
             }
@@ -1175,163 +1333,236 @@ impl LayerChanges {
 }
 
 impl OciImage {
-    fn read_layer(
-        &self,
-        index: usize,
-        layer: &LayerRef,
-        filter: &dyn Fn(&str) -> bool,
-        lower: &BTreeMap<String, TreeEntry>,
-    ) -> Result<LayerChanges> {
-        let name = &self.archive.name;
-        let label = format!(
-            "{name}: layer {}/{} ({})",
+    fn layer_label(&self, index: usize, layer: &LayerRef) -> String {
+        format!(
+            "{}: layer {}/{} ({})",
+            self.archive.name,
             index + 1,
             self.layers.len(),
             layer.label()
-        );
-        let Some((reader, stored_size)) = self.archive.member(&layer.member)? else {
+        )
+    }
+
+    /// Everything about a layer blob that is checked without decompressing it: present, the
+    /// size and digest of its descriptor, a compression edgeimage reads, and for a plain tar
+    /// its diff_id (which is then the digest of the blob itself). One streaming pass.
+    fn check_blob(&self, index: usize, layer: &LayerRef) -> Result<Checked> {
+        let label = self.layer_label(index, layer);
+        let Some((reader, stored)) = self
+            .archive
+            .member(&layer.member)
+            .with_context(|| label.clone())?
+        else {
             bail!(
                 "{label}: listed but its blob {} is absent from the archive",
                 layer.member
             );
         };
         if let Some(size) = layer.size {
-            if size != stored_size {
-                bail!("{label}: blob is {stored_size} bytes but its descriptor says {size}");
+            if size != stored {
+                bail!("{label}: blob is {stored} bytes but its descriptor says {size}");
             }
         }
-        let mut raw: RawReader = HashingReader::new(reader);
+        let mut raw = HashingReader::new(reader);
         let mut head = vec![0u8; 512];
         let n = read_up_to(&mut raw, &mut head).with_context(|| format!("{label}: reading"))?;
         head.truncate(n);
-        let compression = match detect_compression(&head) {
-            Ok(c) => c,
-            Err(msg) => {
-                return Err(self.prefer_mismatch(raw, layer, &label, anyhow!("{label}: {msg}")))
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            match raw.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(anyhow!("{label}: reading: {e}")),
             }
-        };
-        let buffered: Buffered = BufReader::with_capacity(BUF_SIZE, Cursor::new(head).chain(raw));
-        let decoder = match compression {
-            Compression::None => Decoder::Plain(buffered),
-            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
-            Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
-                Ok(d) => Decoder::Zstd(d),
-                Err(e) => bail!("{label}: cannot start zstd decoder: {e}"),
-            },
-        };
-        let mut ar = tar::Archive::new(HashingReader::new(decoder));
-        let parsed = read_entries(&mut ar, &label, filter, lower);
-        let mut uncompressed = ar.into_inner();
-        // Drain what follows the end-of-archive marker so both digests cover everything.
-        let drained = match parsed {
-            Ok(changes) => io::copy(&mut uncompressed, &mut io::sink())
-                .map(|_| changes)
-                .map_err(|e| anyhow!("{label}: corrupt data after the tar stream: {e}")),
-            Err(e) => Err(e),
-        };
-        let unc_digest = BlobDigest::from_hasher(uncompressed.sha.clone());
-        let raw = uncompressed.inner.into_inner().into_inner().into_inner().1;
-        let changes = match drained {
-            Ok(c) => c,
-            Err(e) => return Err(self.prefer_mismatch(raw, layer, &label, e)),
-        };
-        match verify_raw(raw, layer, &label) {
-            Verify::Ok => {}
-            Verify::Mismatch(e) | Verify::Io(e) => return Err(e),
         }
-        if unc_digest != layer.diff_id {
+        if raw.count != stored {
+            bail!(
+                "{label}: read {} bytes but the archive lists {stored}: did the file change \
+                 while it was read?",
+                raw.count
+            );
+        }
+        let got = BlobDigest::from_hasher(raw.sha);
+        if let Some(expected) = &layer.digest {
+            if &got != expected {
+                bail!("{label}: digest mismatch: expected {expected}, got {got}");
+            }
+        }
+        let compression = detect_compression(&head).map_err(|msg| anyhow!("{label}: {msg}"))?;
+        if compression == Compression::None && got != layer.diff_id {
             bail!(
                 "{label}: uncompressed digest mismatch: the config's rootfs.diff_ids says {}, \
-                 got {unc_digest}",
+                 got {got}",
+                layer.diff_id
+            );
+        }
+        Ok(Checked {
+            compression,
+            stored,
+        })
+    }
+
+    fn read_layer(
+        &self,
+        index: usize,
+        layer: &LayerRef,
+        checked: Checked,
+        filter: &dyn Fn(&str) -> bool,
+        lower: &BTreeMap<String, TreeEntry>,
+        budget: &mut Budget,
+    ) -> Result<LayerChanges> {
+        let label = self.layer_label(index, layer);
+        let Some((reader, _)) = self
+            .archive
+            .member(&layer.member)
+            .with_context(|| label.clone())?
+        else {
+            bail!(
+                "{label}: listed but its blob {} is absent from the archive",
+                layer.member
+            );
+        };
+        let human = crate::progress::human_bytes;
+        let stored = checked.stored;
+        let left = MAX_IMAGE_UNCOMPRESSED.saturating_sub(budget.uncompressed);
+        let (limit, end_name) = match checked.compression {
+            Compression::None => (stored, format!("the end of the layer ({stored} bytes)")),
+            _ => {
+                let limit = expansion_limit(stored);
+                (
+                    limit,
+                    format!(
+                        "{}, the most a layer of {} may decompress to (max({}, {MAX_EXPANSION_RATIO} \
+                         × its size), at most {})",
+                        human(limit),
+                        human(stored),
+                        human(MIN_EXPANSION),
+                        human(MAX_EXPANSION)
+                    ),
+                )
+            }
+        };
+        let (limit, end_name) = if limit > left {
+            (
+                left,
+                format!(
+                    "{}, what is left of the {} all layers of an image may decompress to",
+                    human(left),
+                    human(MAX_IMAGE_UNCOMPRESSED)
+                ),
+            )
+        } else {
+            (limit, end_name)
+        };
+        let buffered: Buffered = BufReader::with_capacity(BUF_SIZE, reader);
+        let decoder = match checked.compression {
+            Compression::None => Decoder::Plain(buffered),
+            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Zstd => {
+                let mut d = zstd::stream::read::Decoder::with_buffer(buffered)
+                    .map_err(|e| anyhow!("{label}: cannot start the zstd decoder: {e}"))?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|e| anyhow!("{label}: cannot set up the zstd decoder: {e}"))?;
+                Decoder::Zstd(d)
+            }
+        };
+        let limits = walk::Limits {
+            end: limit,
+            end_name: end_name.clone(),
+            depth: None,
+        };
+        let mut ar = tar::Archive::new(HashingReader::new(Capped::new(decoder, limit)));
+        let walked = ar
+            .entries()
+            .map_err(|e| anyhow!("{label}: not a tar stream: {}", walk::clean(&e.to_string())))
+            .and_then(|entries| read_entries(entries, &label, &limits, budget, filter, lower));
+        let mut uncompressed = ar.into_inner();
+        // Drain what follows the end-of-archive marker, so the digest covers all of it.
+        let walked = walked.and_then(|changes| {
+            io::copy(&mut uncompressed, &mut io::sink())
+                .map(|_| changes)
+                .map_err(|e| {
+                    anyhow!(
+                        "{label}: corrupt data after the tar stream: {}",
+                        walk::clean(&e.to_string())
+                    )
+                })
+        });
+        budget.uncompressed += uncompressed.inner.count();
+        if uncompressed.inner.over() {
+            bail!(
+                "{label}: decompresses past {end_name}: refused, nothing of it is used \
+                 (limits: README, \"Input limits\")"
+            );
+        }
+        let changes = walked?;
+        let got = BlobDigest::from_hasher(uncompressed.sha);
+        if got != layer.diff_id {
+            bail!(
+                "{label}: uncompressed digest mismatch: the config's rootfs.diff_ids says {}, \
+                 got {got}",
                 layer.diff_id
             );
         }
         Ok(changes)
     }
-
-    /// After a read error: if the blob's digest is wrong, say so (the more useful message);
-    /// otherwise return the original error.
-    fn prefer_mismatch(
-        &self,
-        raw: RawReader,
-        layer: &LayerRef,
-        label: &str,
-        err: anyhow::Error,
-    ) -> anyhow::Error {
-        match verify_raw(raw, layer, label) {
-            Verify::Mismatch(e) => e,
-            Verify::Ok | Verify::Io(_) => err,
-        }
-    }
-}
-
-/// Read the rest of a layer blob and compare its size and digest with the descriptor.
-fn verify_raw(mut raw: RawReader, layer: &LayerRef, label: &str) -> Verify {
-    if let Err(e) = io::copy(&mut raw, &mut io::sink()) {
-        return Verify::Io(anyhow!("{label}: reading: {e}"));
-    }
-    if let Some(size) = layer.size {
-        if raw.count != size {
-            return Verify::Mismatch(anyhow!(
-                "{label}: read {} bytes but its descriptor says {size}",
-                raw.count
-            ));
-        }
-    }
-    if let Some(expected) = &layer.digest {
-        let got = BlobDigest::from_hasher(raw.sha);
-        if &got != expected {
-            return Verify::Mismatch(anyhow!(
-                "{label}: digest mismatch: expected {expected}, got {got}"
-            ));
-        }
-    }
-    Verify::Ok
 }
 
 use crate::layout::read_up_to;
 
-fn pax_mtime<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Option<u64>> {
-    let Some(exts) = entry.pax_extensions()? else {
-        return Ok(None);
-    };
-    for ext in exts {
-        let ext = ext?;
-        if ext.key_bytes() == b"mtime" {
-            let v = String::from_utf8_lossy(ext.value_bytes()).into_owned();
-            let int = v.split('.').next().unwrap_or("");
-            // Negative or unparsable times clamp to 0.
-            return Ok(Some(int.trim().parse::<u64>().unwrap_or(0)));
-        }
+/// Copy an entry's `size` bytes to a new anonymous temporary file.
+fn copy_to_temp(entry: &mut impl Read, size: u64, at: &str) -> Result<std::fs::File> {
+    use std::io::Write;
+    let mut tmp = tempfile::tempfile().map_err(|e| {
+        anyhow!(
+            "{at}: cannot create a temporary file: {e}; set TMPDIR to a writable directory \
+             with room"
+        )
+    })?;
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut copied = 0u64;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => bail!("{at}: reading: {}", walk::clean(&e.to_string())),
+        };
+        tmp.write_all(&buf[..n]).map_err(|e| {
+            anyhow!("{at}: writing a temporary file: {e}; set TMPDIR to a directory with room")
+        })?;
+        copied += n as u64;
     }
-    Ok(None)
+    if copied != size {
+        bail!("{at}: truncated ({copied} of {size} bytes)");
+    }
+    Ok(tmp)
 }
 
-/// Stream one layer's tar entries into a [`LayerChanges`].
-fn read_entries<R: Read>(
-    ar: &mut tar::Archive<R>,
+/// Walk one layer's tar entries into a [`LayerChanges`].
+fn read_entries<'a, R: Read + 'a>(
+    entries: tar::Entries<'a, R>,
     label: &str,
+    limits: &walk::Limits,
+    budget: &mut Budget,
     filter: &dyn Fn(&str) -> bool,
     lower: &BTreeMap<String, TreeEntry>,
 ) -> Result<LayerChanges> {
+    let human = crate::progress::human_bytes;
     let mut changes = LayerChanges::default();
-    let entries = ar
-        .entries()
-        .map_err(|e| anyhow!("{label}: not a tar stream: {e}"))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| anyhow!("{label}: corrupt tar stream: {e}"))?;
-        let raw_path = entry.path_bytes().into_owned();
-        let path = normalize_path(&raw_path).map_err(|m| anyhow!("{label}: {m}"))?;
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let ctx = |what: &str, e: io::Error| anyhow!("{label}: {shown}: {what}: {e}");
+    let kept_total = &mut budget.kept;
+    walk::walk(entries, label, limits, &mut budget.totals, |m, entry| {
+        let i = m.index;
+        let path = normalize_path(&m.path).map_err(|msg| anyhow!("{label}: entry {i}: {msg}"))?;
+        if path.is_empty() {
+            return Ok(()); // the root directory itself
+        }
+        let at = format!("{label}: entry {i} ({})", walk::shown(path.as_bytes()));
+        let ctx =
+            |what: &str, e: io::Error| anyhow!("{at}: {what}: {}", walk::clean(&e.to_string()));
         let header = entry.header();
         let entry_type = header.entry_type();
-        if entry_type == tar::EntryType::XGlobalHeader {
-            continue;
-        }
-        if path.is_empty() {
-            continue; // the root directory itself
-        }
 
         // Whiteouts.
         let (dir, base) = match path.rsplit_once('/') {
@@ -1340,14 +1571,14 @@ fn read_entries<R: Read>(
         };
         if base == ".wh..wh..opq" {
             changes.opaques.insert(dir.to_string());
-            continue;
+            return Ok(());
         }
         if base.starts_with(".wh..wh.") {
-            continue; // other AUFS metadata
+            return Ok(()); // other AUFS metadata
         }
         if let Some(hidden) = base.strip_prefix(".wh.") {
             if hidden.is_empty() || hidden == "." || hidden == ".." {
-                bail!("{label}: {shown}: malformed whiteout");
+                bail!("{at}: malformed whiteout");
             }
             let target = if dir.is_empty() {
                 hidden.to_string()
@@ -1355,16 +1586,22 @@ fn read_entries<R: Read>(
                 format!("{dir}/{hidden}")
             };
             changes.whiteouts.insert(target);
-            continue;
+            return Ok(());
         }
 
         let mode = header.mode().map_err(|e| ctx("bad mode", e))? & 0o7777;
-        let uid = header.uid().map_err(|e| ctx("bad uid", e))?;
-        let gid = header.gid().map_err(|e| ctx("bad gid", e))?;
-        let mut mtime = header.mtime().map_err(|e| ctx("bad mtime", e))?;
-        if let Some(m) = pax_mtime(&mut entry).map_err(|e| ctx("bad PAX header", e))? {
-            mtime = m;
-        }
+        let uid = match m.uid {
+            Some(u) => u,
+            None => header.uid().map_err(|e| ctx("bad uid", e))?,
+        };
+        let gid = match m.gid {
+            Some(g) => g,
+            None => header.gid().map_err(|e| ctx("bad gid", e))?,
+        };
+        let mtime = match m.mtime {
+            Some(t) => t,
+            None => header.mtime().map_err(|e| ctx("bad mtime", e))?,
+        };
         let keep = filter(&path);
         let meta = |kind| TreeEntry {
             kind,
@@ -1379,12 +1616,23 @@ fn read_entries<R: Read>(
             T::Regular | T::Continuous => {
                 let kept = if keep {
                     let size = entry.size();
-                    let mut tmp = tempfile::tempfile()
-                        .map_err(|e| anyhow!("{label}: {shown}: cannot create a temp file: {e}"))?;
-                    let copied = io::copy(&mut entry, &mut tmp).map_err(|e| ctx("reading", e))?;
-                    if copied != size {
-                        bail!("{label}: {shown}: truncated ({copied} of {size} bytes)");
+                    if size > MAX_KEPT_FILE {
+                        bail!(
+                            "{at}: a file of {}, more than the {} limit for a file kept from an \
+                             image (limits: README, \"Input limits\")",
+                            human(size),
+                            human(MAX_KEPT_FILE)
+                        );
                     }
+                    if *kept_total + size > MAX_KEPT_TOTAL {
+                        bail!(
+                            "{at}: the files kept from the image would take more than {} of \
+                             temporary space (limits: README, \"Input limits\")",
+                            human(MAX_KEPT_TOTAL)
+                        );
+                    }
+                    *kept_total += size;
+                    let tmp = copy_to_temp(entry, size, &at)?;
                     let content = SharedFile::new(tmp, format!("{label}: /{path}"));
                     Some(meta(EntryKind::File { size, content }))
                 } else {
@@ -1393,28 +1641,29 @@ fn read_entries<R: Read>(
                 (false, kept)
             }
             T::Symlink => {
-                let target = entry.link_name_bytes().unwrap_or_default();
-                let target = String::from_utf8(target.into_owned())
-                    .map_err(|_| anyhow!("{label}: {shown}: symlink target is not valid UTF-8"))?;
+                let target = m.link.clone().unwrap_or_default();
+                let target = String::from_utf8(target)
+                    .map_err(|_| anyhow!("{at}: symlink target is not valid UTF-8"))?;
                 (false, keep.then(|| meta(EntryKind::Symlink(target))))
             }
             T::Link => {
-                let target = entry.link_name_bytes().unwrap_or_default();
-                let target = normalize_path(&target)
-                    .map_err(|m| anyhow!("{label}: {shown}: hard link target {m}"))?;
+                let target = m.link.as_deref().unwrap_or_default();
+                let target = normalize_path(target)
+                    .map_err(|msg| anyhow!("{at}: hard link target {msg}"))?;
                 let kept = if keep {
                     let found = match changes.upper.get(&target) {
                         Some((_, e)) => e.as_ref(),
                         None => lower.get(&target),
                     };
+                    let shown_target = walk::shown(target.as_bytes());
                     match found {
                         Some(t) if matches!(t.kind, EntryKind::Dir) => {
-                            bail!("{label}: {shown}: hard link to directory {target}")
+                            bail!("{at}: hard link to directory {shown_target}")
                         }
                         Some(t) => Some(t.clone()),
                         None if filter(&target) => bail!(
-                            "{label}: {shown}: hard link target {target} is not in this or an \
-                             earlier layer"
+                            "{at}: hard link target {shown_target} is not in this or an earlier \
+                             layer"
                         ),
                         None => Some(meta(EntryKind::Hardlink(target))),
                     }
@@ -1429,14 +1678,15 @@ fn read_entries<R: Read>(
             ),
             T::Block => (false, keep.then(|| meta(EntryKind::Other("block device")))),
             T::Fifo => (false, keep.then(|| meta(EntryKind::Other("fifo")))),
-            T::GNUSparse => bail!("{label}: {shown}: sparse files are not supported"),
+            T::GNUSparse => bail!("{at}: sparse files are not supported"),
             other => bail!(
-                "{label}: {shown}: unsupported tar entry type {:?}",
+                "{at}: unsupported tar entry type {:?}",
                 char::from(other.as_byte())
             ),
         };
         changes.upper.insert(path, (is_dir, kept));
-    }
+        Ok(())
+    })?;
     Ok(changes)
 }
 

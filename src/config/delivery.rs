@@ -369,24 +369,10 @@ mod tests {
         assert_eq!(&bytes[54..62], b"FAT12   ");
         let t = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(t.path(), &bytes).unwrap();
-        let fs = fatfs::FileSystem::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(t.path())
-                .unwrap(),
-            fatfs::FsOptions::new(),
-        )
-        .unwrap();
-        assert_eq!(fs.volume_label(), "metal-iso");
-        let mut data = Vec::new();
-        fs.root_dir()
-            .open_file("config.yaml")
-            .unwrap()
-            .read_to_end(&mut data)
-            .unwrap();
-        assert_eq!(data, c.bytes());
-        drop(fs);
+        let vol = crate::format::fat::Volume::from_bytes(&bytes).unwrap();
+        assert_eq!(vol.label().unwrap(), "metal-iso");
+        let entry = vol.find("config.yaml").unwrap().unwrap();
+        assert_eq!(vol.read_to_end(&entry, 1 << 20).unwrap(), c.bytes());
         if let Ok(out) = std::process::Command::new("/usr/sbin/fsck.fat")
             .args(["-n", t.path().to_str().unwrap()])
             .output()

@@ -6,12 +6,17 @@
 //!   saw. Contents stay in those open files (file regions).
 //! - a directory holding `index.json` or `manifest.json`: an OCI image layout (or an unpacked
 //!   `docker save`), read by [`OciImage`].
-//! - a file starting with gzip or zstd magic: a compressed tar of the extension tree, streamed;
-//!   file contents go to anonymous temporary files.
+//! - a file starting with gzip or zstd magic: a compressed tar of the extension tree, streamed
+//!   and decompressed to at most [`expansion_limit`] of its size; file contents go to
+//!   anonymous temporary files.
 //! - a plain tar: if its top level holds `manifest.yaml` it is the extension tree (contents
 //!   stay regions of the tar); otherwise, if it holds `index.json` or `manifest.json`, it is an
 //!   OCI layout tar or a `docker save` archive, read by [`OciImage`] (the merged image must then
 //!   hold the extension tree).
+//!
+//! Every tar is read through [`walk`] (bounded paths, PAX headers, entries), its paths at most
+//! [`walk::MAX_DEPTH`] levels deep, as are a directory's and an image's: checked before the
+//! tree is built.
 //!
 //! Nothing from an input is ever written to a host path. Problems with single entries (a `..`
 //! or absolute name, an unsupported entry type, an escaping hard link) are collected, not
@@ -26,7 +31,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::assets::oci::{is_tar_header, EntryKind, OciImage};
+use crate::assets::oci::walk;
+use crate::assets::oci::{
+    expansion_limit, is_tar_header, Capped, EntryKind, OciImage, MAX_EXPANSION,
+    MAX_EXPANSION_RATIO, MIN_EXPANSION,
+};
 use crate::layout::{Layout, SharedFile};
 use crate::talos::{Arch, TalosVersion};
 use crate::tree::{normalize, Node, NodeKind, Tree};
@@ -224,13 +233,16 @@ impl Input {
                 if head.starts_with(&[0x1f, 0x8b]) {
                     let r =
                         flate2::read::MultiGzDecoder::new(io::BufReader::new(file.region(0, len)));
-                    read_tar(r, None, &origin)
+                    read_tar(r, Stored::Compressed(len), &origin)
                 } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-                    let r = zstd::stream::read::Decoder::new(file.region(0, len))
+                    let mut r = zstd::stream::read::Decoder::new(file.region(0, len))
                         .with_context(|| format!("extension {origin}: zstd"))?;
-                    read_tar(r, None, &origin)
+                    r.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                        .with_context(|| format!("extension {origin}: zstd"))?;
+                    read_tar(r, Stored::Compressed(len), &origin)
                 } else if is_tar_header(&head) {
-                    let (tree, problems) = read_tar(file.region(0, len), Some(&file), &origin)?;
+                    let (tree, problems) =
+                        read_tar(file.region(0, len), Stored::Plain(&file, len), &origin)?;
                     let has = |n: &str| tree.entries.contains_key(n);
                     if !has("manifest.yaml") && (has("index.json") || has("manifest.json")) {
                         drop(tree);
@@ -267,61 +279,112 @@ fn problem(path: impl Into<String>, rule: impl Into<String>) -> Problem {
     }
 }
 
-/// Read a tar stream of the extension tree. With `regions`, file contents stay regions of that
-/// (uncompressed) file; otherwise they are copied to anonymous temporary files.
-fn read_tar<R: Read>(
-    r: R,
+/// zstd's window is at most 2^27 bytes (128 MiB), zstd's own default ceiling.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// What a tar stream of an extension is read from.
+enum Stored<'a> {
+    /// An uncompressed tar file of this size: file contents stay regions of it.
+    Plain(&'a SharedFile, u64),
+    /// A compressed file of this size: contents are copied to anonymous temporary files, and
+    /// the stream may expand to [`expansion_limit`] of it.
+    Compressed(u64),
+}
+
+/// Read a tar stream of the extension tree, through [`walk`]: paths at most
+/// [`walk::MAX_DEPTH`] levels deep, checked (with the walk's other caps) before the entry is
+/// added to the tree.
+fn read_tar<R: Read>(r: R, stored: Stored<'_>, origin: &str) -> Result<(Tree, Vec<Problem>)> {
+    let human = crate::progress::human_bytes;
+    let label = format!("extension {origin}");
+    let (limit, end_name) = match stored {
+        Stored::Plain(_, len) => (len, "the end of the file".to_string()),
+        Stored::Compressed(len) => {
+            let limit = expansion_limit(len);
+            (
+                limit,
+                format!(
+                    "{}, the most a compressed extension of {} may decompress to (max({}, \
+                     {MAX_EXPANSION_RATIO} × its size), at most {})",
+                    human(limit),
+                    human(len),
+                    human(MIN_EXPANSION),
+                    human(MAX_EXPANSION)
+                ),
+            )
+        }
+    };
+    let regions = match stored {
+        Stored::Plain(f, _) => Some(f),
+        Stored::Compressed(_) => None,
+    };
+    let limits = walk::Limits {
+        end: limit,
+        end_name: end_name.clone(),
+        depth: Some(walk::MAX_DEPTH),
+    };
+    let mut ar = tar::Archive::new(Capped::new(r, limit));
+    let walked = ar
+        .entries()
+        .map_err(|e| anyhow!("{label}: not a tar stream: {}", walk::clean(&e.to_string())))
+        .and_then(|entries| read_entries(entries, regions, &label, &limits));
+    let capped = ar.into_inner();
+    if capped.over() {
+        bail!("{label}: decompresses past {end_name}: refused (limits: README, \"Input limits\")");
+    }
+    let (mut tree, mut problems) = walked?;
+    resolve_hardlinks(&mut tree, &mut problems);
+    Ok((tree, problems))
+}
+
+fn read_entries<'a, R: Read + 'a>(
+    entries: tar::Entries<'a, R>,
     regions: Option<&SharedFile>,
-    origin: &str,
+    label: &str,
+    limits: &walk::Limits,
 ) -> Result<(Tree, Vec<Problem>)> {
     let mut tree = Tree::new();
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
-    let mut ar = tar::Archive::new(r);
-    let entries = ar
-        .entries()
-        .map_err(|e| anyhow!("extension {origin}: not a tar stream: {e}"))?;
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|e| anyhow!("extension {origin}: corrupt tar stream: {e}"))?;
-        let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
+    let mut totals = walk::Totals::default();
+    walk::walk(entries, label, limits, &mut totals, |m, entry| {
+        let i = m.index;
+        let shown = String::from_utf8_lossy(&m.path).into_owned();
         let et = entry.header().entry_type();
-        if matches!(et, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
-            continue;
-        }
-        let Ok(name) = String::from_utf8(raw) else {
+        let Ok(name) = String::from_utf8(m.path.clone()) else {
             problems.push(problem(shown, "the name is not valid UTF-8"));
-            continue;
+            return Ok(());
         };
         if name.starts_with('/') {
             problems.push(problem(
                 name,
                 "absolute path in the archive (entries must be relative)",
             ));
-            continue;
+            return Ok(());
         }
         let Some(path) = normalize(&name) else {
             problems.push(problem(
                 name,
                 "the path climbs out of the tree with `..` (never followed)",
             ));
-            continue;
+            return Ok(());
         };
         if path.is_empty() {
-            continue;
+            return Ok(());
         }
         if !seen.insert(path.clone()) {
             problems.push(problem(&path, "appears more than once in the archive"));
-            continue;
+            return Ok(());
         }
         let h = entry.header();
-        let bad = |what: &str, e: io::Error| anyhow!("extension {origin}: {name}: {what}: {e}");
+        let at = format!("{label}: entry {i} ({})", walk::shown(path.as_bytes()));
+        let bad =
+            |what: &str, e: io::Error| anyhow!("{at}: {what}: {}", walk::clean(&e.to_string()));
         let mode = h.mode().map_err(|e| bad("bad mode", e))? & 0o7777;
         // Owners and times are replaced by the writers; an unreadable one is not an error.
-        let uid = h.uid().unwrap_or(0);
-        let gid = h.gid().unwrap_or(0);
-        let mtime = h.mtime().unwrap_or(0);
+        let uid = m.uid.unwrap_or_else(|| h.uid().unwrap_or(0));
+        let gid = m.gid.unwrap_or_else(|| h.gid().unwrap_or(0));
+        let mtime = m.mtime.unwrap_or_else(|| h.mtime().unwrap_or(0));
         use tar::EntryType as T;
         let kind = match et {
             T::Directory => NodeKind::Dir,
@@ -331,28 +394,26 @@ fn read_tar<R: Read>(
                 match regions {
                     Some(f) => l.put_file(0, f.clone(), entry.raw_file_position(), size)?,
                     None => {
-                        let mut tmp = tempfile::tempfile().with_context(|| {
-                            format!("extension {origin}: cannot create a temporary file")
+                        let mut tmp = tempfile::tempfile().map_err(|e| {
+                            anyhow!(
+                                "{label}: cannot create a temporary file: {e}; set TMPDIR to a \
+                                 writable directory with room"
+                            )
                         })?;
-                        let n = io::copy(&mut entry, &mut tmp).map_err(|e| bad("reading", e))?;
+                        let n = io::copy(entry, &mut tmp).map_err(|e| bad("reading", e))?;
                         if n != size {
-                            bail!("extension {origin}: {name}: truncated ({n} of {size} bytes)");
+                            bail!("{at}: truncated ({n} of {size} bytes)");
                         }
-                        l.put_file(
-                            0,
-                            SharedFile::new(tmp, format!("{origin}: {path}")),
-                            0,
-                            size,
-                        )?;
+                        l.put_file(0, SharedFile::new(tmp, format!("{label}: {path}")), 0, size)?;
                     }
                 }
                 NodeKind::File(l)
             }
             T::Symlink | T::Link => {
-                let t = entry.link_name_bytes().unwrap_or_default().into_owned();
+                let t = m.link.clone().unwrap_or_default();
                 let Ok(t) = String::from_utf8(t) else {
                     problems.push(problem(&path, "the link target is not valid UTF-8"));
-                    continue;
+                    return Ok(());
                 };
                 if et == T::Symlink {
                     NodeKind::Symlink(t)
@@ -372,7 +433,7 @@ fn read_tar<R: Read>(
             T::Fifo => NodeKind::Fifo,
             T::GNUSparse => {
                 problems.push(problem(&path, "sparse files are not supported"));
-                continue;
+                return Ok(());
             }
             other => {
                 problems.push(problem(
@@ -382,7 +443,7 @@ fn read_tar<R: Read>(
                         char::from(other.as_byte())
                     ),
                 ));
-                continue;
+                return Ok(());
             }
         };
         let mut node = Node::new(kind, mode);
@@ -390,8 +451,8 @@ fn read_tar<R: Read>(
         node.gid = u32::try_from(gid).unwrap_or(u32::MAX);
         node.mtime = mtime;
         tree.insert(path, node);
-    }
-    resolve_hardlinks(&mut tree, &mut problems);
+        Ok(())
+    })?;
     Ok((tree, problems))
 }
 
@@ -442,6 +503,7 @@ fn walk_dir(root: &Path) -> Result<(Tree, Vec<Problem>)> {
     let mut problems = Vec::new();
     let origin = root.display().to_string();
     let mut stack = vec![String::new()];
+    let mut totals = walk::Totals::default();
     while let Some(rel) = stack.pop() {
         let dir = if rel.is_empty() {
             root.to_path_buf()
@@ -465,6 +527,7 @@ fn walk_dir(root: &Path) -> Result<(Tree, Vec<Problem>)> {
             } else {
                 format!("{rel}/{name}")
             };
+            check_dir_entry(&origin, &path, &mut totals)?;
             let full = root.join(&path);
             let m = std::fs::symlink_metadata(&full)
                 .with_context(|| format!("extension {origin}: cannot stat {path}"))?;
@@ -519,6 +582,42 @@ fn walk_dir(root: &Path) -> Result<(Tree, Vec<Problem>)> {
     Ok((tree, problems))
 }
 
+/// The caps of [`walk`] for an entry of an extension directory: depth, entry count, path
+/// bytes.
+fn check_dir_entry(origin: &str, path: &str, totals: &mut walk::Totals) -> Result<()> {
+    totals.entries += 1;
+    totals.path_bytes += path.len() as u64;
+    if totals.entries > walk::MAX_ENTRIES {
+        bail!(
+            "extension {origin}: more than {} entries: this is not an extension edgeimage reads \
+             (limits: README, \"Input limits\")",
+            walk::MAX_ENTRIES
+        );
+    }
+    if totals.path_bytes > walk::MAX_PATH_BYTES {
+        bail!(
+            "extension {origin}: its paths take more than {}: this is not an extension \
+             edgeimage reads (limits: README, \"Input limits\")",
+            crate::progress::human_bytes(walk::MAX_PATH_BYTES)
+        );
+    }
+    check_depth(origin, path)
+}
+
+/// A path of an extension tree must nest at most [`walk::MAX_DEPTH`] levels.
+fn check_depth(origin: &str, path: &str) -> Result<()> {
+    let d = walk::depth(path.as_bytes());
+    if d > walk::MAX_DEPTH {
+        bail!(
+            "extension {origin}: {} nests {d} levels deep, more than the {}-level limit \
+             (limits: README, \"Input limits\")",
+            walk::shown(path.as_bytes()),
+            walk::MAX_DEPTH
+        );
+    }
+    Ok(())
+}
+
 /// The merged tree of an OCI layout / docker-save archive.
 fn oci_tree(path: &Path, arch: Arch) -> Result<(Tree, Vec<Problem>)> {
     let origin = path.display().to_string();
@@ -528,6 +627,9 @@ fn oci_tree(path: &Path, arch: Arch) -> Result<(Tree, Vec<Problem>)> {
         .with_context(|| format!("extension {origin}"))?;
     let mut tree = Tree::new();
     let mut problems = Vec::new();
+    for p in merged.entries.keys() {
+        check_depth(&origin, p)?;
+    }
     for (p, e) in merged.entries {
         let kind = match e.kind {
             EntryKind::Dir => NodeKind::Dir,

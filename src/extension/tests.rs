@@ -952,3 +952,134 @@ restart: never
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Bounds: depth, decompression, entries
+// ------------------------------------------------------------------------------------------
+
+use crate::assets::oci::fixtures as ox;
+
+/// An extension tar (manifest, rootfs, then `extra` entries as raw tar bytes), in `form`
+/// (`Tar`, `TarGz` or `TarZst`), written to a file; its input with the right pin.
+fn raw_extension(extra: &[u8], form: Form) -> (tempfile::TempDir, ExtensionInput) {
+    let mut tar = fixtures::tar_bytes(&fixtures::edgehostlet()).unwrap();
+    tar.truncate(tar.len() - 1024); // drop the end marker
+    tar.extend_from_slice(extra);
+    tar.extend(ox::tar_end());
+    let data = match form {
+        Form::Tar => tar,
+        Form::TarZst => zstd::encode_all(&tar[..], 19).unwrap(),
+        Form::TarGz => {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(&tar).unwrap();
+            e.finish().unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    raw_file(&data)
+}
+
+fn raw_file(data: &[u8]) -> (tempfile::TempDir, ExtensionInput) {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("x.tar");
+    std::fs::write(&path, data).unwrap();
+    let sha256 = input_sha256(&path).unwrap();
+    (d, ExtensionInput { path, sha256 })
+}
+
+fn load_err(input: &ExtensionInput) -> String {
+    format!(
+        "{:#}",
+        load(input, Arch::Amd64, &talos("v1.12.5")).unwrap_err()
+    )
+}
+
+#[test]
+fn a_deep_directory_in_a_tiny_archive_is_refused_before_the_tree_is_built() {
+    let deep = "rootfs/usr/local/".to_string() + &"a/".repeat(60_000);
+    let entry = ox::entry(deep.as_bytes(), tar::EntryType::Directory, b"");
+    for form in [Form::TarZst, Form::TarGz, Form::Tar] {
+        let (_d, input) = raw_extension(&entry, form);
+        let e = load_err(&input);
+        assert!(
+            e.contains(&format!("extension {}: entry ", input.path.display()))
+                && e.contains("its path nests 60003 levels deep, more than the 64-level limit"),
+            "{form:?}: {e}"
+        );
+        assert!(!e.contains("a/a/a/a"), "{e}");
+    }
+    let (_d, input) = raw_extension(&entry, Form::TarZst);
+    assert!(std::fs::metadata(&input.path).unwrap().len() < 4096);
+
+    // 65 levels are refused, 64 pass the cap (and meet the validator).
+    let at = |n: usize| "rootfs/usr/local/".to_string() + &"a/".repeat(n - 3);
+    let (_d, input) = raw_extension(
+        &ox::entry(at(65).as_bytes(), tar::EntryType::Directory, b""),
+        Form::Tar,
+    );
+    assert!(load_err(&input).contains("nests 65 levels deep"));
+    let (_d, input) = raw_extension(
+        &ox::entry(at(64).as_bytes(), tar::EntryType::Directory, b""),
+        Form::Tar,
+    );
+    load(&input, Arch::Amd64, &talos("v1.12.5")).unwrap();
+}
+
+#[test]
+fn deep_directories_and_images_are_refused_too() {
+    // A directory input.
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("ext");
+    fixtures::write_dir(&fixtures::edgehostlet(), &root).unwrap();
+    let deep = root.join("rootfs/usr/local").join("a/".repeat(70));
+    std::fs::create_dir_all(&deep).unwrap();
+    let e = format!("{:#}", input_sha256(&root).unwrap_err());
+    assert!(
+        e.contains("nests 65 levels deep, more than the 64-level limit"),
+        "{e}"
+    );
+    // An OCI image holding the extension tree.
+    let mut tree = fixtures::edgehostlet();
+    tree.push(Entry::dir(&format!("rootfs/usr/local/{}", "b/".repeat(20))));
+    let mut tar = fixtures::tar_bytes(&tree).unwrap();
+    tar.truncate(tar.len() - 1024);
+    let deep = "rootfs/usr/local/".to_string() + &"a/".repeat(70);
+    tar.extend(ox::entry(deep.as_bytes(), tar::EntryType::Directory, b""));
+    tar.extend(ox::tar_end());
+    let members = ox::oci_members(Arch::Amd64, &[ox::Layer::new(&tar, tar.clone())]).unwrap();
+    let (_d, input) = raw_file(&ox::outer_tar(&members).unwrap());
+    let e = load_err(&input);
+    assert!(
+        e.contains("nests 73 levels deep, more than the 64-level limit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_compressed_extension_expands_only_so_far() {
+    let head = ox::entry_header(
+        b"rootfs/usr/local/bin/big",
+        tar::EntryType::Regular,
+        3 << 30,
+    );
+    let mut tar = fixtures::tar_bytes(&fixtures::edgehostlet()).unwrap();
+    tar.truncate(tar.len() - 1024);
+    tar.extend(head);
+    let bomb = ox::ZstdFrame::new().raw(&tar).repeat(0, 3 << 30).finish();
+    let (_d, input) = raw_file(&bomb);
+    let t = std::time::Instant::now();
+    let e = load_err(&input);
+    assert!(
+        e.contains(
+            "its header claims 3221225472 bytes of data, reaching past 256.0 MiB, the \
+             most a compressed extension of"
+        ),
+        "{e}"
+    );
+    // A hang guard, not a performance claim (`cargo xtask bench` measures time).
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+    let gz = ox::gzip_with_zeros(&tar, 4 << 20).unwrap();
+    let (_d, input) = raw_file(&gz);
+    assert!(load_err(&input).contains("reaching past 256.0 MiB"));
+}

@@ -32,7 +32,9 @@ pub struct Record {
     pub image: String,
     pub image_format: String,
     pub image_size: u64,
-    /// SHA-256 of the image as the manifest states it.
+    /// The image's digest as the manifest states it, with its algorithm:
+    /// `sha256-1m:<hex>` (the manifest's `image.chunk_sha256`), or `sha256:<hex>` for a
+    /// manifest of an earlier release.
     pub image_sha256: Option<String>,
     /// SHA-256 of the manifest (or `.bmap`) the image was written by.
     pub manifest_sha256: Option<String>,

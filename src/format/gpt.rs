@@ -59,7 +59,11 @@ impl Entry {
 
     /// Byte length of the partition.
     pub fn size(&self, sector_size: u64) -> u64 {
-        (self.last_lba + 1 - self.first_lba).saturating_mul(sector_size)
+        // `read` refuses first > last, but an entry may end at LBA 2^64-1: no `+ 1` overflow.
+        self.last_lba
+            .saturating_sub(self.first_lba)
+            .saturating_add(1)
+            .saturating_mul(sector_size)
     }
 }
 
@@ -317,6 +321,32 @@ mod tests {
         }
     }
 
+    /// Entries of 256 bytes (128 × 2^1, legal) with valid CRCs read like 128-byte ones: the
+    /// table is read by edgeimage's own reader, never by a crate that only knows 128.
+    #[test]
+    fn wider_entries_are_read() {
+        let good = image(512);
+        let count = 128usize;
+        let mut b = good.clone();
+        let entries_at = 1024;
+        let mut wide = vec![0u8; count * 256];
+        for i in 0..count {
+            wide[i * 256..i * 256 + 128]
+                .copy_from_slice(&good[entries_at + i * 128..entries_at + (i + 1) * 128]);
+        }
+        b.resize(b.len().max(entries_at + wide.len()), 0);
+        b[entries_at..entries_at + wide.len()].copy_from_slice(&wide);
+        b[512 + 84..512 + 88].copy_from_slice(&256u32.to_le_bytes());
+        b[512 + 88..512 + 92].copy_from_slice(&crc32fast::hash(&wide).to_le_bytes());
+        b[512 + 16..512 + 20].fill(0);
+        let c = crc32fast::hash(&b[512..512 + 92]);
+        b[512 + 16..512 + 20].copy_from_slice(&c.to_le_bytes());
+        let g = read_head(&b, true).unwrap();
+        assert_eq!(g.entries.len(), 2);
+        assert_eq!(g.by_name("META").unwrap().offset(512), 9 << 20);
+        assert_eq!(g.entries[1].number, 2);
+    }
+
     /// Every field a hostile table can lie in is bounded, and the message names bytes, never
     /// their content.
     #[test]
@@ -377,6 +407,16 @@ mod tests {
         let mut b = good.clone();
         b[2 * 512 + 70] ^= 1;
         assert_eq!(read_head(&b, false).unwrap().entries.len(), 2);
+        // An entry ending at the last LBA there is (the header allows it) has a size, and
+        // no arithmetic overflows on it.
+        let mut b = good.clone();
+        b[512 + 48..512 + 56].copy_from_slice(&u64::MAX.to_le_bytes());
+        b[2 * 512 + 40..2 * 512 + 48].copy_from_slice(&u64::MAX.to_le_bytes());
+        let c = crc32fast::hash(&b[1024..1024 + 128 * 128]);
+        b[512 + 88..512 + 92].copy_from_slice(&c.to_le_bytes());
+        fix_crc(&mut b);
+        let g = read_head(&b, true).unwrap();
+        assert_eq!(g.entries[0].size(512), u64::MAX);
         // Truncated: the entry array is past the bytes given.
         let e = format!("{:#}", read_head(&good[..1024], true).unwrap_err());
         assert!(e.contains("does not lie on the 1024-byte disk"), "{e}");

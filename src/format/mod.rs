@@ -3,6 +3,7 @@
 
 pub mod cpio;
 pub mod elf;
+pub mod fat;
 pub mod gpt;
 pub mod meta;
 pub mod squashfs;

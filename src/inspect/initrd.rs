@@ -46,6 +46,10 @@ pub struct InitrdInfo {
 const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const GZIP: [u8; 2] = [0x1f, 0x8b];
 const YAML_LIMIT: u64 = 1 << 20;
+/// The most archives read from one initrd (edgeimage writes two or three).
+pub const MAX_ARCHIVES: usize = 1024;
+/// The most `*.sqsh` layers reported (a node carries tens of extensions at most).
+pub const MAX_LAYERS: usize = 1024;
 
 /// A reader that counts what it hands out (the position inside the section).
 struct Counted<R> {
@@ -93,6 +97,13 @@ pub fn walk<R: Read>(section: R) -> Result<InitrdInfo> {
             r.consume(zeros);
         };
         let offset = r.pos;
+        if info.archives.len() >= MAX_ARCHIVES {
+            info.note = Some(format!(
+                "stopped at offset {offset}: more than {MAX_ARCHIVES} archives, far more than \
+                 an initrd holds"
+            ));
+            return Ok(info);
+        }
         let compression = if head.starts_with(&ZSTD) {
             "zstd"
         } else if head.starts_with(&GZIP) {
@@ -100,9 +111,22 @@ pub fn walk<R: Read>(section: R) -> Result<InitrdInfo> {
         } else if head.starts_with(b"07070") {
             "none"
         } else {
+            // Named by its magic number when known, never quoted.
+            let kind = if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+                "an xz archive"
+            } else if head.starts_with(&[0x02, 0x21, 0x4c, 0x18])
+                || head.starts_with(&[0x04, 0x22, 0x4d, 0x18])
+            {
+                "an lz4 archive"
+            } else if head.starts_with(b"BZh") {
+                "a bzip2 archive"
+            } else if head.starts_with(&[0x5d, 0, 0]) {
+                "an lzma archive"
+            } else {
+                "data that is no archive this reader knows"
+            };
             info.note = Some(format!(
-                "stopped at offset {offset}: an archive this reader does not decompress (starts with {})",
-                hex::encode(&head)
+                "stopped at offset {offset}: {kind}, which this reader does not decompress"
             ));
             return Ok(info);
         };
@@ -160,6 +184,12 @@ fn read_cpio<R: Read>(r: &mut R, info: &mut InitrdInfo) -> Result<usize> {
         {
             info.installer_config = Some(text(body)?);
         } else if name.ends_with(".sqsh") && !name.contains('/') {
+            if info.layers.len() >= MAX_LAYERS {
+                bail!(
+                    "more than {MAX_LAYERS} extension layers (*.sqsh), far more than a node \
+                     carries"
+                );
+            }
             let mut d = Sha256::new();
             let n = io::copy(body, &mut d)?;
             if n != h.size {
@@ -191,6 +221,28 @@ mod tests {
         }
         w.finish().unwrap();
         out
+    }
+
+    /// An initrd of a huge number of layers (700k long-named `*.sqsh` entries took
+    /// gigabytes) or of archives stops at the caps with a note, holding at most the caps.
+    #[test]
+    fn layer_and_archive_counts_are_capped() {
+        let long = "x".repeat(3000);
+        let names: Vec<String> = (0..MAX_LAYERS + 5)
+            .map(|i| format!("{long}{i}.sqsh"))
+            .collect();
+        let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        let info = walk(&archive(&entries)[..]).unwrap();
+        assert_eq!(info.layers.len(), MAX_LAYERS);
+        let note = info.note.unwrap();
+        assert!(note.contains("more than 1024 extension layers"), "{note}");
+        assert!(!note.contains(&long), "{note}");
+
+        let one = archive(&[("a", b"x")]);
+        let many: Vec<u8> = one.repeat(MAX_ARCHIVES + 3);
+        let info = walk(&many[..]).unwrap();
+        assert_eq!(info.archives.len(), MAX_ARCHIVES);
+        assert!(info.note.unwrap().contains("more than 1024 archives"));
     }
 
     #[test]
@@ -242,6 +294,6 @@ mod tests {
         let mut initrd = vec![0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 1, 2];
         initrd.extend([0u8; 8]);
         let info = walk(&initrd[..]).unwrap();
-        assert!(info.note.unwrap().contains("fd377a585a00"));
+        assert!(info.note.unwrap().contains("an xz archive"));
     }
 }

@@ -3,15 +3,15 @@
 //! sizes and SHA-256, and the records on the records partition.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::Read;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::PartitionInfo;
-use super::{UkiReport, Window};
+use super::UkiReport;
+use crate::format::fat;
 use crate::install::config::{Action, InstallerConfig, PAYLOAD_PARTNAME, RECORDS_PARTNAME};
 use crate::installer::RECORDS_DIR;
 
@@ -48,7 +48,7 @@ pub fn is_installer(partitions: &[PartitionInfo]) -> bool {
 
 /// Read the installer's parts of an image; `uki` is the ESP's UKI as already read.
 pub fn describe(
-    file: &File,
+    file: &super::Image,
     partitions: &[PartitionInfo],
     uki: Option<&UkiReport>,
 ) -> InstallerInfo {
@@ -110,42 +110,27 @@ pub fn describe(
 type Visit<'a> = dyn FnMut(&str, &mut dyn Read) -> std::io::Result<()> + 'a;
 
 /// Call `visit` with every file below `dir` (relative to it) of the FAT on partition `p`.
-fn walk(file: &File, p: &PartitionInfo, dir: &str, visit: &mut Visit) -> Result<()> {
-    let win = Window {
-        file,
-        start: p.offset,
-        len: p.size,
-        pos: 0,
+fn walk(file: &super::Image, p: &PartitionInfo, dir: &str, visit: &mut Visit) -> Result<()> {
+    let vol = super::fat_volume(file, p).context("not a readable FAT volume")?;
+    let start = match vol.find(dir)? {
+        Some(d) if d.is_dir => d,
+        _ => return Err(anyhow!("no {dir}/ directory")),
     };
-    let fs = fatfs::FileSystem::new(win, fatfs::FsOptions::new())
-        .map_err(|e| anyhow!("not a readable FAT filesystem: {e}"))?;
-    let root = if dir.is_empty() {
-        fs.root_dir()
-    } else {
-        fs.root_dir()
-            .open_dir(dir)
-            .map_err(|e| anyhow!("no {dir}/ directory: {e}"))?
-    };
-    let mut stack = vec![(String::new(), root)];
-    while let Some((prefix, d)) = stack.pop() {
-        for entry in d.iter() {
-            let entry = entry?;
-            let name = entry.file_name();
-            if name == "." || name == ".." {
-                continue;
-            }
-            let path = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if entry.is_dir() {
-                stack.push((path, entry.to_dir()));
-            } else {
-                let mut f = entry.to_file();
-                visit(&path, &mut f).map_err(|e| anyhow!("reading {path}: {e}"))?;
-            }
+    // The walk refuses cross-linked files, so all of them together are at most the volume.
+    for entry in vol.walk(&start, &fat::Limits::default())? {
+        if entry.is_dir {
+            continue;
         }
+        let path = if start.path.is_empty() {
+            entry.path.as_str()
+        } else {
+            entry
+                .path
+                .get(start.path.len() + 1..)
+                .unwrap_or(entry.path.as_str())
+        };
+        let mut f = vol.open_file(&entry)?;
+        visit(path, &mut f).map_err(|e| anyhow!("reading {path}: {e}"))?;
     }
     Ok(())
 }

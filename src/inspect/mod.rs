@@ -1,10 +1,10 @@
-//! `edgeimage inspect`: read an image back with independent readers (the `gpt` crate for the
-//! partition table, the `fatfs` crate for the ESP) and show what a host would boot.
+//! `edgeimage inspect`: read an image back with readers written apart from the writers and
+//! bounded for hostile input ([`crate::format::gpt`] for the partition table,
+//! [`crate::format::fat`] for the ESP, [`source::Image`] for random access into raw and zstd
+//! images) and show what a host would boot.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -12,10 +12,13 @@ use serde::Serialize;
 
 use crate::compose::gpt;
 use crate::compose::uki;
-use crate::format::meta;
+use crate::format::{fat, meta};
 
 pub mod initrd;
 pub mod installer;
+pub mod source;
+
+use source::Image;
 
 #[derive(Debug, Serialize)]
 pub struct Inspection {
@@ -158,44 +161,10 @@ pub struct MetaEntry {
     pub slot: Option<String>,
 }
 
-/// Open an image: raw as is; zstd decompressed into an anonymous sparse temporary file.
-pub fn open_image(path: &Path) -> Result<(File, String)> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut magic = [0u8; 4];
-    let n = f.read(&mut magic)?;
-    f.seek(SeekFrom::Start(0))?;
-    if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        let mut out = tempfile::tempfile().context("creating a temporary file")?;
-        let mut dec = zstd::Decoder::new(io::BufReader::new(f))
-            .with_context(|| format!("{}: not a valid zstd stream", path.display()))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        loop {
-            let filled = crate::layout::read_up_to(&mut dec, &mut buf).with_context(|| {
-                format!(
-                    "{}: corrupt or truncated zstd data after image byte {pos}",
-                    path.display()
-                )
-            })?;
-            if filled == 0 {
-                break;
-            }
-            if buf[..filled].iter().any(|&b| b != 0) {
-                out.seek(SeekFrom::Start(pos))?;
-                out.write_all(&buf[..filled])?;
-            }
-            pos += filled as u64;
-        }
-        out.set_len(pos)?;
-        Ok((out, "zstd".into()))
-    } else {
-        Ok((f, "raw".into()))
-    }
-}
-
-/// A window of a file (a partition), read-only, for the `fatfs` reader.
+/// A window of a file (a partition), read sequentially: reads end at the window's end or the
+/// file's, whichever comes first.
 struct Window<'a> {
-    file: &'a File,
+    file: &'a Image,
     start: u64,
     len: u64,
     pos: u64,
@@ -203,7 +172,6 @@ struct Window<'a> {
 
 impl Read for Window<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
         let left = self.len.saturating_sub(self.pos);
         let n = (buf.len() as u64).min(left) as usize;
         if n == 0 {
@@ -215,59 +183,11 @@ impl Read for Window<'_> {
     }
 }
 
-impl Seek for Window<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.pos = crate::layout::seek_target(self.pos, self.len, to)?;
-        Ok(self.pos)
-    }
-}
-
-impl Write for Window<'_> {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "inspect is read-only",
-        ))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Any reader made read-only for the `fatfs` reader (which wants `Write` too): every write
-/// fails. `ReadOnly(Cursor::new(bytes))` reads a FAT volume held in memory.
-pub(crate) struct ReadOnly<R>(pub R);
-
-impl<R: Read> Read for ReadOnly<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl<R: Seek> Seek for ReadOnly<R> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.0.seek(to)
-    }
-}
-
-impl<R> Write for ReadOnly<R> {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "the volume is read-only here",
-        ))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Inspect an image file (`.raw` or `.raw.zst`).
 pub fn inspect(path: &Path) -> Result<Inspection> {
-    let (file, format) = open_image(path)?;
-    let size = file.metadata()?.len();
+    let file = Image::open(path)?;
+    let format = file.format().to_string();
+    let size = file.len();
     let table = crate::format::gpt::read(size, &mut |off, buf| file.read_exact_at(buf, off))
         .with_context(|| format!("{}: reading the partition table", path.display()))?;
     let disk_guid = table.disk_guid.to_string();
@@ -294,7 +214,6 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     };
     let meta = match partitions.iter().find(|p| p.label == meta::META_LABEL) {
         Some(p) => {
-            use std::os::unix::fs::FileExt;
             let mut b = vec![0u8; (2 * meta::BLOCK_LEN as u64).min(p.size) as usize];
             file.read_exact_at(&mut b, p.offset).with_context(|| {
                 format!("{}: reading META at byte {}", path.display(), p.offset)
@@ -379,7 +298,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 }
 
 /// Read the manifest partition: never fatal (a damaged one is reported as a note).
-fn manifest_of(file: &File, p: &PartitionInfo) -> ManifestSummary {
+fn manifest_of(file: &Image, p: &PartitionInfo) -> ManifestSummary {
     let mut s = ManifestSummary {
         name: None,
         build_number: None,
@@ -431,6 +350,28 @@ fn manifest_of(file: &File, p: &PartitionInfo) -> ManifestSummary {
     s
 }
 
+/// The machine configuration in a `talos.config.inline=` argument: base64 of zstd, bounded
+/// like a machine configuration file (a zstd bomb stops at the limit).
+fn decode_inline(arg: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let packed = base64::engine::general_purpose::STANDARD
+        .decode(arg.as_bytes())
+        .context("talos.config.inline is not base64")?;
+    let max = crate::input::Kind::MachineConfig.max();
+    let mut bytes = Vec::new();
+    zstd::Decoder::new(&packed[..])
+        .and_then(|d| d.take(max + 1).read_to_end(&mut bytes))
+        .context("talos.config.inline is not zstd data")?;
+    if bytes.len() as u64 > max {
+        bail!(
+            "talos.config.inline expands past {}, more than a machine configuration may be: \
+             this is not a configuration edgeimage wrote",
+            crate::progress::human_bytes(max)
+        );
+    }
+    Ok(bytes)
+}
+
 /// Layers listed by `extensions.yaml`, with the digests of their squashfs images.
 fn layers_of(i: &initrd::InitrdInfo) -> Vec<LayerReport> {
     let Some(yaml) = &i.extensions_yaml else {
@@ -472,7 +413,7 @@ fn layers_of(i: &initrd::InitrdInfo) -> Vec<LayerReport> {
 /// Find the machine configuration: the `embedded-config` layer, `talos.config.inline` on the
 /// command line, or `config.yaml` on the `metal-iso` partition.
 fn config_of(
-    file: &File,
+    file: &Image,
     partitions: &[PartitionInfo],
     uki: Option<&UkiReport>,
     layers: &[LayerReport],
@@ -519,97 +460,80 @@ fn config_of(
         .filter_map(|a| a.strip_prefix(&prefix))
         .collect();
     if !inline.is_empty() {
-        use base64::Engine;
-        let packed = base64::engine::general_purpose::STANDARD
-            .decode(inline.as_bytes())
-            .context("talos.config.inline is not base64")?;
-        let bytes =
-            zstd::decode_all(&packed[..]).context("talos.config.inline is not zstd data")?;
+        let bytes = decode_inline(&inline)?;
         return Ok(Some(describe("inline", bytes)));
     }
     if let Some(p) = partitions.iter().find(|p| p.label == METAL_ISO_LABEL) {
-        let win = Window {
-            file,
-            start: p.offset,
-            len: p.size,
-            pos: 0,
-        };
-        let fs = fatfs::FileSystem::new(win, fatfs::FsOptions::new()).map_err(|e| {
-            anyhow!(
-                "partition {} ({METAL_ISO_LABEL}): not a FAT filesystem: {e}",
-                p.number
-            )
-        })?;
+        let place = format!(
+            "partition {} ({METAL_ISO_LABEL}) at bytes {}..{}",
+            p.number,
+            p.offset,
+            p.offset.saturating_add(p.size)
+        );
+        let vol =
+            fat_volume(file, p).with_context(|| format!("{place}: not a readable FAT volume"))?;
+        let entry = vol
+            .find("config.yaml")
+            .with_context(|| format!("{place}: looking up config.yaml"))?
+            .filter(|e| !e.is_dir)
+            .ok_or_else(|| anyhow!("{place}: no config.yaml"))?;
         let mut bytes = Vec::new();
-        fs.root_dir()
-            .open_file("config.yaml")
-            .map_err(|e| {
-                anyhow!(
-                    "partition {} ({METAL_ISO_LABEL}): no config.yaml: {e}",
-                    p.number
-                )
-            })?
-            .take(4 << 20)
-            .read_to_end(&mut bytes)?;
+        vol.open_file(&entry)
+            .and_then(|f| Ok(f.take(MAX_METAL_ISO_CONFIG).read_to_end(&mut bytes)?))
+            .with_context(|| format!("{place}: reading config.yaml"))?;
         return Ok(Some(describe("metal-iso", bytes)));
     }
     Ok(None)
 }
 
-fn read_esp(file: &File, p: &PartitionInfo) -> Result<(EspInfo, Option<UkiReport>)> {
-    let win = Window {
-        file,
-        start: p.offset,
-        len: p.size,
-        pos: 0,
-    };
-    let fs = fatfs::FileSystem::new(win, fatfs::FsOptions::new())
-        .map_err(|e| anyhow!("not a readable FAT filesystem: {e}"))?;
-    let label = fs.volume_label().trim_end().to_string();
-    let mut files = Vec::new();
-    let mut stack = vec![(String::new(), fs.root_dir())];
-    while let Some((prefix, dir)) = stack.pop() {
-        for entry in dir.iter() {
-            let entry = entry?;
-            let name = entry.file_name();
-            if name == "." || name == ".." {
-                continue;
-            }
-            let full = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if entry.is_dir() {
-                stack.push((full, entry.to_dir()));
-            } else {
-                files.push(FileInfo {
-                    path: full,
-                    size: entry.len(),
-                });
-            }
+/// The most of the metal-iso `config.yaml` read (a machine configuration is far smaller).
+const MAX_METAL_ISO_CONFIG: u64 = 4 << 20;
+
+/// The most of `loader/loader.conf` read (systemd-boot's is a few lines).
+const MAX_LOADER_CONF: u64 = 64 << 10;
+
+/// The FAT volume on partition `p` of the image.
+pub(crate) fn fat_volume<'a>(file: &'a Image, p: &PartitionInfo) -> Result<fat::Volume<'a>> {
+    let start = p.offset;
+    fat::Volume::open(p.size, move |off, buf| {
+        let at = start.checked_add(off).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "offset past the image's end")
+        })?;
+        file.read_exact_at(buf, at)
+    })
+}
+
+fn read_esp(file: &Image, p: &PartitionInfo) -> Result<(EspInfo, Option<UkiReport>)> {
+    let vol = fat_volume(file, p)?;
+    let label = vol.label()?;
+    let entries = vol.walk(&vol.root(), &fat::Limits::default())?;
+    let mut found: Vec<&fat::Entry> = entries.iter().filter(|e| !e.is_dir).collect();
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    let files: Vec<FileInfo> = found
+        .iter()
+        .map(|e| FileInfo {
+            path: e.path.clone(),
+            size: e.size,
+        })
+        .collect();
+    let loader_conf = match vol.find("loader/loader.conf")? {
+        Some(e) if !e.is_dir => {
+            Some(String::from_utf8_lossy(&vol.read_to_end(&e, MAX_LOADER_CONF)?).into_owned())
         }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let root = fs.root_dir();
-    let loader_conf = match root.open_file("loader/loader.conf") {
-        Ok(mut f) => {
-            let mut s = String::new();
-            f.read_to_string(&mut s)?;
-            Some(s)
-        }
-        Err(_) => None,
+        _ => None,
     };
-    let uki_file = files.iter().find(|f| {
+    let uki_file = found.iter().copied().find(|f| {
         f.path.to_ascii_lowercase().starts_with("efi/linux/")
             && f.path.to_ascii_lowercase().ends_with(".efi")
     });
     let uki = match uki_file {
         Some(u) => {
-            let mut f = root.open_file(&u.path)?;
+            let mut f = vol
+                .open_file(u)
+                .with_context(|| format!("UKI {}", u.path))?;
             let info = uki::describe(u.size, &mut |off, buf| {
-                f.seek(SeekFrom::Start(off))?;
-                f.read_exact(buf)
+                f.read_at(off, buf)
+                    .map_err(|e| io::Error::other(format!("{e:#}")))
             })
             .with_context(|| format!("UKI {}", u.path))?;
             let initrd = match info.sections.iter().find(|s| s.name == ".initrd") {
@@ -851,4 +775,42 @@ pub fn check_target(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// An inline configuration that is a zstd bomb (a few KiB expanding to GiBs) stops at the
+    /// machine configuration limit; a real one decodes.
+    #[test]
+    fn inline_configuration_bomb_is_bounded() {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let real = zstd::encode_all(&b"version: v1alpha1\n"[..], 3).unwrap();
+        assert_eq!(decode_inline(&b64(&real)).unwrap(), b"version: v1alpha1\n");
+        let mut enc = zstd::Encoder::new(Vec::new(), 19).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            enc.write_all(&zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 64 << 10);
+        let e = format!("{:#}", decode_inline(&b64(&bomb)).unwrap_err());
+        assert!(e.contains("expands past 1.0 MiB"), "{e}");
+        let e = format!("{:#}", decode_inline("%%%").unwrap_err());
+        assert!(e.contains("not base64"), "{e}");
+    }
+
+    /// `extensions.yaml` nested 100,000 deep is not handed to the YAML parser (it took
+    /// minutes): no layers are listed, at once.
+    #[test]
+    fn deeply_nested_extensions_yaml_is_not_parsed() {
+        let info = initrd::InitrdInfo {
+            extensions_yaml: Some("[".repeat(100_000)),
+            ..Default::default()
+        };
+        assert!(layers_of(&info).is_empty());
+    }
 }

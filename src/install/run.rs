@@ -6,7 +6,8 @@
 //! the compressed image have been proven, and the one target disk has been chosen.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use super::config::{self, InstallerConfig};
 use super::{init, rules};
 use crate::flash::devices::{Disk, System};
 use crate::flash::{self, FlashOptions, TargetArg};
+use crate::format::fat;
 use crate::progress::human_bytes;
 use crate::verify::{self, Outcome, VerifyOptions};
 
@@ -133,43 +135,74 @@ fn partitions_named(sys: &System, partname: &str) -> Vec<NamedPartition> {
     out
 }
 
+/// The size of a partition (a block device, or a regular file standing in for one).
+fn partition_len(mut f: &File, part: &Path, what: &str) -> Result<u64> {
+    let len = f
+        .seek(SeekFrom::End(0))
+        .and_then(|len| f.seek(SeekFrom::Start(0)).map(|_| len))
+        .with_context(|| format!("{}: reading the size of the {what}", part.display()))?;
+    Ok(len)
+}
+
 /// Copy the payload files off the FAT payload partition into `work`.
 fn copy_payload(part: &Path, cfg: &InstallerConfig, work: &Path) -> Result<()> {
     let f = File::open(part)
         .with_context(|| format!("opening the payload partition {}", part.display()))?;
-    let fs_ = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).map_err(|e| {
+    let len = partition_len(&f, part, "payload partition")?;
+    let vol = fat::Volume::open(len, |off, buf| f.read_exact_at(buf, off)).map_err(|e| {
         anyhow!(
-            "{}: the payload partition is not a FAT filesystem: {e}",
+            "{}: the payload partition is not a readable FAT volume: {e:#}",
             part.display()
         )
     })?;
+    let find = |n: &str| {
+        vol.find(n)
+            .with_context(|| format!("{}: looking up {n} on the payload", part.display()))
+    };
     fs::create_dir_all(work.join("trust/trusted"))
         .with_context(|| format!("creating {}", work.display()))?;
-    let root = fs_.root_dir();
     let mut names = vec![
         format!("{}.raw.zst", cfg.name),
         format!("{}.manifest.json", cfg.name),
         format!("{}.manifest.json.minisig", cfg.name),
     ];
     let trust = format!("{}/trusted", config::PAYLOAD_TRUST_DIR);
-    if let Ok(dir) = root.open_dir(&trust) {
-        for e in dir.iter().flatten() {
-            let n = e.file_name();
-            if e.is_file() && n.ends_with(".pub") {
-                names.push(format!("{trust}/{n}"));
+    if let Some(dir) = find(&trust)?.filter(|d| d.is_dir) {
+        let listed = vol
+            .list(&dir)
+            .with_context(|| format!("{}: listing {trust} on the payload", part.display()))?;
+        for e in listed {
+            if !e.is_dir && e.name().ends_with(".pub") {
+                names.push(format!("{trust}/{}", e.name()));
             }
         }
     }
-    if root
-        .open_file(&format!("{}/revoked", config::PAYLOAD_TRUST_DIR))
-        .is_ok()
-    {
-        names.push(format!("{}/revoked", config::PAYLOAD_TRUST_DIR));
+    let revoked = format!("{}/revoked", config::PAYLOAD_TRUST_DIR);
+    if find(&revoked)?.is_some_and(|e| !e.is_dir) {
+        names.push(revoked);
     }
+    let mut entries = Vec::with_capacity(names.len());
     for n in &names {
-        let mut src = root
-            .open_file(n)
-            .map_err(|e| anyhow!("{}: the payload has no {n}: {e}", part.display()))?;
+        match find(n)? {
+            Some(e) if !e.is_dir => entries.push(e),
+            _ => bail!("{}: the payload has no {n}", part.display()),
+        }
+    }
+    // Files sharing clusters could add up to many times the partition: refused.
+    let total = entries
+        .iter()
+        .fold(0u64, |sum, e| sum.saturating_add(e.size));
+    if total > len {
+        bail!(
+            "{}: the payload's files add up to {total} bytes, more than the {len}-byte \
+             partition holds: the FAT volume is corrupt",
+            part.display()
+        );
+    }
+    for (n, entry) in names.iter().zip(&entries) {
+        let mut src = vol
+            .open_file(entry)
+            .with_context(|| format!("{}: reading {n}", part.display()))?;
         let dst_path = work.join(n);
         let mut dst =
             File::create(&dst_path).with_context(|| format!("creating {}", dst_path.display()))?;
@@ -195,6 +228,7 @@ fn record_on_stick(part: &Path, file_name: &str, json: &[u8]) -> Result<PathBuf>
         .write(true)
         .open(part)
         .with_context(|| format!("opening the records partition {}", part.display()))?;
+    check_records_volume(&f, part)?;
     {
         let fs_ = fatfs::FileSystem::new(&f, fatfs::FsOptions::new()).map_err(|e| {
             anyhow!(
@@ -228,6 +262,36 @@ fn record_on_stick(part: &Path, file_name: &str, json: &[u8]) -> Result<PathBuf>
         "{}:records/{file_name}",
         part.display()
     )))
+}
+
+/// Read the whole records volume with edgeimage's own FAT reader before `fatfs` writes to it:
+/// `fatfs` panics or never returns on some corrupt volumes (a directory cycle, a looping FAT
+/// chain, an entry naming cluster 0 or 1), and a stick may have been written by anyone.
+/// Every directory and every file's FAT chain is checked.
+fn check_records_volume(f: &File, part: &Path) -> Result<()> {
+    let len = partition_len(f, part, "records partition")?;
+    let refused = |e: anyhow::Error| {
+        anyhow!(
+            "{}: the records partition is not a FAT volume edgeimage can safely write to: {e:#}",
+            part.display()
+        )
+    };
+    let vol = fat::Volume::open(len, |off, buf| f.read_exact_at(buf, off)).map_err(refused)?;
+    let all = vol
+        .walk(&vol.root(), &fat::Limits::default())
+        .map_err(refused)?;
+    for e in all.iter().filter(|e| !e.is_dir) {
+        if e.first_cluster != 0 && (e.first_cluster < 2 || e.first_cluster - 2 >= vol.clusters()) {
+            return Err(refused(anyhow!(
+                "{:?} (entry at byte {}) names cluster {}, not a data cluster",
+                e.path,
+                e.entry_offset,
+                e.first_cluster
+            )));
+        }
+        vol.open_file(e).map_err(refused)?;
+    }
+    Ok(())
 }
 
 /// Keep characters FAT and shells take as they are.
@@ -535,4 +599,65 @@ fn steps(
         target.path.display(),
         rec.seconds_write
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compose::fat::{build_fat_dirs, FatParams, LabelRule};
+
+    /// A records volume on a file; with `retarget`, the `records` entry points at cluster 1
+    /// (`"cluster 1"`) or at the cluster of the directory named.
+    fn records_volume(retarget: Option<&str>) -> tempfile::NamedTempFile {
+        let params = FatParams::new(1 << 20, "RECORDS", 7, 2048, 1_700_000_000);
+        let mut bytes = build_fat_dirs(&params, &[], &["records", "other"], LabelRule::Uppercase)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        if let Some(target) = retarget {
+            let vol = fat::Volume::from_bytes(&bytes).unwrap();
+            let records = vol.find("records").unwrap().unwrap();
+            let cluster = match target {
+                "cluster 1" => 1u16,
+                other => vol.find(other).unwrap().unwrap().first_cluster as u16,
+            };
+            drop(vol);
+            let at = records.entry_offset as usize + 26;
+            bytes[at..at + 2].copy_from_slice(&cluster.to_le_bytes());
+        }
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), &bytes).unwrap();
+        t
+    }
+
+    /// The record is written on a sound volume; a volume that would make `fatfs` panic or loop
+    /// is refused before `fatfs` sees it, and left as it was.
+    #[test]
+    fn records_go_only_onto_a_sound_volume() {
+        let good = records_volume(None);
+        let at = record_on_stick(good.path(), "r.json", b"{}").unwrap();
+        assert!(at.to_string_lossy().ends_with(":records/r.json"));
+        let bytes = std::fs::read(good.path()).unwrap();
+        let vol = fat::Volume::from_bytes(&bytes).unwrap();
+        let r = vol.find("records/r.json").unwrap().unwrap();
+        assert_eq!(vol.read_to_end(&r, 100).unwrap(), b"{}");
+        for (target, want) in [
+            ("cluster 1", "names cluster 1, not a data cluster"),
+            ("other", "directory cycle at cluster"),
+        ] {
+            let bad = records_volume(Some(target));
+            let before = std::fs::read(bad.path()).unwrap();
+            let e = format!(
+                "{:#}",
+                record_on_stick(bad.path(), "r.json", b"{}").unwrap_err()
+            );
+            assert!(
+                e.contains(
+                    "the records partition is not a FAT volume edgeimage can safely write to"
+                ) && e.contains(want),
+                "{e}"
+            );
+            assert_eq!(std::fs::read(bad.path()).unwrap(), before);
+        }
+    }
 }

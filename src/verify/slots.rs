@@ -15,7 +15,6 @@
 //! Any deviation is a content mismatch naming the partition and what differs (the META key).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -23,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{Mismatch, Report};
 use crate::artifact::manifest::{Manifest, PartitionInfo, Slot, SlotKind};
 use crate::config::delivery::METAL_ISO_FILE;
-use crate::format::meta;
+use crate::format::{fat, meta};
 use crate::personalize::{self, MetalIsoParams};
 use crate::profile::MetaValue;
 
@@ -260,19 +259,15 @@ fn check_metal_iso(m: &Manifest, bytes: &[u8], p: &mut Problems) -> Option<Vec<u
         return None;
     }
     let read = || -> Result<Vec<u8>, String> {
-        let fs = fatfs::FileSystem::new(
-            crate::inspect::ReadOnly(std::io::Cursor::new(bytes)),
-            fatfs::FsOptions::new(),
-        )
-        .map_err(|e| format!("not a FAT volume ({e})"))?;
-        let mut data = Vec::new();
-        fs.root_dir()
-            .open_file(METAL_ISO_FILE)
-            .map_err(|e| format!("no {METAL_ISO_FILE} ({e})"))?
-            .take(bytes.len() as u64)
-            .read_to_end(&mut data)
-            .map_err(|e| format!("{METAL_ISO_FILE} is unreadable ({e})"))?;
-        Ok(data)
+        let vol =
+            fat::Volume::from_bytes(bytes).map_err(|e| format!("not a FAT volume ({e:#})"))?;
+        let entry = vol
+            .find(METAL_ISO_FILE)
+            .map_err(|e| format!("{METAL_ISO_FILE} cannot be looked up ({e:#})"))?
+            .filter(|e| !e.is_dir)
+            .ok_or_else(|| format!("no {METAL_ISO_FILE}"))?;
+        vol.read_to_end(&entry, bytes.len() as u64)
+            .map_err(|e| format!("{METAL_ISO_FILE} is unreadable ({e:#})"))
     };
     let config = match read() {
         Ok(c) => c,

@@ -100,6 +100,16 @@ pub fn profile_text(arch: Arch, digests: &[(String, String)], extra_toml: &str) 
     )
 }
 
+/// The output set `edgeimage build --out out` writes for profile `name`: `out/<name>/`.
+pub fn set_of(out: &Path, name: &str) -> PathBuf {
+    out.join(name)
+}
+
+/// The output set of the fixtures' profile `t` in `out`: `out/t/`.
+pub fn set_dir(out: &Path) -> PathBuf {
+    set_of(out, "t")
+}
+
 /// Run `edgeimage build` of the fixture's profile into `out`, successful or not.
 pub fn try_build(f: &Fixture, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -178,8 +188,10 @@ pub fn key_of(secret: PathBuf, public: PathBuf) -> Key {
 /// A build in a temporary directory, with its trust store.
 pub struct Built {
     pub f: Fixture,
-    /// `out/`: t.raw, t.raw.zst, t.manifest.json(.minisig), t.bmap.
+    /// `out/`, the build's `--out` directory.
     pub out: PathBuf,
+    /// `out/t/`, the output set: t.raw, t.raw.zst, t.manifest.json(.minisig), t.bmap.
+    pub set: PathBuf,
     /// `trust/`: `trusted/release.pub`.
     pub trust: PathBuf,
     /// The key in the trust store (`keys/release.key`); it signed the build if `signed`.
@@ -191,16 +203,19 @@ impl Built {
         self.f.dir.path()
     }
     pub fn raw(&self) -> PathBuf {
-        self.out.join("t.raw")
+        self.set.join("t.raw")
     }
     pub fn zst(&self) -> PathBuf {
-        self.out.join("t.raw.zst")
+        self.set.join("t.raw.zst")
     }
     pub fn manifest_path(&self) -> PathBuf {
-        self.out.join("t.manifest.json")
+        self.set.join("t.manifest.json")
     }
     pub fn minisig(&self) -> PathBuf {
-        self.out.join("t.manifest.json.minisig")
+        self.set.join("t.manifest.json.minisig")
+    }
+    pub fn bmap(&self) -> PathBuf {
+        self.set.join("t.bmap")
     }
     pub fn manifest(&self) -> serde_json::Value {
         serde_json::from_slice(&fs::read(self.manifest_path()).unwrap()).unwrap()
@@ -239,7 +254,14 @@ pub fn built_from(f: Fixture, signed: bool) -> Built {
     } else {
         build(&f, &out, &["--raw"]);
     }
-    Built { f, out, trust, key }
+    let set = set_dir(&out);
+    Built {
+        f,
+        out,
+        set,
+        trust,
+        key,
+    }
 }
 
 pub fn signed() -> Built {

@@ -174,12 +174,23 @@ pub fn main(args: &[String]) -> Result<()> {
         fs::read_to_string(&profile)?
             + &format!("[[extensions]]\npath = \"assets/ext\"\nsha256 = \"{ext_pin}\"\n"),
     )?;
+    // The same data on a 1 TiB disk: unwritten space must cost next to nothing.
+    let profile_tib = work.join("bench-tib.toml");
+    fs::write(
+        &profile_tib,
+        fs::read_to_string(&profile)?.replace("disk_size = \"2110MiB\"", "disk_size = \"1TiB\""),
+    )?;
     let bin = util::edgeimage_bin()?;
     let mut results: Vec<(String, Usage, u64)> = Vec::new();
     for (label, raw, profile) in [
         ("edgeimage build (.raw.zst)", false, &profile),
         ("edgeimage build --raw (.raw.zst + .raw)", true, &profile),
         ("edgeimage build + 50 MiB extension", false, &profile_ext),
+        (
+            "edgeimage build, disk_size 1 TiB (same data)",
+            false,
+            &profile_tib,
+        ),
     ] {
         let best = best_of(runs, || {
             let out = work.join("out-edgeimage");
@@ -195,7 +206,7 @@ pub fn main(args: &[String]) -> Result<()> {
             c.env("SOURCE_DATE_EPOCH", "1700000000");
             measure(&mut c)
         })?;
-        let size = fs::metadata(work.join("out-edgeimage/bench.raw.zst"))?.len();
+        let size = fs::metadata(work.join("out-edgeimage/bench/bench.raw.zst"))?.len();
         results.push((label.to_string(), best, size));
     }
     let ext_peer = best_of(runs, || peer_extension(&work, &ext_dir))?;
@@ -304,7 +315,8 @@ struct Signed {
     bin: PathBuf,
     /// A trust store holding the signing key.
     trust: PathBuf,
-    /// `bench.raw`, `bench.raw.zst`, `bench.bmap`, `bench.manifest.json` and its `.minisig`.
+    /// The output set `out/bench/`: `bench.raw`, `bench.raw.zst`, `bench.bmap`,
+    /// `bench.manifest.json` and its `.minisig`.
     out: PathBuf,
     image_size: u64,
     /// The manifest's block map: first and last 4 KiB block of each range.
@@ -365,6 +377,7 @@ fn signed_image(work: &Path, assets_cmd: &str, layout: &str) -> Result<Signed> {
             .arg(keys.join("bench.key"))
             .env("SOURCE_DATE_EPOCH", "1700000000"),
     )?;
+    let out = out.join("bench");
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(out.join("bench.manifest.json"))?)?;
     let ranges: Vec<(u64, u64)> = manifest["block_map"]["ranges"]

@@ -101,7 +101,7 @@ pub fn demo(args: &[String]) -> Result<()> {
         key.display()
     );
     build(&bin, &profile, &out, Some(&key))?;
-    let image = out.join("demo.raw.zst");
+    let image = out.join("demo/demo.raw.zst");
     println!("\n== edgeimage inspect {}", image.display());
     util::run(Command::new(&bin).arg("inspect").arg(&image))?;
     println!(

@@ -900,14 +900,39 @@ fn truncated_layers() {
     assert!(e.contains("layer 1/1 (sha256:"), "{e}");
     assert!(e.contains("big"), "{e}");
 
-    // A plain tar cut inside the file data.
+    // A plain tar cut inside the file data: its diff_id (the digest of the whole tar) is
+    // checked against the stored bytes before anything is read.
     let plain = layer(&[file("big", &vec![7u8; 10_000])], Comp::Plain);
     let cut = Layer {
         tar: plain.tar.clone(),
         stored: plain.tar[..4096].to_vec(),
     };
     let e = err_of(tree_of(&[&cut], &all));
-    assert!(e.contains("big: truncated (3584 of 10000 bytes)"), "{e}");
+    assert!(e.contains("uncompressed digest mismatch"), "{e}");
+    // With a matching diff_id, the entry's size field reaches past the end of the layer.
+    let cut = Layer {
+        tar: plain.tar[..4096].to_vec(),
+        stored: plain.tar[..4096].to_vec(),
+    };
+    let e = err_of(tree_of(&[&cut], &all));
+    assert!(
+        e.contains("layer 1/1 (sha256:")
+            && e.contains(
+                "entry 1: its header claims 10000 bytes of data, reaching past the \
+             end of the layer (4096 bytes)"
+            ),
+        "{e}"
+    );
+    // A compressed one cut inside the file data is read to its end and found short.
+    let cut = Layer {
+        tar: plain.tar[..4096].to_vec(),
+        stored: compress(&plain.tar[..4096], Comp::Zstd),
+    };
+    let e = err_of(tree_of(&[&cut], &all));
+    assert!(
+        e.contains("entry 1 (\"big\"): truncated (3584 of 10000 bytes)"),
+        "{e}"
+    );
 
     // The outer archive cut inside a blob.
     let l = talos_layer("amd64", Comp::Plain);
@@ -915,7 +940,8 @@ fn truncated_layers() {
     let (_d, p) = write_tmp("cut.tar", &tar[..tar.len() - 3000]);
     let e = err_of(OciImage::open(&p, "amd64"));
     assert!(
-        e.contains("cut.tar: truncated: member") && e.contains("extends past the end"),
+        e.contains("cut.tar: entry 3: its header claims")
+            && e.contains("past the end of the file: the archive is truncated"),
         "{e}"
     );
 }
@@ -1109,4 +1135,325 @@ fn docker_save_config_without_digest_name_is_refused() {
         e.contains("Config path \"../x.json\" has a \"..\" component"),
         "{e}"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// Bounds: decompression, kept files, tar walks, layers
+// ------------------------------------------------------------------------------------------
+
+use super::fixtures::{self as fx, ZstdFrame};
+use crate::talos::Arch;
+
+fn image_of(layers: &[fx::Layer]) -> (tempfile::TempDir, PathBuf) {
+    let members = fx::oci_members(Arch::Amd64, layers).unwrap();
+    write_tmp("bounds.tar", &fx::outer_tar(&members).unwrap())
+}
+
+/// A layer whose config lists a diff_id nothing will match (the bound trips first).
+fn unchecked(stored: Vec<u8>) -> fx::Layer {
+    fx::Layer {
+        stored,
+        diff_id: fx::sha256(b"never reached"),
+    }
+}
+
+const REG: tar::EntryType = tar::EntryType::Regular;
+
+#[test]
+fn expansion_limits_and_the_kept_file_limit() {
+    assert_eq!(expansion_limit(0), MIN_EXPANSION);
+    assert_eq!(expansion_limit(4 << 20), MIN_EXPANSION);
+    assert_eq!(expansion_limit(10 << 20), 640 << 20);
+    assert_eq!(expansion_limit(1 << 30), MAX_EXPANSION);
+    assert_eq!(expansion_limit(u64::MAX), MAX_EXPANSION);
+    assert_eq!(MAX_KEPT_FILE, crate::input::Kind::Asset.max());
+    const { assert!(MIN_EXPANSION <= MAX_EXPANSION && MAX_EXPANSION <= MAX_IMAGE_UNCOMPRESSED) };
+}
+
+#[test]
+fn a_bomb_entry_is_refused_at_its_header() {
+    let head = fx::entry_header(b"usr/install/amd64/vmlinuz", REG, 3 << 30);
+    let z = ZstdFrame::new().raw(&head).repeat(0, 3 << 30).finish();
+    let g = fx::gzip_with_zeros(&head, 64 << 20).unwrap();
+    for stored in [z, g] {
+        let (_d, p) = image_of(&[unchecked(stored)]);
+        let t = std::time::Instant::now();
+        let e = err_of(
+            OciImage::open(&p, "amd64")
+                .unwrap()
+                .merged_tree(&talos_filter("amd64")),
+        );
+        assert!(
+            e.contains("bounds.tar: layer 1/1 (sha256:")
+                && e.contains(
+                    "entry 1: its header claims 3221225472 bytes of data, reaching past 256.0 \
+                     MiB, the most a layer of"
+                ),
+            "{e}"
+        );
+        // A hang guard, not a performance claim (`cargo xtask bench` measures time).
+        assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+    }
+}
+
+#[test]
+fn decompression_stops_at_the_bound() {
+    // A valid tar, then zeros past the bound: the drain after the end marker trips it.
+    let mut tar = fx::entry(b"etc/hostname", REG, b"h\n");
+    tar.extend(fx::tar_end());
+    let stored = ZstdFrame::new().raw(&tar).repeat(0, 300 << 20).finish();
+    let (_d, p) = image_of(&[unchecked(stored)]);
+    let e = err_of(OciImage::open(&p, "amd64").unwrap().merged_tree(&all));
+    assert!(
+        e.contains("layer 1/1 (sha256:")
+            && e.contains("decompresses past 256.0 MiB, the most a layer of")
+            && e.contains("nothing of it is used"),
+        "{e}"
+    );
+    assert!(!e.contains("diff_ids"), "{e}");
+}
+
+#[test]
+fn every_blob_is_checked_before_any_layer_is_decompressed() {
+    // Layer 1 would take long to decompress; layer 2's blob is damaged: that is found first.
+    let mut tar = fx::entry(b"a", REG, b"a");
+    tar.extend(fx::tar_end());
+    let bomb = unchecked(ZstdFrame::new().raw(&tar).repeat(0, 200 << 20).finish());
+    let ok = fx::Layer::new(&tar, zstd::encode_all(&tar[..], 3).unwrap());
+    let mut members = fx::oci_members(Arch::Amd64, &[bomb, ok.clone()]).unwrap();
+    let hex = &fx::sha256(&ok.stored)["sha256:".len()..];
+    let (_, blob) = members.iter_mut().find(|(n, _)| n.ends_with(hex)).unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 1;
+    let (_d, p) = write_tmp("two.tar", &fx::outer_tar(&members).unwrap());
+    let t = std::time::Instant::now();
+    let e = err_of(OciImage::open(&p, "amd64").unwrap().merged_tree(&all));
+    assert!(
+        e.contains("layer 2/2 (sha256:") && e.contains("digest mismatch"),
+        "{e}"
+    );
+    // A hang guard, not a performance claim (`cargo xtask bench` measures time).
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+}
+
+/// `n` bytes no compressor shrinks.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_kept_file_past_its_limit_is_refused_before_it_is_written() {
+    // 18 MiB of stored noise lets the layer expand to 1152 MiB: a kept file of 1100 MiB fits
+    // the layer's bound but not the kept-file limit.
+    let mut tar = fx::entry(b"pad", REG, &noise(18 << 20));
+    tar.extend(fx::entry_header(
+        b"usr/install/amd64/vmlinuz",
+        REG,
+        1100 << 20,
+    ));
+    let stored = ZstdFrame::new().raw(&tar).repeat(0, 1100 << 20).finish();
+    let (_d, p) = image_of(&[unchecked(stored)]);
+    let e = err_of(
+        OciImage::open(&p, "amd64")
+            .unwrap()
+            .merged_tree(&talos_filter("amd64")),
+    );
+    assert!(
+        e.contains(
+            "entry 2 (\"usr/install/amd64/vmlinuz\"): a file of 1.1 GiB, more than the \
+             1.0 GiB limit for a file kept from an image"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn long_pax_paths_are_refused_by_index_and_path_bytes_are_capped() {
+    let mut tar = fx::entry(b"ok", REG, b"");
+    tar.extend(fx::entry(&vec![b'a'; 58_000], REG, b""));
+    tar.extend(fx::tar_end());
+    let (_d, p) = image_of(&[fx::Layer::new(&tar, zstd::encode_all(&tar[..], 1).unwrap())]);
+    let e = err_of(OciImage::open(&p, "amd64").unwrap().merged_tree(&all));
+    assert!(
+        e.contains("layer 1/1 (sha256:")
+            && e.contains("entry 2: its path is 58000 bytes, more than the 4096-byte limit"),
+        "{e}"
+    );
+    assert!(!e.contains("aaaa"), "{e}");
+
+    // 9000 distinct paths of 4000 bytes: the tree would hold 36 MB of paths.
+    let mut tar = Vec::new();
+    for i in 0..9000 {
+        let path = format!("{i:08}/{}", "p".repeat(3991));
+        tar.extend(fx::entry(path.as_bytes(), tar::EntryType::Directory, b""));
+    }
+    tar.extend(fx::tar_end());
+    let (_d, p) = image_of(&[fx::Layer::new(&tar, zstd::encode_all(&tar[..], 1).unwrap())]);
+    let e = err_of(OciImage::open(&p, "amd64").unwrap().merged_tree(&all));
+    assert!(
+        e.contains(
+            "entry 8389: the paths and link targets of the entries so far take more \
+             than the 32.0 MiB limit"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn more_than_the_layer_limit_is_refused() {
+    let mut tar = fx::entry(b"a", REG, b"a");
+    tar.extend(fx::tar_end());
+    let layers = vec![fx::Layer::new(&tar, tar.clone()); MAX_LAYERS + 1];
+    let (_d, p) = image_of(&layers);
+    let e = err_of(OciImage::open(&p, "amd64"));
+    assert!(e.contains("has 129 layers, more than the 128"), "{e}");
+    let (_d, p) = image_of(&layers[..MAX_LAYERS]);
+    OciImage::open(&p, "amd64")
+        .unwrap()
+        .merged_tree(&all)
+        .unwrap();
+}
+
+#[test]
+fn ancestors_shared_with_the_entry_before_are_not_looked_at_again() {
+    assert_eq!(common_dir_len("a/b", "a/b"), 3);
+    assert_eq!(common_dir_len("a/b", "a/b/c"), 3);
+    assert_eq!(common_dir_len("a/b/c", "a/b"), 3);
+    assert_eq!(common_dir_len("a/bc", "a/bd"), 1);
+    assert_eq!(common_dir_len("a/b", "a/bc"), 1);
+    assert_eq!(common_dir_len("ab", "a"), 0);
+    assert_eq!(common_dir_len("", "a"), 0);
+    assert_eq!(common_dir_len("a", ""), 0);
+
+    // Lower: files where the upper layer has directories, at several depths.
+    let l1 = layer(
+        &[
+            file("a", b"1"),
+            dir("x"),
+            file("x/y", b"2"),
+            file("q", b"3"),
+        ],
+        Comp::Gzip,
+    );
+    let l2 = layer(
+        &[
+            file("a/b/c", b"c"),
+            file("a/b/d", b"d"),
+            file("x/y/z/w", b"w"),
+            file("x/k", b"k"),
+        ],
+        Comp::Gzip,
+    );
+    let t = tree_of(&[&l1, &l2], &all).unwrap();
+    assert!(t.get("a").is_none() && t.get("x/y").is_none());
+    assert_eq!(content(&t, "a/b/c"), b"c");
+    assert_eq!(content(&t, "x/y/z/w"), b"w");
+    assert_eq!(content(&t, "q"), b"3");
+
+    // A chain 1000 levels deep listed at every level, then 5000 entries at its bottom: each
+    // entry's ancestors are looked at once, not 1000 times.
+    let mut tar = Vec::new();
+    let mut path = String::new();
+    for _ in 0..1000 {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push('d');
+        tar.extend(fx::entry(path.as_bytes(), tar::EntryType::Directory, b""));
+    }
+    for i in 0..5000 {
+        let p = format!("{path}/{i}");
+        tar.extend(fx::entry(p.as_bytes(), tar::EntryType::Directory, b""));
+    }
+    tar.extend(fx::tar_end());
+    let (_d, p) = image_of(&[fx::Layer::new(&tar, zstd::encode_all(&tar[..], 1).unwrap())]);
+    let t0 = std::time::Instant::now();
+    let t = OciImage::open(&p, "amd64")
+        .unwrap()
+        .merged_tree(&all)
+        .unwrap();
+    assert_eq!(t.len(), 6000);
+    // A hang guard, not a performance claim (`cargo xtask bench` measures time).
+    assert!(t0.elapsed().as_secs() < 60, "{:?}", t0.elapsed());
+}
+
+#[test]
+fn links_in_layers_are_never_followed_on_the_host() {
+    let l = layer(
+        &[
+            E::Sym("usr/install/amd64/vmlinuz".into(), "/etc/passwd".into()),
+            E::Hard(
+                "usr/install/amd64/initramfs.xz".into(),
+                "/etc/shadow".into(),
+            ),
+        ],
+        Comp::Zstd,
+    );
+    let t = tree_of(&[&l], &talos_filter("amd64")).unwrap();
+    assert!(matches!(
+        &t.get("usr/install/amd64/vmlinuz").unwrap().kind,
+        EntryKind::Symlink(s) if s == "/etc/passwd"
+    ));
+    // The target is a path of the image (not kept), never the host's file.
+    assert!(matches!(
+        &t.get("usr/install/amd64/initramfs.xz").unwrap().kind,
+        EntryKind::Hardlink(s) if s == "etc/shadow"
+    ));
+    let e = err_of(tree_of(&[&l], &all));
+    assert!(e.contains("is not in this or an earlier layer"), "{e}");
+}
+
+#[test]
+fn members_of_a_layout_directory_are_opened_without_following_links() {
+    let mut tar = fx::entry(b"etc/hostname", REG, b"h\n");
+    tar.extend(fx::tar_end());
+    let members =
+        fx::docker_save_members(Arch::Amd64, &[fx::Layer::new(&tar, tar.clone())]).unwrap();
+    let layer_name = members[2].0.clone();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("layer.tar"), &tar).unwrap();
+    type Setup<'a> = (&'a str, &'a dyn Fn(&Path));
+    let setups: [Setup; 3] = [
+        ("a file outside", &|d: &Path| {
+            std::os::unix::fs::symlink(outside.path().join("layer.tar"), d.join(&layer_name))
+                .unwrap()
+        }),
+        ("a file inside", &|d: &Path| {
+            std::fs::write(d.join("inside.tar"), &tar).unwrap();
+            std::os::unix::fs::symlink("../inside.tar", d.join(&layer_name)).unwrap()
+        }),
+        ("a directory outside", &|d: &Path| {
+            let parent = d.join(&layer_name);
+            let parent = parent.parent().unwrap();
+            std::fs::remove_dir(parent).unwrap();
+            std::os::unix::fs::symlink(outside.path(), parent).unwrap()
+        }),
+    ];
+    for (what, setup) in setups {
+        let d = tempfile::tempdir().unwrap();
+        fx::write_members(&members, d.path()).unwrap();
+        std::fs::remove_file(d.path().join(&layer_name)).unwrap();
+        setup(d.path());
+        let e = err_of(OciImage::open(d.path(), "amd64").unwrap().merged_tree(&all));
+        assert!(
+            e.contains("never followed") && e.contains("layer.tar"),
+            "{what}: {e}"
+        );
+    }
+    // Unpacked as it is, it reads.
+    let d = tempfile::tempdir().unwrap();
+    fx::write_members(&members, d.path()).unwrap();
+    let t = OciImage::open(d.path(), "amd64")
+        .unwrap()
+        .merged_tree(&all)
+        .unwrap();
+    assert_eq!(content(&t, "etc/hostname"), b"h\n");
 }

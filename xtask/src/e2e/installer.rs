@@ -190,11 +190,11 @@ pub(super) fn run(
     if variant.modules {
         expect.modules_dep = Some(super::kmod_modules_dep_line(paths, root)?);
     }
-    let installer = paths.out.join(format!("{name}-installer.raw"));
+    let installer = paths.set(name).join(format!("{name}-installer.raw"));
     if !installer.exists() {
         bail!("the build wrote no {}", installer.display());
     }
-    let zst = paths.out.join(format!("{name}.raw.zst"));
+    let zst = paths.set(name).join(format!("{name}.raw.zst"));
     let trust = paths.e2e.join("trust");
     fs::create_dir_all(trust.join("trusted"))?;
     fs::copy(keys.join("e2e.pub"), trust.join("trusted/e2e.pub"))?;

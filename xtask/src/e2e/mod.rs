@@ -182,6 +182,11 @@ impl Paths {
         }
     }
 
+    /// The output set `edgeimage build --out <out>` writes for profile `name`.
+    pub fn set(&self, name: &str) -> PathBuf {
+        self.out.join(name)
+    }
+
     /// The stand-in asset set of `arch`.
     pub fn assets(&self, arch: Arch) -> PathBuf {
         self.e2e.join(format!("assets-{arch}"))
@@ -752,11 +757,10 @@ fn build_with_edgeimage(
     profile: &Path,
     variant: Option<&Variant>,
 ) -> Result<(PathBuf, Expect)> {
-    let raw = paths.out.join(format!("{}.raw", setup.name));
-    let zst = paths.out.join(format!("{}.raw.zst", setup.name));
-    for p in [&raw, &zst] {
-        let _ = fs::remove_file(p);
-    }
+    let raw = paths.set(&setup.name).join(format!("{}.raw", setup.name));
+    let zst = paths
+        .set(&setup.name)
+        .join(format!("{}.raw.zst", setup.name));
     let t = Instant::now();
     let out = Command::new(bin)
         .arg("build")

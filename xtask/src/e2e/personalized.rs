@@ -85,7 +85,7 @@ pub(super) fn run(
     let _ = fs::remove_file(&log);
     let disk = paths.run.join("pers-disk.raw");
     let _ = fs::remove_file(&disk);
-    let zst = paths.out.join("e2e-pers.raw.zst");
+    let zst = paths.set("e2e-pers").join("e2e-pers.raw.zst");
     let o = Command::new(bin)
         .arg("flash")
         .arg(&zst)
