@@ -8,117 +8,13 @@ mod common;
 
 use std::ffi::CString;
 use std::fs;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::watch;
 use common::*;
-
-/// What a bounded run of the binary did.
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    /// Peak resident memory of the child, MiB, as `VmHWM` in `/proc/<pid>/status` showed it
-    /// last before the child ended. (`wait4`'s `ru_maxrss` would not do: it starts from the
-    /// test process's own peak, which the child inherits at `fork`.)
-    max_rss_mib: u64,
-}
-
-impl Ran {
-    /// The run failed with a message containing every one of `words`, without a panic.
-    fn refused(&self, words: &[&str]) -> &Self {
-        assert!(
-            self.code.is_some_and(|c| c != 0 && c != 101),
-            "expected a refusal, got {:?}\nstdout: {}\nstderr: {}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
-        let all = format!("{}{}", self.stdout, self.stderr);
-        for w in words {
-            assert!(all.contains(w), "no {w:?} in: {all}");
-        }
-        self
-    }
-
-    fn never_shows(&self, secret: &str) -> &Self {
-        assert!(
-            !self.stdout.contains(secret) && !self.stderr.contains(secret),
-            "the output shows {secret:?}: {}{}",
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-}
-
-/// `VmHWM` of a running process, KiB.
-fn high_water_kib(pid: libc::pid_t) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Run the binary with `args`, killing it after `limit` (then the test fails: the input made
-/// it hang), watching its peak memory.
-fn run_bounded(args: &[&str], envs: &[(&str, &str)], limit: Duration) -> Ran {
-    let mut child = Command::new(bin())
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let pid = child.id() as libc::pid_t;
-    let start = Instant::now();
-    let mut timed_out = false;
-    let mut hwm = 0u64;
-    let status = loop {
-        if let Some(k) = high_water_kib(pid) {
-            hwm = hwm.max(k);
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > limit {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = t_out.join().unwrap();
-    let stderr = t_err.join().unwrap();
-    assert!(
-        !timed_out,
-        "edgeimage {args:?} ran past {limit:?} (killed)\nstderr: {stderr}"
-    );
-    let code = status.code();
-    Ran {
-        code,
-        stdout,
-        stderr,
-        max_rss_mib: hwm / 1024,
-    }
-}
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -176,7 +72,7 @@ fn meta_value_file_that_is_not_a_regular_file_is_refused() {
     let out = f.dir.path().join("out");
     for (what, make) in specials(&f.dir.path().join("v")) {
         make();
-        run_bounded(&build_args(&f, &out), &[], LIMIT).refused(&[
+        watch::run(&build_args(&f, &out), &[], LIMIT).refused(&[
             what,
             "not a regular file",
             "META value file",
@@ -190,7 +86,7 @@ fn asset_that_is_not_a_regular_file_is_refused() {
     let out = f.dir.path().join("out");
     for (what, make) in specials(&f.dir.path().join("assets/vmlinuz")) {
         make();
-        run_bounded(&build_args(&f, &out), &[], LIMIT).refused(&["vmlinuz", what]);
+        watch::run(&build_args(&f, &out), &[], LIMIT).refused(&["vmlinuz", what]);
     }
 }
 
@@ -203,7 +99,7 @@ fn patch_that_is_not_a_regular_file_is_refused() {
     let out = f.dir.path().join("out");
     for (what, make) in specials(&f.dir.path().join("p.yaml")) {
         make();
-        run_bounded(&build_args(&f, &out), &[], LIMIT).refused(&[
+        watch::run(&build_args(&f, &out), &[], LIMIT).refused(&[
             "p.yaml",
             what,
             "configuration patch",
@@ -228,7 +124,7 @@ fn trust_store_members_that_are_not_regular_files_are_refused() {
             } else {
                 "symbolic link"
             };
-            run_bounded(
+            watch::run(
                 &["verify", "-q", "--trust", s(&b.trust), s(&b.zst())],
                 &[],
                 LIMIT,
@@ -238,7 +134,7 @@ fn trust_store_members_that_are_not_regular_files_are_refused() {
         let _ = fs::remove_file(&file);
         fs::write(&pubkey, &saved).unwrap();
     }
-    let r = run_bounded(
+    let r = watch::run(
         &["verify", "-q", "--trust", s(&b.trust), s(&b.zst())],
         &[],
         LIMIT,
@@ -253,7 +149,7 @@ fn manifest_and_key_that_are_not_regular_files_are_refused() {
     let m = dir.join("m.json");
     for (what, make) in specials(&m) {
         make();
-        run_bounded(
+        watch::run(
             &[
                 "verify",
                 "-q",
@@ -271,7 +167,7 @@ fn manifest_and_key_that_are_not_regular_files_are_refused() {
     let k = dir.join("k.key");
     for (what, make) in specials(&k) {
         make();
-        run_bounded(&["sign", "--key", s(&k), s(&b.manifest_path())], &[], LIMIT)
+        watch::run(&["sign", "--key", s(&k), s(&b.manifest_path())], &[], LIMIT)
             .refused(&[what, "secret key"]);
     }
 }
@@ -288,12 +184,12 @@ fn a_revoked_list_never_shows_the_file_it_reads() {
     symlink(&secret, &revoked).unwrap();
     let zst = b.zst();
     let args = ["verify", "-q", "--trust", s(&b.trust), s(&zst)];
-    run_bounded(&args, &[], LIMIT)
+    watch::run(&args, &[], LIMIT)
         .refused(&["revoked", "symbolic link"])
         .never_shows("SECRET-HASH");
     fs::remove_file(&revoked).unwrap();
     fs::copy(&secret, &revoked).unwrap();
-    run_bounded(&args, &[], LIMIT)
+    watch::run(&args, &[], LIMIT)
         .refused(&["revoked"])
         .never_shows("SECRET-HASH")
         .never_shows("root:");
@@ -323,7 +219,7 @@ fn deeply_nested_yaml_is_refused_in_every_yaml_input() {
         with_config(&f, false);
         fs::write(f.dir.path().join(file), &deep).unwrap();
         let out = f.dir.path().join("out");
-        run_bounded(&build_args(&f, &out), &[], Duration::from_secs(20)).refused(&[
+        watch::run(&build_args(&f, &out), &[], Duration::from_secs(20)).refused(&[
             file,
             "nest deeper than 64 levels",
             "line 1",
@@ -337,7 +233,7 @@ fn hundreds_of_thousands_of_kernel_arguments_are_refused() {
     let args = vec!["\"a\""; 200_000].join(",");
     let f = small_fixture(&format!("[kernel_args]\nextra = [{args}]"));
     let out = f.dir.path().join("out");
-    run_bounded(&build_args(&f, &out), &[], Duration::from_secs(20)).refused(&[
+    watch::run(&build_args(&f, &out), &[], Duration::from_secs(20)).refused(&[
         "`kernel_args`",
         "200000 extra kernel arguments, more than the 1024",
     ]);
@@ -351,7 +247,7 @@ fn a_disk_size_past_the_limit_is_refused() {
         .replace("disk_size = \"44MiB\"", "disk_size = \"1000TiB\"");
     fs::write(&f.profile, text).unwrap();
     let out = f.dir.path().join("out");
-    run_bounded(&build_args(&f, &out), &[], Duration::from_secs(20))
+    watch::run(&build_args(&f, &out), &[], Duration::from_secs(20))
         .refused(&["`disk_size`", "1024000 GiB is more than the 4096 GiB"]);
 }
 
@@ -369,7 +265,7 @@ fn a_one_tib_disk_builds_and_verifies_without_touching_its_empty_space() {
     let out = f.dir.path().join("out");
     let mut args = build_args(&f, &out);
     args.extend(["--sign-key", s(&key.secret)]);
-    let r = run_bounded(&args, &[], Duration::from_secs(300));
+    let r = watch::run(&args, &[], Duration::from_secs(300));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let zst = find_output(&out, "t.raw.zst");
     let size = fs::metadata(&zst).unwrap().len();
@@ -380,7 +276,7 @@ fn a_one_tib_disk_builds_and_verifies_without_touching_its_empty_space() {
     let trust = f.dir.path().join("trust");
     fs::create_dir_all(trust.join("trusted")).unwrap();
     fs::copy(&key.public, trust.join("trusted/release.pub")).unwrap();
-    let v = run_bounded(
+    let v = watch::run(
         &["verify", "-q", "--trust", s(&trust), s(&zst)],
         &[],
         Duration::from_secs(300),
@@ -415,13 +311,13 @@ fn records_summarize_memory_does_not_grow_with_the_log() {
     }
     fs::write(&log, &text).unwrap();
     drop(text);
-    let r = run_bounded(&["records", "summarize", s(&log)], &[], LIMIT);
+    let r = watch::run(&["records", "summarize", s(&log)], &[], LIMIT);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stdout.contains(&i.to_string()), "{}", r.stdout);
     assert!(
-        r.max_rss_mib < 48,
+        r.peak_rss_mib < 48,
         "summarize of a 64 MiB log peaked at {} MiB",
-        r.max_rss_mib
+        r.peak_rss_mib
     );
 }
 
@@ -455,7 +351,7 @@ fn inspect_reads_wide_gpt_entries_and_refuses_huge_tables() {
     fix_header(&mut img);
     let path = b.f.dir.path().join("wide.raw");
     fs::write(&path, &img).unwrap();
-    let r = run_bounded(&["inspect", "--json", s(&path)], &[], LIMIT);
+    let r = watch::run(&["inspect", "--json", s(&path)], &[], LIMIT);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let labels: Vec<&str> = j["partitions"]
@@ -473,12 +369,12 @@ fn inspect_reads_wide_gpt_entries_and_refuses_huge_tables() {
     img[hdr + 80..hdr + 84].copy_from_slice(&20_000_000u32.to_le_bytes());
     fix_header(&mut img);
     fs::write(&path, &img).unwrap();
-    let r = run_bounded(&["inspect", s(&path)], &[], LIMIT);
+    let r = watch::run(&["inspect", s(&path)], &[], LIMIT);
     r.refused(&[
         "20000000 entries, more than the 4096 read",
         "bytes 512..1024",
     ]);
-    assert!(r.max_rss_mib < 100, "{} MiB", r.max_rss_mib);
+    assert!(r.peak_rss_mib < 100, "{} MiB", r.peak_rss_mib);
 }
 
 fn crc32(data: &[u8]) -> u32 {

@@ -11,11 +11,11 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::watch::{self, Ran};
 use common::*;
 use edgeimage::assets::oci::fixtures::{self as fx, ZstdFrame};
 use edgeimage::talos::Arch;
@@ -27,223 +27,11 @@ const PEAK_RSS_MAX_MIB: u64 = 300;
 /// The most temporary space a refused bomb may hold.
 const TMP_MAX_MIB: u64 = 32;
 
-/// What a watched run of the binary did.
-struct Ran {
-    code: Option<i32>,
-    stderr: String,
-    elapsed: Duration,
-    /// The child's peak resident memory, MiB.
-    peak_rss_mib: u64,
-    /// The most space files under the child's `TMPDIR` held while it ran (open files,
-    /// unlinked ones included), MiB.
-    peak_tmp_mib: u64,
-    /// What is left under `TMPDIR` after it ended, bytes.
-    tmp_left: u64,
-}
-
-impl Ran {
-    /// A refusal: exit code 1, no panic, every one of `words` in the message.
-    fn refused(&self, words: &[&str]) -> &Self {
-        assert_eq!(self.code, Some(1), "stderr: {}", self.stderr);
-        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
-        for w in words {
-            assert!(self.stderr.contains(w), "no {w:?} in: {}", self.stderr);
-        }
-        self
-    }
-
-    /// Within the memory bound (always checked) and the temporary space bound.
-    fn bounded(&self) -> &Self {
-        assert!(
-            self.peak_rss_mib < PEAK_RSS_MAX_MIB,
-            "peak memory {} MiB\n{}",
-            self.peak_rss_mib,
-            self.stderr
-        );
-        assert!(
-            self.peak_tmp_mib < TMP_MAX_MIB,
-            "held {} MiB in TMPDIR",
-            self.peak_tmp_mib
-        );
-        assert!(
-            self.tmp_left < TMP_MAX_MIB * MIB,
-            "left {} bytes in TMPDIR",
-            self.tmp_left
-        );
-        self
-    }
-
-    fn report(&self, what: &str) -> &Self {
-        eprintln!(
-            "{what}: {:.2} s, peak memory {} MiB, peak TMPDIR {} MiB",
-            self.elapsed.as_secs_f64(),
-            self.peak_rss_mib,
-            self.peak_tmp_mib
-        );
-        self
-    }
-}
-
-fn status_kib(pid: i32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Bytes of storage held by the files `pid` has open below `dir` (unlinked ones too).
-fn open_tmp_bytes(pid: i32, dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let mut total = 0;
-    for fd in fds.flatten() {
-        let Ok(target) = fs::read_link(fd.path()) else {
-            continue;
-        };
-        if !target.starts_with(dir) {
-            continue;
-        }
-        if let Ok(m) = fs::metadata(fd.path()) {
-            if m.is_file() {
-                total += m.blocks() * 512;
-            }
-        }
-    }
-    total
-}
-
-fn tree_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => total += tree_bytes(&e.path()),
-                Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
-/// The first child of `pid`, if it has one.
-fn child_of(pid: i32) -> Option<i32> {
-    let list = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    list.split_whitespace().next()?.parse().ok()
-}
-
-/// Run `edgeimage args` with `TMPDIR` a fresh directory, watching its memory and temporary
-/// space; killed (and the test failed) after [`WATCHDOG`].
-///
-/// The peak memory is GNU time's `%M` when `/usr/bin/time` is there: it forks the binary from
-/// its own small process, so the count starts from nothing. (`wait4` from here would report
-/// at least this test process's own peak: a child spawned sharing our memory until `exec`
-/// inherits it.) Without it, `VmHWM` is polled every 5 ms, and `wait4`'s peak is taken only
-/// when it is above ours, where it can only be the child's.
+/// Run `edgeimage args` (with a fixed `SOURCE_DATE_EPOCH`) under [`watch::run`]: `TMPDIR` a
+/// fresh directory, its peak memory and temporary space measured, killed (and the test failed)
+/// after [`WATCHDOG`].
 fn watched(args: &[&str]) -> Ran {
-    let tmp = tempfile::tempdir().unwrap();
-    let tmpdir = tmp.path().canonicalize().unwrap();
-    let report = tempfile::NamedTempFile::new().unwrap();
-    let gnu_time = Path::new("/usr/bin/time");
-    let timed = gnu_time.exists();
-    let mut cmd = if timed {
-        let mut c = Command::new(gnu_time);
-        c.arg("-f")
-            .arg("%M")
-            .arg("-o")
-            .arg(report.path())
-            .arg(bin());
-        c
-    } else {
-        Command::new(bin())
-    };
-    let start = Instant::now();
-    // Reaped below with `wait4`, which also gives its resource usage.
-    #[allow(clippy::zombie_processes)]
-    let mut child = cmd
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .env("TMPDIR", &tmpdir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let pid = child.id() as i32;
-    let mut hwm_kib = 0;
-    let mut tmp_peak = 0;
-    let mut killed = false;
-    let mut status = 0;
-    // SAFETY: a plain struct filled in by wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let target = if timed { child_of(pid) } else { Some(pid) };
-        if let Some(t) = target {
-            if let Some(k) = status_kib(t, "VmHWM:") {
-                hwm_kib = hwm_kib.max(k);
-            }
-            tmp_peak = tmp_peak.max(open_tmp_bytes(t, &tmpdir));
-        }
-        // SAFETY: waits for our own child, without blocking; `status`, `usage` are writable.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            break;
-        }
-        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
-        if start.elapsed() > WATCHDOG && !killed {
-            // SAFETY: neither has been reaped by us, so the pids are still theirs.
-            unsafe {
-                if let Some(t) = target.filter(|&t| t != pid) {
-                    libc::kill(t, libc::SIGKILL);
-                }
-                libc::kill(pid, libc::SIGKILL);
-            }
-            killed = true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let elapsed = start.elapsed();
-    let stderr = reader.join().unwrap();
-    assert!(
-        !killed,
-        "edgeimage {args:?} ran past {WATCHDOG:?} (killed)\nstderr: {stderr}"
-    );
-    if timed {
-        // GNU time writes "Command exited with non-zero status N" first when it did.
-        let text = fs::read_to_string(report.path()).unwrap();
-        let kib: u64 = text
-            .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or_else(|| panic!("GNU time said {text:?}"));
-        hwm_kib = hwm_kib.max(kib);
-    } else {
-        let ours = status_kib(std::process::id() as i32, "VmHWM:").unwrap_or(u64::MAX);
-        let max_rss = usage.ru_maxrss as u64;
-        if max_rss > ours {
-            hwm_kib = hwm_kib.max(max_rss);
-        }
-    }
-    let code = if libc::WIFEXITED(status) {
-        Some(libc::WEXITSTATUS(status))
-    } else {
-        None
-    };
-    Ran {
-        code,
-        stderr,
-        elapsed,
-        peak_rss_mib: hwm_kib / 1024,
-        peak_tmp_mib: tmp_peak / MIB,
-        tmp_left: tree_bytes(&tmpdir),
-    }
+    watch::run(args, &[("SOURCE_DATE_EPOCH", "1700000000")], WATCHDOG)
 }
 
 /// `build` of the fixture's profile with `--assets archive`.
@@ -291,12 +79,12 @@ fn layer_bombs_are_refused_at_their_bound_before_filling_tmpdir() {
     let zstd_bomb = ZstdFrame::new().raw(&head).repeat(0, 3 * GIB).finish();
     let a = oci_archive(&f, "zstd.tar", &[wrong_diff_id(zstd_bomb.clone())]);
     build_from(&f, &a)
-        .refused(&[
+        .refused_with_code(1, &[
             "zstd.tar: layer 1/1 (sha256:",
             "entry 1: its header claims 3221225472 bytes of data, reaching past 256.0 MiB, the \
              most a layer of",
         ])
-        .bounded()
+        .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
         .report("zstd bomb, kept file");
 
     // gzip: a small valid tar, then 2 GiB of zeros (2 MiB stored): decompression stops at
@@ -307,12 +95,15 @@ fn layer_bombs_are_refused_at_their_bound_before_filling_tmpdir() {
     assert!(gzip_bomb.len() < 4 << 20, "{}", gzip_bomb.len());
     let a = oci_archive(&f, "gzip.tar", &[wrong_diff_id(gzip_bomb.clone())]);
     build_from(&f, &a)
-        .refused(&[
-            "gzip.tar: layer 1/1 (sha256:",
-            "decompresses past 256.0 MiB, the most a layer of",
-            "nothing of it is used",
-        ])
-        .bounded()
+        .refused_with_code(
+            1,
+            &[
+                "gzip.tar: layer 1/1 (sha256:",
+                "decompresses past 256.0 MiB, the most a layer of",
+                "nothing of it is used",
+            ],
+        )
+        .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
         .report("gzip bomb, trailing zeros");
 
     // Either bomb behind a wrong digest: refused by the pass over the blobs, before any
@@ -332,10 +123,13 @@ fn layer_bombs_are_refused_at_their_bound_before_filling_tmpdir() {
         let p = f.dir.path().join(name);
         fs::write(&p, fx::outer_tar(&members).unwrap()).unwrap();
         let ran = build_from(&f, &p);
-        ran.refused(&[&format!(
-            "{name}: layer 1/2 (sha256:{hex}): digest mismatch: expected sha256:{hex}"
-        )])
-        .bounded()
+        ran.refused_with_code(
+            1,
+            &[&format!(
+                "{name}: layer 1/2 (sha256:{hex}): digest mismatch: expected sha256:{hex}"
+            )],
+        )
+        .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
         .report(name);
         assert_eq!(ran.peak_tmp_mib, 0);
     }
@@ -356,11 +150,14 @@ fn a_wrong_diff_id_is_found_within_the_layers_bound() {
         .finish();
     let a = oci_archive(&f, "diffid.tar", &[wrong_diff_id(within)]);
     let ran = build_from(&f, &a);
-    ran.refused(&[
-        "diffid.tar: layer 1/1 (sha256:",
-        "uncompressed digest mismatch: the config's rootfs.diff_ids says",
-    ])
-    .bounded()
+    ran.refused_with_code(
+        1,
+        &[
+            "diffid.tar: layer 1/1 (sha256:",
+            "uncompressed digest mismatch: the config's rootfs.diff_ids says",
+        ],
+    )
+    .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
     .report("wrong diff_id, 200 MiB");
     // The pins were never reached: nothing of the layer was used.
     assert!(!ran.stderr.contains("pin"), "{}", ran.stderr);
@@ -378,11 +175,14 @@ fn a_wrong_diff_id_is_found_within_the_layers_bound() {
     let past = frame.finish();
     let a = oci_archive(&f, "diffid-big.tar", &[wrong_diff_id(past)]);
     build_from(&f, &a)
-        .refused(&[
-            "diffid-big.tar: layer 1/1 (sha256:",
-            "entry 2: its header claims 209715200 bytes of data, reaching past 256.0 MiB",
-        ])
-        .bounded()
+        .refused_with_code(
+            1,
+            &[
+                "diffid-big.tar: layer 1/1 (sha256:",
+                "entry 2: its header claims 209715200 bytes of data, reaching past 256.0 MiB",
+            ],
+        )
+        .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
         .report("wrong diff_id, 3.2 GiB");
 }
 
@@ -418,22 +218,28 @@ fn sixty_thousand_long_pax_paths_take_bounded_memory() {
     let layer = zstd_layer((0..60_000).map(long(58_000)));
     let a = oci_archive(&f, "pax-long.tar", &[layer]);
     build_from(&f, &a)
-        .refused(&[
-            "pax-long.tar: layer 1/1 (sha256:",
-            "entry 1: its path is 58000 bytes, more than the 4096-byte limit",
-        ])
-        .bounded()
+        .refused_with_code(
+            1,
+            &[
+                "pax-long.tar: layer 1/1 (sha256:",
+                "entry 1: its path is 58000 bytes, more than the 4096-byte limit",
+            ],
+        )
+        .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
         .report("60k PAX paths of 58 KB");
 
     let layer = zstd_layer((0..60_000).map(long(4000)));
     let a = oci_archive(&f, "pax-many.tar", &[layer]);
     let ran = build_from(&f, &a);
-    ran.refused(&[
-        "pax-many.tar: layer 1/1 (sha256:",
-        "entry 8389: the paths and link targets of the entries so far take more than the 32.0 \
-         MiB limit",
-    ])
-    .bounded()
+    ran.refused_with_code(
+        1,
+        &[
+            "pax-many.tar: layer 1/1 (sha256:",
+            "entry 8389: the paths and link targets of the entries so far take more than the \
+             32.0 MiB limit",
+        ],
+    )
+    .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
     .report("60k PAX paths of 4000 bytes");
     assert!(!ran.stderr.contains("d/d/d/d"), "{}", ran.stderr);
 }
@@ -460,11 +266,14 @@ fn a_tiny_extension_with_a_sixty_thousand_level_directory_is_refused() {
     );
     let out = f.dir.path().join("out");
     let ran = watched(&["build", "-q", "--profile", s(&f.profile), "--out", s(&out)]);
-    ran.refused(&[
-        "deep.tar.zst: entry ",
-        "its path nests 60003 levels deep, more than the 64-level limit",
-    ])
-    .bounded()
+    ran.refused_with_code(
+        1,
+        &[
+            "deep.tar.zst: entry ",
+            "its path nests 60003 levels deep, more than the 64-level limit",
+        ],
+    )
+    .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
     .report(&format!("{}-byte extension, 60k levels", zst.len()));
     assert!(!ran.stderr.contains("a/a/a/a"), "{}", ran.stderr);
 }
@@ -553,8 +362,8 @@ fn links_in_an_unpacked_docker_save_directory_are_never_followed() {
         } else {
             "is a symbolic link"
         };
-        ran.refused(&[&layer_name, word, "never followed"])
-            .bounded()
+        ran.refused_with_code(1, &[&layer_name, word, "never followed"])
+            .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
             .report(what);
     }
 
@@ -575,13 +384,16 @@ fn links_in_an_unpacked_docker_save_directory_are_never_followed() {
     );
     let out = f.dir.path().join("out-ext");
     watched(&["build", "-q", "--profile", s(&f.profile), "--out", s(&out)])
-        .refused(&[
-            "extension",
-            &layer_name,
-            "is a symbolic link",
-            "never followed",
-        ])
-        .bounded()
+        .refused_with_code(
+            1,
+            &[
+                "extension",
+                &layer_name,
+                "is a symbolic link",
+                "never followed",
+            ],
+        )
+        .bounded(PEAK_RSS_MAX_MIB, TMP_MAX_MIB)
         .report("extension");
 }
 

@@ -7,91 +7,17 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::watch;
 use common::*;
 use edgeimage::format::fat::{Entry, FatType, Volume};
 use edgeimage::talos::Arch;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// What a bounded run of the binary did.
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    /// Refused (a non-zero exit that is not a panic's), with every one of `words` in the
-    /// output.
-    fn refused(&self, words: &[&str]) {
-        assert!(
-            self.code.is_some_and(|c| c != 0 && c != 101),
-            "expected a refusal, got {:?}\nstdout: {}\nstderr: {}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
-        let all = format!("{}{}", self.stdout, self.stderr);
-        for w in words {
-            assert!(all.contains(w), "no {w:?} in: {all}");
-        }
-    }
-}
-
-/// Run the binary, killing it (and failing the test) after [`LIMIT`].
-fn run_bounded(args: &[&str]) -> Ran {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let start = Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > LIMIT {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = t_out.join().unwrap();
-    let stderr = t_err.join().unwrap();
-    assert!(
-        !timed_out,
-        "edgeimage {args:?} ran past {LIMIT:?} (killed)\nstderr: {stderr}"
-    );
-    Ran {
-        code: status.code(),
-        stdout,
-        stderr,
-    }
-}
 
 /// A partition of the manifest: (number, offset, size).
 fn partition(m: &Value, label: &str) -> (u64, u64, u64) {
@@ -276,7 +202,7 @@ fn inspect_and_verify_refuse_hostile_esps_without_panicking_or_hanging() {
     fs::create_dir_all(&tmp).unwrap();
     for (name, vol, words) in &cases {
         let img = with_volume(&b.raw(), &tmp, &format!("{name}.raw"), offset, vol);
-        let ran = run_bounded(&["inspect", img.to_str().unwrap()]);
+        let ran = watch::run(&["inspect", img.to_str().unwrap()], &[], LIMIT);
         println!("{name}: {}", ran.stderr.trim_end());
         let mut want: Vec<&str> = words.iter().map(String::as_str).collect();
         want.push(&place);
@@ -289,7 +215,7 @@ fn inspect_and_verify_refuse_hostile_esps_without_panicking_or_hanging() {
     }
     // The untouched copy still inspects.
     let img = with_volume(&b.raw(), &tmp, "good.raw", offset, &good);
-    let ran = run_bounded(&["inspect", img.to_str().unwrap()]);
+    let ran = watch::run(&["inspect", img.to_str().unwrap()], &[], LIMIT);
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
 }
 
@@ -370,7 +296,7 @@ fn verify_and_inspect_report_a_hostile_metal_iso_slot() {
             v.stdout
         );
         assert!(verdict.contains(want.as_str()), "{name}: {}", v.stdout);
-        let ran = run_bounded(&["inspect", img.to_str().unwrap()]);
+        let ran = watch::run(&["inspect", img.to_str().unwrap()], &[], LIMIT);
         ran.refused(&[
             &format!(
                 "partition {number} (metal-iso) at bytes {offset}..{}",

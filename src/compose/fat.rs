@@ -1254,7 +1254,7 @@ fn fat_sectors(avail: u64, spc: u64, bits: u64, sector: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::layout::{Fill, SharedFile};
     use std::collections::BTreeMap;
@@ -1276,7 +1276,7 @@ mod tests {
         }
     }
 
-    fn file(path: &str, content: &[u8]) -> FatFile {
+    pub(crate) fn file(path: &str, content: &[u8]) -> FatFile {
         FatFile {
             path: path.into(),
             content: Layout::from_bytes(content.to_vec()),
@@ -1284,7 +1284,7 @@ mod tests {
     }
 
     /// Deterministic pseudo-random bytes.
-    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
         let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..len)
             .map(|_| {
@@ -1357,7 +1357,7 @@ mod tests {
         t
     }
 
-    fn find_tool(name: &str) -> Option<PathBuf> {
+    pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
         let path = std::env::var_os("PATH").unwrap_or_default();
         std::env::split_paths(&path)
             .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))

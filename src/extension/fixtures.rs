@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::assets::oci::fixtures::outer_tar;
 use crate::talos::Arch;
 use crate::tree::normalize;
 
@@ -376,21 +377,6 @@ fn docker_members(layer_tar: &[u8], arch: Arch) -> io::Result<Vec<(String, Vec<u
         (config_name, config),
         (layer_name, layer_tar.to_vec()),
     ])
-}
-
-fn outer_tar(members: &[(String, Vec<u8>)]) -> io::Result<Vec<u8>> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        b.append_data(&mut h, name, &data[..])?;
-    }
-    b.into_inner()
 }
 
 /// Write `entries` in `form` inside `dir`; returns the input path to hand to

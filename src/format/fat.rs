@@ -1143,6 +1143,7 @@ impl io::Seek for File<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compose::fat::tests::{file, find_tool, pattern};
     use crate::compose::fat::{
         build_fat, build_fat32, build_fat_dirs, min_size, FatFile, FatParams, Geometry, LabelRule,
     };
@@ -1153,26 +1154,6 @@ mod tests {
     use std::process::Command;
 
     const MIB: u64 = 1 << 20;
-
-    fn file(path: &str, content: &[u8]) -> FatFile {
-        FatFile {
-            path: path.into(),
-            content: Layout::from_bytes(content.to_vec()),
-        }
-    }
-
-    /// Deterministic pseudo-random bytes.
-    fn pattern(len: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    }
 
     fn params(size: u64, label: &str, sector: u64) -> FatParams {
         FatParams {
@@ -1401,14 +1382,6 @@ mod tests {
 
     // -----------------------------------------------------------------------------------
     // Volumes written by mkfs.fat and mtools
-
-    fn find_tool(name: &str) -> Option<PathBuf> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    }
 
     fn tool(name: &str, args: &[&str]) {
         let out = Command::new(find_tool(name).unwrap())

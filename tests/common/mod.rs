@@ -2,6 +2,8 @@
 //! and the independent tools that check our output.
 #![allow(dead_code)]
 
+pub mod watch;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
