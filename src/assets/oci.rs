@@ -1333,6 +1333,21 @@ impl LayerChanges {
 }
 
 impl OciImage {
+    /// A layer's blob as a reader, and its stored size; `label` names the layer.
+    fn blob(&self, label: &str, layer: &LayerRef) -> Result<(Box<dyn Read>, u64)> {
+        match self
+            .archive
+            .member(&layer.member)
+            .context(label.to_string())?
+        {
+            Some(b) => Ok(b),
+            None => bail!(
+                "{label}: listed but its blob {} is absent from the archive",
+                layer.member
+            ),
+        }
+    }
+
     fn layer_label(&self, index: usize, layer: &LayerRef) -> String {
         format!(
             "{}: layer {}/{} ({})",
@@ -1348,16 +1363,7 @@ impl OciImage {
     /// its diff_id (which is then the digest of the blob itself). One streaming pass.
     fn check_blob(&self, index: usize, layer: &LayerRef) -> Result<Checked> {
         let label = self.layer_label(index, layer);
-        let Some((reader, stored)) = self
-            .archive
-            .member(&layer.member)
-            .with_context(|| label.clone())?
-        else {
-            bail!(
-                "{label}: listed but its blob {} is absent from the archive",
-                layer.member
-            );
-        };
+        let (reader, stored) = self.blob(&label, layer)?;
         if let Some(size) = layer.size {
             if size != stored {
                 bail!("{label}: blob is {stored} bytes but its descriptor says {size}");
@@ -1413,16 +1419,7 @@ impl OciImage {
         budget: &mut Budget,
     ) -> Result<LayerChanges> {
         let label = self.layer_label(index, layer);
-        let Some((reader, _)) = self
-            .archive
-            .member(&layer.member)
-            .with_context(|| label.clone())?
-        else {
-            bail!(
-                "{label}: listed but its blob {} is absent from the archive",
-                layer.member
-            );
-        };
+        let (reader, _) = self.blob(&label, layer)?;
         let human = crate::progress::human_bytes;
         let stored = checked.stored;
         let left = MAX_IMAGE_UNCOMPRESSED.saturating_sub(budget.uncompressed);
