@@ -411,6 +411,12 @@ impl Layout {
         let i = self.extents.partition_point(|e| e.end() <= start);
         self.extents.get(i).is_none_or(|e| e.offset >= end)
     }
+
+    /// Where the next mapped byte at or after `pos` is (`None`: nothing mapped from there).
+    pub fn next_mapped(&self, pos: u64) -> Option<u64> {
+        let i = self.extents.partition_point(|e| e.end() <= pos);
+        self.extents.get(i).map(|e| e.offset.max(pos))
+    }
 }
 
 /// A static buffer of zeros for writers that emit runs of zeros.
