@@ -208,7 +208,7 @@ impl<'a> Squashfs<'a> {
         if size == 0 || size > METADATA_SIZE {
             bail!("squashfs: a metadata block at byte {at} claims {size} bytes");
         }
-        let raw = self.read_exact(at + 2, size, "a metadata block")?;
+        let raw = self.read_exact(at.saturating_add(2), size, "a metadata block")?;
         let data = if word & 0x8000 != 0 {
             raw
         } else {
@@ -218,6 +218,7 @@ impl<'a> Squashfs<'a> {
                 &format!("the metadata block at byte {at}"),
             )?
         };
+        // `read_exact` proved `at + 2 + size` lies on the image.
         Ok((data, at + 2 + size as u64))
     }
 
@@ -395,7 +396,8 @@ impl<'a> Squashfs<'a> {
         if index >= self.fragments {
             bail!("squashfs: fragment {index} of {}", self.fragments);
         }
-        let slot = self.frag_table + u64::from(index / 512) * 8;
+        // Saturating: a table placed at the end of the address space is refused by `read_exact`.
+        let slot = self.frag_table.saturating_add(u64::from(index / 512) * 8);
         let ptr = le64(&self.read_exact(slot, 8, "the fragment table")?, 0);
         let mut m = Meta {
             fs: self,
@@ -457,14 +459,14 @@ impl<'a> Squashfs<'a> {
             let want = bs.min(f.size as usize - out.len());
             let b = self.block(at, w, want)?;
             out.extend_from_slice(&b[..want]);
-            at += u64::from(w & 0x00ff_ffff);
+            at = at.saturating_add(u64::from(w & 0x00ff_ffff));
         }
         if let Some((index, offset)) = f.fragment {
             let want = f.size as usize - out.len();
             let (pos, word) = self.fragment(index)?;
             let b = self.block(pos, word, 0)?;
             let tail = b
-                .get(offset as usize..offset as usize + want)
+                .get(offset as usize..(offset as usize).saturating_add(want))
                 .ok_or_else(|| {
                     anyhow!("squashfs: fragment {index} is shorter than its file's tail")
                 })?;
@@ -676,6 +678,21 @@ mod tests {
         for (bytes, want) in cases {
             let e = format!("{:#}", open(&bytes).unwrap_err());
             assert!(e.contains(want), "{want}: {e}");
+        }
+        // A fragment table at the end of the address space (found by the squashfs fuzz
+        // target: an addition overflowed): refused, no panic.
+        let mut b = good.clone();
+        b[16..20].copy_from_slice(&600u32.to_le_bytes());
+        b[80..88].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+        let t = tempfile::tempfile().unwrap();
+        t.write_all_at(&b, 0).unwrap();
+        let fs = Squashfs::open(&t).unwrap();
+        for index in [0, 599] {
+            let e = format!("{:#}", fs.fragment(index).unwrap_err());
+            assert!(
+                e.contains("the fragment table") && e.contains("past the"),
+                "{e}"
+            );
         }
     }
 }
