@@ -80,6 +80,8 @@ pub(crate) fn scan(text: &str) -> (Vec<Piece<'_>>, Vec<TemplateError>) {
         line: 1,
         column: 1,
     };
+    // Where the last `}}` starts: a `{{` after it is never closed.
+    let last_close = text.rfind("}}");
     while let Some(open) = rest.find("{{") {
         if open > 0 {
             pieces.push(Piece::Text(&rest[..open]));
@@ -91,18 +93,26 @@ pub(crate) fn scan(text: &str) -> (Vec<Piece<'_>>, Vec<TemplateError>) {
             message,
         };
         let after = &rest[open + 2..];
-        let Some(close) = after.find("}}") else {
+        if last_close.is_none_or(|c| c < offset + open + 2) {
             errors.push(error(
                 "`{{` is never closed: add `}}` after the field name".into(),
             ));
             return (pieces, errors);
-        };
-        let inner = &after[..close];
-        if let Some(cut) = [inner.find('\n'), inner.find("{{")]
-            .into_iter()
-            .flatten()
-            .min()
-        {
+        }
+        // The first line break, `{{` or `}}` after the `{{`: scanning stops there, so each
+        // byte is looked at once however many placeholders are left open.
+        let b = after.as_bytes();
+        let (stop, close) = (0..b.len())
+            .find_map(|i| match (b[i], b.get(i + 1)) {
+                (b'\n', _) => Some((i, false)),
+                (b'{', Some(b'{')) => Some((i, false)),
+                (b'}', Some(b'}')) => Some((i, true)),
+                _ => None,
+            })
+            .unwrap_or((b.len(), false));
+        let inner = &after[..stop];
+        if !close {
+            let cut = stop;
             errors.push(error(
                 "`{{` is not closed on its line: write placeholders as `{{ field }}` on one \
                  line"
@@ -127,7 +137,7 @@ pub(crate) fn scan(text: &str) -> (Vec<Piece<'_>>, Vec<TemplateError>) {
         } else {
             pieces.push(Piece::Field { name, line, column });
         }
-        let consumed = open + 2 + close + 2;
+        let consumed = open + 2 + stop + 2;
         offset += consumed;
         rest = &rest[consumed..];
     }
@@ -210,6 +220,30 @@ mod tests {
             .message
             .contains("`{{ no good }}` is not a field name"));
         assert!(errors[2].message.contains("never closed"));
+    }
+
+    /// Many `{{` left open before one far `}}` are scanned in linear time (each used to search
+    /// the rest of the text for `}}` again); the fuzz target's input that timed out under load
+    /// scans at once too.
+    #[test]
+    fn open_placeholders_are_scanned_in_linear_time() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let text = format!("{}}}}}", "{{\n".repeat(1_000_000));
+            let _ = tx.send(scan(&text).1.len());
+        });
+        let errors = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("scanning did not end");
+        assert_eq!(errors, 1_000_000);
+        let fuzzed = "{{dad}}{m:}}-{{md}}}{{dosd}}-}{{ dipasswod}}-{{ did}}{{dostnrdd}}-{{d}}-{{ \
+                      jid}}{{dostnatnrddod}}-{{ ddreid}}{{dostnrdd}}-}}-{{ did}}{{hodostnrdd}}";
+        let (pieces, _) = scan(fuzzed);
+        assert!(pieces.contains(&Piece::Field {
+            name: "dad",
+            line: 1,
+            column: 1
+        }));
     }
 
     #[test]
