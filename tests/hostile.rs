@@ -253,7 +253,7 @@ fn a_disk_size_past_the_limit_is_refused() {
 
 /// Unwritten space is cheap: a 1 TiB disk holding a few MiB of data compresses to tens of
 /// MiB (a precompressed zero frame per MiB), builds without reading or hashing a TiB (the
-/// watchdog would stop it), and verifies. `cargo xtask bench disk-size` shows the times.
+/// watchdog would stop it), and verifies. `cargo xtask bench build` measures the time (its 1 TiB row).
 #[test]
 fn a_one_tib_disk_builds_and_verifies_without_touching_its_empty_space() {
     let f = small_fixture("");
