@@ -434,13 +434,8 @@ fn a_block_map_of_200k_ranges_is_read_in_linear_time() {
 /// The README's input limits table lists every kind of input with the limit the code applies.
 #[test]
 fn the_readme_lists_every_input_limit() {
-    let readme =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = readme
-        .split("## Input limits")
-        .nth(1)
-        .and_then(|s| s.split("\n## ").next())
-        .expect("README has an Input limits section");
+    let section = readme_section("Input limits");
+    let section = section.as_str();
     for kind in edgeimage::input::Kind::ALL {
         let what = kind.what();
         let row = section

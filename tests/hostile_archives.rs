@@ -402,13 +402,8 @@ fn links_in_an_unpacked_docker_save_directory_are_never_followed() {
 fn the_readme_lists_the_archive_limits() {
     use edgeimage::assets::oci::{self, walk};
     use edgeimage::progress::human_bytes;
-    let readme =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = readme
-        .split("## Input limits")
-        .nth(1)
-        .and_then(|s| s.split("\n## ").next())
-        .expect("README has an Input limits section");
+    let section = readme_section("Input limits");
+    let section = section.as_str();
     let human = |n: u64| human_bytes(n).replace(".0 ", " ");
     for value in [
         human(oci::MIN_EXPANSION),

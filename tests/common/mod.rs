@@ -682,3 +682,15 @@ pub fn assert_same_as_kmod(ours: &[(String, Vec<u8>)], kmod_dir: &Path) {
         }
     }
 }
+
+/// The text of the README's section `## <title>`, up to the next `## ` heading.
+pub fn readme_section(title: &str) -> String {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    readme
+        .split(&format!("## {title}\n"))
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap_or_else(|| panic!("README has no section {title:?}"))
+        .to_string()
+}
