@@ -260,6 +260,58 @@ impl Layout {
         Ok(())
     }
 
+    /// Place bytes `[start, start + len)` of another layout at `offset` (the pieces of a
+    /// file that a filesystem stores in several runs of blocks). With `dense`, what `inner`
+    /// leaves unmapped there is mapped as zeros: a file's holes must read as zeros on the
+    /// target, whatever was on the disk before.
+    pub fn put_layout_range(
+        &mut self,
+        offset: u64,
+        inner: &Layout,
+        start: u64,
+        len: u64,
+        dense: bool,
+    ) -> Result<()> {
+        let end = match start.checked_add(len) {
+            Some(end) if end <= inner.len => end,
+            _ => bail!(
+                "bytes {start}..+{len} lie outside the {}-byte object",
+                inner.len
+            ),
+        };
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            bail!(
+                "a {len}-byte piece placed at offset {offset} does not fit a {}-byte layout",
+                self.len
+            );
+        }
+        let first = inner.extents.partition_point(|x| x.end() <= start);
+        let mut at = start;
+        for e in inner.extents[first..].iter().take_while(|x| x.offset < end) {
+            let s = e.offset.max(start);
+            let t = e.end().min(end);
+            if dense && s > at {
+                self.put_zeros(offset + (at - start), s - at)?;
+            }
+            at = t;
+            let skip = s - e.offset;
+            let fill = match &e.fill {
+                Fill::Bytes(b) => Fill::Bytes(b[skip as usize..(t - e.offset) as usize].into()),
+                Fill::File(f, at) => Fill::File(f.clone(), at + skip),
+                Fill::Zero => Fill::Zero,
+            };
+            self.insert(Extent {
+                offset: offset + (s - start),
+                len: t - s,
+                fill,
+            })?;
+        }
+        if dense && end > at {
+            self.put_zeros(offset + (at - start), end - at)?;
+        }
+        Ok(())
+    }
+
     fn insert(&mut self, e: Extent) -> Result<()> {
         if e.len == 0 {
             return Ok(());

@@ -15,6 +15,7 @@
 
 pub mod cpio;
 pub mod esp;
+pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod initramfs;

@@ -12,8 +12,53 @@ use crate::util;
 /// Seconds each fuzz target runs in the smoke run.
 pub const SMOKE_SECONDS: u64 = 5;
 
+/// The independent tools the tests check edgeimage's output with, and the Debian package of
+/// each (what `.ci/run` installs). A test whose tool is missing skips its check (never under
+/// CI); this list says so before anything runs.
+const TOOLS: &[(&str, &str)] = &[
+    ("sgdisk", "gdisk"),
+    ("fsck.fat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("mdir", "mtools"),
+    ("mtype", "mtools"),
+    ("e2fsck", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("objdump", "binutils"),
+    ("objcopy", "binutils"),
+    ("unsquashfs", "squashfs-tools"),
+    ("cpio", "cpio"),
+    ("minisign", "minisign"),
+    ("bmaptool", "bmap-tools"),
+    ("zstd", "zstd"),
+    ("xz", "xz-utils"),
+    ("depmod", "kmod"),
+    ("modprobe", "kmod"),
+    ("losetup", "mount"),
+];
+
+/// Print every missing tool at once.
+fn report_missing_tools() {
+    let missing: Vec<String> = TOOLS
+        .iter()
+        .filter(|(t, _)| {
+            !["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]
+                .iter()
+                .any(|d| std::path::Path::new(d).join(t).exists())
+        })
+        .map(|(t, p)| format!("{t} (package {p})"))
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "missing: {}: the checks that use them are SKIPPED (under CI=true they fail)",
+            missing.join(", ")
+        );
+    }
+}
+
 pub fn main(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--no-e2e");
+    report_missing_tools();
     let nightly = std::process::Command::new("rustup")
         .args(["run", "nightly", "rustc", "--version"])
         .stdout(std::process::Stdio::null())
