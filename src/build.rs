@@ -217,6 +217,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
             machine_type: c.config.machine_type().as_str().to_string(),
             sha256: c.config.sha256().to_string(),
         }),
+        image_cache: plan
+            .image_cache
+            .as_ref()
+            .map(|c| c.cache.entries.clone())
+            .unwrap_or_default(),
     };
     let make_manifest = |m: &Measured, artifact: Option<manifest::Artifact>| Manifest {
         format: manifest::FORMAT.to_string(),

@@ -17,6 +17,7 @@ pub mod extension;
 pub mod factory;
 pub mod flash;
 pub mod format;
+pub mod imagecache;
 pub mod input;
 pub mod inspect;
 pub mod install;

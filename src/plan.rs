@@ -33,6 +33,8 @@ pub struct Plan {
     pub config: Option<ConfigPlan>,
     /// The schematic, if the profile names one.
     pub schematic: Option<SchematicPlan>,
+    /// The image cache, if the profile has one (checked against the configuration).
+    pub image_cache: Option<crate::imagecache::CachePlan>,
 }
 
 pub struct ConfigPlan {
@@ -262,6 +264,16 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
         }),
         _ => None,
     };
+    let image_cache = match &profile.image_cache {
+        Some(spec) => Some(crate::imagecache::load(
+            spec,
+            config.as_ref().map(|c| (&c.config, c.source.as_str())),
+            &profile.talos,
+            profile.arch,
+            &p,
+        )?),
+        None => None,
+    };
     Ok(Plan {
         cmdline,
         sector_size,
@@ -270,6 +282,7 @@ pub fn plan(profile: &Profile, epoch: u64) -> Result<Plan> {
         extensions,
         config,
         schematic,
+        image_cache,
     })
 }
 

@@ -12,9 +12,11 @@ use serde::Deserialize;
 
 use crate::talos::{Arch, Cmdline, TalosVersion};
 
+pub mod image_cache;
 pub mod installer;
 pub mod personalize;
 
+pub use image_cache::{CacheImage, ImageCacheSpec};
 pub use installer::InstallerSpec;
 pub use personalize::{SlotSpec, SlotTarget};
 
@@ -44,6 +46,7 @@ struct RawProfile {
     signing: Option<RawSigning>,
     installer: Option<installer::RawInstaller>,
     install: Option<installer::RawInstall>,
+    image_cache: Option<image_cache::RawImageCache>,
     #[serde(default)]
     personalize: Vec<personalize::RawSlot>,
 }
@@ -227,6 +230,8 @@ pub struct Profile {
     pub signing: Option<Signing>,
     /// `[installer]` (with `[install]`): also build an installer stick image.
     pub installer: Option<InstallerSpec>,
+    /// `[image_cache]`: the container images the node's local image cache holds.
+    pub image_cache: Option<ImageCacheSpec>,
     /// `[[personalize]]`: personalization slots, written per device at flash time.
     pub personalize: Vec<SlotSpec>,
 }
@@ -538,6 +543,8 @@ impl Profile {
             &field_err,
         )?;
 
+        let image_cache = image_cache::parse(raw.image_cache, base, &field_err)?;
+
         let personalize = personalize::parse(
             raw.personalize,
             base,
@@ -570,6 +577,7 @@ impl Profile {
             build_number: raw.build_number,
             signing,
             installer,
+            image_cache,
             personalize,
         })
     }

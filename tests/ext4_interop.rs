@@ -185,3 +185,57 @@ fn an_exact_size_with_a_short_last_group() {
     write_image(&e.layout, &img);
     fsck(&img);
 }
+
+/// The reader (`format::ext4`, what `inspect` reads an image cache with) on filesystems
+/// `mkfs.ext4 -d` makes with its default features (64bit, flex_bg, metadata_csum, hashed
+/// directories) and 1 KiB blocks.
+#[test]
+fn the_reader_reads_what_mkfs_ext4_writes() {
+    if !have("mkfs.ext4") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let mut files = Vec::new();
+    for i in 0..300u32 {
+        let p = format!("blob/sha256-{i:064x}");
+        let data: Vec<u8> = (0..(i * 997 % 70_000)).map(|b| (b ^ i) as u8).collect();
+        files.push((p, data));
+    }
+    files.push((
+        "manifests/registry.k8s.io/pause/reference/3.10".into(),
+        b"{}".to_vec(),
+    ));
+    for (p, d) in &files {
+        let path = src.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, d).unwrap();
+    }
+    for (opts, size) in [(&[][..], "32M"), (&["-b", "1024"][..], "32M")] {
+        let img = dir.path().join("mkfs.img");
+        let _ = std::fs::remove_file(&img);
+        let o = tool("mkfs.ext4")
+            .args(["-q", "-F", "-L", "IMAGECACHE", "-d"])
+            .arg(&src)
+            .args(opts)
+            .arg(&img)
+            .arg(size)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mkfs.ext4: {o:?}");
+        let f = std::fs::File::open(&img).unwrap();
+        let len = f.metadata().unwrap().len();
+        let vol = edgeimage::format::ext4::Volume::open(len, |off, buf| f.read_exact_at(buf, off))
+            .unwrap();
+        assert_eq!(vol.label(), "IMAGECACHE");
+        let blob = vol.find("blob").unwrap().unwrap();
+        assert_eq!(vol.list(&blob).unwrap().len(), 300);
+        for (p, d) in &files {
+            let i = vol
+                .find(p)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{p} not found"));
+            assert_eq!(&vol.read(&i, 1 << 20).unwrap(), d, "{p} ({opts:?})");
+        }
+    }
+}

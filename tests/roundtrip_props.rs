@@ -112,7 +112,7 @@ struct ManifestInput {
     meta_slot: Option<(String, u8)>,
     metal_iso_slot: Option<String>,
     meta_base: BTreeSet<u8>,
-    flags: [bool; 3],
+    flags: [bool; 4],
 }
 
 fn manifest_input() -> impl Strategy<Value = ManifestInput> {
@@ -133,7 +133,7 @@ fn manifest_input() -> impl Strategy<Value = ManifestInput> {
             )),
             proptest::option::of("[a-z0-9-]{1,32}"),
             prop::collection::btree_set(any::<u8>(), 0..4),
-            any::<[bool; 3]>(),
+            any::<[bool; 4]>(),
         ),
     )
         .prop_map(
@@ -336,6 +336,16 @@ fn build_manifest(i: &ManifestInput) -> Manifest {
                 machine_type: t(14),
                 sha256: d(5),
             }),
+            image_cache: if i.flags[3] {
+                vec![manifest::CachedImageDigest {
+                    reference: "registry.k8s.io/pause:3.10".into(),
+                    digest: format!("sha256:{}", d(6)),
+                    platform: "linux/amd64".into(),
+                    size: 321,
+                }]
+            } else {
+                Vec::new()
+            },
         },
         slots,
         meta_base,

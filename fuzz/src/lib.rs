@@ -1,6 +1,7 @@
 //! What the fuzz targets share: a scratch directory per input, OCI layouts made around fuzzed
-//! layers, and how the `fat` target reads its input.
+//! layers, and how the `fat` and `ext4` targets read their input.
 
+pub mod ext4;
 pub mod fat;
 pub mod oci;
 pub use oci::{oci_input, LAYER_SEPARATOR};

@@ -316,6 +316,23 @@ pub struct Provenance {
     pub schematic: Option<SchematicDigest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_config: Option<ConfigDigest>,
+    /// The images of the `IMAGECACHE` partition, in profile order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_cache: Vec<CachedImageDigest>,
+}
+
+/// One image of the image cache partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachedImageDigest {
+    /// The reference the node asks for.
+    pub reference: String,
+    /// Digest of the manifest or index that reference names.
+    pub digest: String,
+    /// `linux/amd64` or `linux/arm64`.
+    pub platform: String,
+    /// Bytes of its blobs.
+    pub size: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -809,6 +826,7 @@ mod tests {
                 extensions: vec![],
                 schematic: None,
                 machine_config: None,
+                image_cache: Vec::new(),
             },
             slots: vec![],
             meta_base: vec![],

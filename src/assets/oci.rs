@@ -43,6 +43,7 @@ use sha2::{Digest as _, Sha256};
 use crate::layout::{RegionReader, SharedFile};
 
 pub mod fixtures;
+pub mod pinned;
 pub mod walk;
 
 /// The largest JSON blob (index, manifest, config, manifest.json) that is read.

@@ -129,6 +129,32 @@ pub fn place_partitions(
     Ok((layout, placed))
 }
 
+/// GPT name of the image cache partition, which Talos finds it by (`createVolumeConfigDisk`
+/// in `internal/app/machined/pkg/controllers/cri/image_cache_config.go`, v1.12.5:
+/// `volume.partition_label == "IMAGECACHE"`); also the filesystem's label, as Talos's imager
+/// formats it (`mkfs.ext4 -L IMAGECACHE`).
+pub const IMAGE_CACHE_LABEL: &str = "IMAGECACHE";
+
+/// The ext4 filesystem of the image cache, sized to its content plus the free space asked
+/// for, with a UUID derived from the partition's GUID.
+fn image_cache_partition(
+    c: &crate::imagecache::CachePlan,
+    ns: &[u8; 16],
+    epoch: u64,
+) -> Result<Layout> {
+    let uuid = *gpt::guid_v8(ns, IMAGE_CACHE_LABEL).as_bytes();
+    let fs = ext4::build(&ext4::Ext4Input {
+        tree: &c.cache.tree,
+        label: IMAGE_CACHE_LABEL,
+        uuid,
+        epoch,
+        size: ext4::Size::Fit { free: c.free },
+        spare_inodes: 64,
+    })
+    .context("writing the image cache filesystem")?;
+    Ok(fs.layout)
+}
+
 /// The FAT volume serial of a partition: the first 4 bytes of its GUID.
 pub fn volume_id(guid: &uuid::Uuid) -> u32 {
     let b = guid.as_bytes();
@@ -245,6 +271,29 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     ];
     if let Some(iso) = metal_iso {
         specs.push((METAL_ISO_LABEL, TYPE_BASIC_DATA, iso));
+    }
+    let cache_layout = match &plan.image_cache {
+        Some(c) => Some(image_cache_partition(c, &ns, epoch)?),
+        None => None,
+    };
+    if let Some(l) = &cache_layout {
+        specs.push((IMAGE_CACHE_LABEL, gpt::TYPE_LINUX_FS, l));
+        let used: u64 = specs.iter().map(|s| s.2.len()).sum::<u64>()
+            + FIRST_OFFSET
+            + MANIFEST_PART_SIZE
+            + FIRST_OFFSET;
+        if used > profile.disk_size {
+            anyhow::bail!(
+                "profile {}: the image cache partition needs {} MiB, and with the other \
+                 partitions the image needs {} MiB, more than disk_size ({} MiB): raise \
+                 disk_size to at least {} MiB or cache fewer images",
+                profile.path.display(),
+                l.len().div_ceil(1 << 20),
+                used.div_ceil(1 << 20),
+                profile.disk_size >> 20,
+                used.div_ceil(1 << 20)
+            );
+        }
     }
     let manifest_layout = Layout::new(MANIFEST_PART_SIZE);
     specs.push((MANIFEST_LABEL, TYPE_MANIFEST, &manifest_layout));

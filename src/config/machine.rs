@@ -65,6 +65,50 @@ pub struct ConfigInfo {
     pub install_disk: Option<String>,
     /// `kind` of every document besides the v1alpha1 one, in order.
     pub other_documents: Vec<String>,
+    /// What decides which container images the node pulls (not shown by `inspect`).
+    #[serde(skip)]
+    pub images: ImageSettings,
+}
+
+/// The fields that decide which container images a node pulls, and whether it may take them
+/// from its local image cache. Field names are Talos v1alpha1's; the Talos functions that read
+/// them are cited where they are used ([`crate::imagecache::required`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageSettings {
+    /// `machine.kubelet.image`.
+    pub kubelet: Option<String>,
+    /// `cluster.etcd.image`.
+    pub etcd: Option<String>,
+    /// `cluster.apiServer.image`.
+    pub api_server: Option<String>,
+    /// `cluster.controllerManager.image`.
+    pub controller_manager: Option<String>,
+    /// `cluster.scheduler.image`.
+    pub scheduler: Option<String>,
+    /// `cluster.proxy.image`.
+    pub proxy: Option<String>,
+    /// `cluster.proxy.disabled`.
+    pub proxy_disabled: bool,
+    /// `cluster.coreDNS.image`.
+    pub coredns: Option<String>,
+    /// `cluster.coreDNS.disabled`.
+    pub coredns_disabled: bool,
+    /// `cluster.network.cni.name` (`flannel` when absent).
+    pub cni: Option<String>,
+    /// `machine.install.image`.
+    pub install_image: Option<String>,
+    /// `machine.controlPlane.controllerManager.disabled`.
+    pub controller_manager_disabled: bool,
+    /// `machine.controlPlane.scheduler.disabled`.
+    pub scheduler_disabled: bool,
+    /// `machine.features.imageCache.localEnabled`.
+    pub cache_local_enabled: bool,
+    /// `local.enabled` of an `ImageCacheConfig` document (Talos 1.14), when there is one.
+    pub cache_config_document: Option<bool>,
+    /// Whether a `VolumeConfig` document named `IMAGECACHE` is present.
+    pub cache_volume: bool,
+    /// Its `provisioning.grow`.
+    pub cache_volume_grow: bool,
 }
 
 /// A checked machine configuration. Its bytes are secret: `Debug` prints the digest and the
@@ -445,6 +489,28 @@ fn info(docs: &[Value], main: usize) -> ConfigInfo {
         hostname: s(get(d, "machine.network.hostname")),
         install_disk: s(get(d, "machine.install.disk")),
         other_documents: Vec::new(),
+        images: ImageSettings::default(),
+    };
+    let b = |v: Option<&Value>| v.and_then(Value::as_bool).unwrap_or(false);
+    let nonempty = |v: Option<&Value>| s(v).filter(|x| !x.is_empty());
+    info.images = ImageSettings {
+        kubelet: nonempty(get(d, "machine.kubelet.image")),
+        etcd: nonempty(get(d, "cluster.etcd.image")),
+        api_server: nonempty(get(d, "cluster.apiServer.image")),
+        controller_manager: nonempty(get(d, "cluster.controllerManager.image")),
+        scheduler: nonempty(get(d, "cluster.scheduler.image")),
+        proxy: nonempty(get(d, "cluster.proxy.image")),
+        proxy_disabled: b(get(d, "cluster.proxy.disabled")),
+        coredns: nonempty(get(d, "cluster.coreDNS.image")),
+        coredns_disabled: b(get(d, "cluster.coreDNS.disabled")),
+        cni: nonempty(get(d, "cluster.network.cni.name")),
+        install_image: nonempty(get(d, "machine.install.image")),
+        controller_manager_disabled: b(get(d, "machine.controlPlane.controllerManager.disabled")),
+        scheduler_disabled: b(get(d, "machine.controlPlane.scheduler.disabled")),
+        cache_local_enabled: b(get(d, "machine.features.imageCache.localEnabled")),
+        cache_config_document: None,
+        cache_volume: false,
+        cache_volume_grow: false,
     };
     for (i, doc) in docs.iter().enumerate() {
         if i == main {
@@ -453,6 +519,13 @@ fn info(docs: &[Value], main: usize) -> ConfigInfo {
         let kind = s(doc.get("kind")).unwrap_or_default();
         if kind == "HostnameConfig" && info.hostname.is_none() {
             info.hostname = s(doc.get("hostname"));
+        }
+        if kind == "VolumeConfig" && s(doc.get("name")).as_deref() == Some("IMAGECACHE") {
+            info.images.cache_volume = true;
+            info.images.cache_volume_grow = b(get(doc, "provisioning.grow"));
+        }
+        if kind == "ImageCacheConfig" {
+            info.images.cache_config_document = Some(b(get(doc, "local.enabled")));
         }
         info.other_documents.push(kind);
     }

@@ -3,9 +3,11 @@
 
 pub mod cpio;
 pub mod elf;
+pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod meta;
+pub mod reference;
 pub mod squashfs;
 pub mod yaml;
 

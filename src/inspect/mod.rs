@@ -14,6 +14,7 @@ use crate::compose::gpt;
 use crate::compose::uki;
 use crate::format::{fat, meta};
 
+pub mod cache;
 pub mod initrd;
 pub mod installer;
 pub mod source;
@@ -44,6 +45,9 @@ pub struct Inspection {
     /// An installer image's configuration, payload and records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub installer: Option<installer::InstallerInfo>,
+    /// What the `IMAGECACHE` partition holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_cache: Option<cache::CacheReport>,
 }
 
 /// A partition as the GPT describes it.
@@ -246,6 +250,29 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         .map(|l| l.version.clone());
     let config = config_of(&file, &partitions, uki.as_ref(), &layers)
         .with_context(|| format!("{}: reading the machine configuration", path.display()))?;
+    let image_cache = match partitions
+        .iter()
+        .find(|p| p.label == crate::compose::IMAGE_CACHE_LABEL)
+    {
+        Some(p) => {
+            let vol = crate::format::ext4::Volume::open(p.size, |off, buf| {
+                file.read_exact_at(buf, p.offset + off)
+            })
+            .and_then(|v| cache::read(&v))
+            .with_context(|| {
+                format!(
+                    "{}: partition {} ({}) at bytes {}..{}: reading the image cache",
+                    path.display(),
+                    p.number,
+                    p.label,
+                    p.offset,
+                    p.offset + p.size
+                )
+            })?;
+            Some(vol)
+        }
+        None => None,
+    };
     let manifest = partitions
         .iter()
         .find(|p| p.label == crate::compose::MANIFEST_LABEL)
@@ -294,6 +321,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         config,
         manifest,
         installer,
+        image_cache,
     })
 }
 
@@ -742,6 +770,26 @@ pub fn render(i: &Inspection) -> Result<String> {
     }
     if let Some(inst) = &i.installer {
         installer::render(&mut s, inst)?;
+    }
+    if let Some(c) = &i.image_cache {
+        writeln!(
+            s,
+            "image cache (ext4 {:?}): {} image{}, {} blob{}, {} bytes",
+            c.label,
+            c.images.len(),
+            if c.images.len() == 1 { "" } else { "s" },
+            c.blobs,
+            if c.blobs == 1 { "" } else { "s" },
+            c.blob_bytes
+        )?;
+        for im in &c.images {
+            let state = if im.missing.is_empty() {
+                String::new()
+            } else {
+                format!("  INCOMPLETE: lacks {}", im.missing.join(", "))
+            };
+            writeln!(s, "  {} {} {}{state}", im.reference, im.kind, im.digest)?;
+        }
     }
     if let Some(m) = &i.meta {
         match m.copy {

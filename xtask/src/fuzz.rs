@@ -39,8 +39,12 @@ mod oci;
 #[path = "../../fuzz/src/fat.rs"]
 mod fat_input;
 
+/// How the ext4 fuzz target reads a filesystem (shared with it, see the file).
+#[path = "../../fuzz/src/ext4.rs"]
+mod ext4_input;
+
 /// Every fuzz target of `fuzz/fuzz_targets/`.
-pub const TARGETS: [&str; 24] = [
+pub const TARGETS: [&str; 25] = [
     "profile",
     "schematic",
     "machine_config",
@@ -60,6 +64,7 @@ pub const TARGETS: [&str; 24] = [
     "cpio",
     "squashfs",
     "fat",
+    "ext4",
     "initrd",
     "inspect_image",
     "inventory",
@@ -595,6 +600,7 @@ fn seeds(target: &str) -> Result<Seeds> {
         "cpio" => cpio_seeds()?,
         "squashfs" => squashfs_seeds()?,
         "fat" => fat_seeds()?,
+        "ext4" => ext4_seeds()?,
         "initrd" => vec![("synthetic".into(), initrd()?)],
         "inspect_image" => inspect_image_seeds()?,
         "inventory" => text_seeds(&[
@@ -834,6 +840,12 @@ fn manifest_for(size: u64, parts: &[(&str, u64, u64)], slots: bool) -> Manifest 
                 machine_type: "controlplane".into(),
                 sha256: hex64(0x13),
             }),
+            image_cache: vec![manifest::CachedImageDigest {
+                reference: "registry.k8s.io/pause:3.10".into(),
+                digest: format!("sha256:{}", hex64(0x14)),
+                platform: "linux/amd64".into(),
+                size: 321,
+            }],
         },
         slots: Vec::new(),
         meta_base: Vec::new(),
@@ -1169,6 +1181,49 @@ fn initrd() -> Result<Vec<u8>> {
 /// with nested directories, long and Unicode names, an empty file and files of many clusters.
 /// Each seed is the volume without its trailing zeros (the target reads them back as zeros),
 /// so none is larger than libFuzzer's 1 MiB default input size.
+/// Image cache filesystems as the build writes them: a single-platform image and one behind
+/// an index, on amd64 and arm64.
+fn ext4_seeds() -> Result<Seeds> {
+    use edgeimage::assets::oci::pinned::open_pinned;
+    use edgeimage::compose::ext4;
+    use edgeimage::imagecache::{assemble, fixtures, CachedImage};
+    let dir = tempfile::tempdir()?;
+    let mut v = Vec::new();
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let mut images = Vec::new();
+        for (i, r) in ["registry.k8s.io/pause:3.10", "host:5000/team/app:v1"]
+            .iter()
+            .enumerate()
+        {
+            let f = fixtures::image(r, arch, "seed", i == 1)?;
+            let p = dir.path().join(format!("{arch}-{i}.tar"));
+            fs::write(&p, f.tar()?)?;
+            images.push(CachedImage {
+                reference: edgeimage::format::reference::Reference::parse(r)?,
+                image: open_pinned(&p, &f.digest, arch)?,
+            });
+        }
+        let cache = assemble(&images)?;
+        let mut b = ext4::build(&ext4::Ext4Input {
+            tree: &cache.tree,
+            label: "IMAGECACHE",
+            uuid: [7; 16],
+            epoch: 1_700_000_000,
+            size: ext4::Size::Fit { free: 0 },
+            spare_inodes: 0,
+        })?
+        .layout
+        .to_vec()?;
+        let end = b.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
+        b.truncate(end);
+        if b.len() > 1 << 20 {
+            bail!("the {arch} ext4 seed is {} bytes, more than 1 MiB", b.len());
+        }
+        v.push((format!("cache-{arch}"), b));
+    }
+    Ok(v)
+}
+
 fn fat_seeds() -> Result<Seeds> {
     let bytes = |n: usize, seed: u8| -> Layout {
         Layout::from_bytes(
@@ -1528,6 +1583,12 @@ fn check_seed(target: &str, data: &[u8]) -> Result<()> {
             let root = sq.inode(sq.root())?;
             if sq.walk(&root)?.is_empty() {
                 bail!("an empty tree");
+            }
+        }
+        "ext4" => {
+            let done = ext4_input::exercise(data)?;
+            if done.resolved < 2 {
+                bail!("resolved {} cached images", done.resolved);
             }
         }
         "fat" => {
