@@ -147,21 +147,24 @@ pub fn image(reference: &str, arch: Arch, seed: &str, multi: bool) -> io::Result
 }
 
 /// The images a Talos v1.12.5 control plane node with default image settings pulls
-/// ([`crate::imagecache::required`]), as fixtures for `arch` (the kubelet behind a
-/// two-platform index, as registries serve it).
+/// ([`crate::imagecache::required`]).
+pub const CONTROL_PLANE_1_12_5: [&str; 9] = [
+    "ghcr.io/siderolabs/kubelet:v1.35.2",
+    "registry.k8s.io/etcd:v3.6.8",
+    "registry.k8s.io/kube-apiserver:v1.35.2",
+    "registry.k8s.io/kube-controller-manager:v1.35.2",
+    "registry.k8s.io/kube-scheduler:v1.35.2",
+    "registry.k8s.io/kube-proxy:v1.35.2",
+    "registry.k8s.io/coredns/coredns:v1.13.2",
+    "ghcr.io/siderolabs/flannel:v0.27.4",
+    "registry.k8s.io/pause:3.10",
+];
+
+/// [`CONTROL_PLANE_1_12_5`] as fixtures for `arch` (the kubelet behind a two-platform index,
+/// as registries serve it).
 pub fn talos_1_12_5_control_plane(arch: Arch) -> io::Result<Vec<FixtureImage>> {
-    [
-        "ghcr.io/siderolabs/kubelet:v1.35.2",
-        "registry.k8s.io/etcd:v3.6.8",
-        "registry.k8s.io/kube-apiserver:v1.35.2",
-        "registry.k8s.io/kube-controller-manager:v1.35.2",
-        "registry.k8s.io/kube-scheduler:v1.35.2",
-        "registry.k8s.io/kube-proxy:v1.35.2",
-        "registry.k8s.io/coredns/coredns:v1.13.2",
-        "ghcr.io/siderolabs/flannel:v0.27.4",
-        "registry.k8s.io/pause:3.10",
-    ]
-    .iter()
+    CONTROL_PLANE_1_12_5
+        .iter()
     .enumerate()
     .map(|(i, r)| image(r, arch, &format!("fixture-{i}"), i == 0))
     .collect()

@@ -366,20 +366,8 @@ mod tests {
         let s = ImageSettings::default();
         let list = required(&s, MachineType::ControlPlane, &v("v1.12.5"), &[]).unwrap();
         let refs: Vec<String> = list.iter().map(|r| r.reference.to_string()).collect();
-        assert_eq!(
-            refs,
-            [
-                "ghcr.io/siderolabs/kubelet:v1.35.2",
-                "registry.k8s.io/etcd:v3.6.8",
-                "registry.k8s.io/kube-apiserver:v1.35.2",
-                "registry.k8s.io/kube-controller-manager:v1.35.2",
-                "registry.k8s.io/kube-scheduler:v1.35.2",
-                "registry.k8s.io/kube-proxy:v1.35.2",
-                "registry.k8s.io/coredns/coredns:v1.13.2",
-                "ghcr.io/siderolabs/flannel:v0.27.4",
-                "registry.k8s.io/pause:3.10",
-            ]
-        );
+        // The list the fixtures (and every cache test) use, in Talos's order.
+        assert_eq!(refs, crate::imagecache::fixtures::CONTROL_PLANE_1_12_5);
     }
 
     #[test]

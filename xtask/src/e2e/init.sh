@@ -257,6 +257,67 @@ fi
 
 [ -f /etc/hostname ] && m "hostname: $(cat /etc/hostname)"
 
+# --- The image cache --------------------------------------------------------------------------
+# The IMAGECACHE partition (ext4, read-only, as Talos mounts it), each tag resolved the way
+# Talos's registry resolves it: the tag file's SHA-256 names digest/sha256-<hex>, which must
+# hold the same bytes; an index names manifests by digest, one of which must be there; the
+# manifest's config and layers must be in blob/, each blob's SHA-256 equal to its name.
+cache=$(find_part IMAGECACHE)
+if [ -n "$cache" ]; then
+  mkdir -p /mnt/cache
+  if mount -t ext4 -o ro "/dev/$cache" /mnt/cache; then
+    ok=0
+    bad=0
+    for tagf in $(find /mnt/cache/manifests -type f -path '*/reference/*' | sort); do
+      dir=${tagf%/reference/*}
+      ref="${dir#/mnt/cache/manifests/}:${tagf##*/}"
+      d=$(sha256sum "$tagf" | cut -d ' ' -f 1)
+      if ! cmp -s "$tagf" "$dir/digest/sha256-$d"; then
+        m "cache-bad: $ref: no digest/sha256-$d with the tag's bytes"
+        bad=$((bad + 1))
+        continue
+      fi
+      man=$tagf
+      if grep -q '"manifests"' "$tagf"; then
+        man=
+        for md in $(grep -o 'sha256:[0-9a-f]\{64\}' "$tagf"); do
+          f="$dir/digest/sha256-${md#sha256:}"
+          if [ -f "$f" ] && [ "$(sha256sum "$f" | cut -d ' ' -f 1)" = "${md#sha256:}" ]; then
+            man=$f
+            break
+          fi
+        done
+      fi
+      if [ -z "$man" ]; then
+        m "cache-bad: $ref: no manifest of its index is there"
+        bad=$((bad + 1))
+        continue
+      fi
+      blobs=0
+      missing=
+      for bd in $(grep -o 'sha256:[0-9a-f]\{64\}' "$man"); do
+        f="/mnt/cache/blob/sha256-${bd#sha256:}"
+        if [ "$(sha256sum "$f" 2>/dev/null | cut -d ' ' -f 1)" = "${bd#sha256:}" ]; then
+          blobs=$((blobs + 1))
+        else
+          missing="$missing ${bd#sha256:}"
+        fi
+      done
+      if [ -n "$missing" ]; then
+        m "cache-bad: $ref: blobs missing or damaged:$missing"
+        bad=$((bad + 1))
+      else
+        m "cache-image: $ref blobs=$blobs"
+        ok=$((ok + 1))
+      fi
+    done
+    m "image-cache: images=$ok incomplete=$bad"
+    umount /mnt/cache
+  else
+    m "image-cache: mount-failed"
+  fi
+fi
+
 # --- The extension service ------------------------------------------------------------------
 # Its entrypoint is relative to the container root; busybox sh stands in for the container's.
 svc=/usr/local/lib/containers/edgehostlet

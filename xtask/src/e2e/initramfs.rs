@@ -29,6 +29,8 @@ const WANTED: &[(&str, bool)] = &[
     ("squashfs", true),
     ("overlay", true),
     ("efivarfs", false),
+    // The image cache partition (built in on some kernels).
+    ("ext4", false),
 ];
 
 const INIT: &str = include_str!("init.sh");

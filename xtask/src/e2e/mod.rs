@@ -96,6 +96,8 @@ pub struct Variant {
     pub sector_size: u64,
     /// Also boot the UKI's reset-maintenance profile.
     pub boot_reset: bool,
+    /// An image cache with the images a v1.12.5 control plane pulls (generated OCI layouts).
+    pub cache: bool,
 }
 
 const BASE: Variant = Variant {
@@ -108,6 +110,7 @@ const BASE: Variant = Variant {
     fill_cmdline: false,
     sector_size: 512,
     boot_reset: true,
+    cache: true,
 };
 
 /// The images built and booted, in this order (the installer uses the first of its
@@ -120,6 +123,7 @@ pub const VARIANTS: [Variant; 5] = [
         extension: Some(Form::Dir),
         modules: false,
         boot_reset: false,
+        cache: false,
         ..BASE
     },
     Variant {
@@ -130,6 +134,7 @@ pub const VARIANTS: [Variant; 5] = [
         small_config: true,
         fill_cmdline: true,
         boot_reset: false,
+        cache: false,
         ..BASE
     },
     Variant {
@@ -138,6 +143,7 @@ pub const VARIANTS: [Variant; 5] = [
         modules: false,
         sector_size: 4096,
         boot_reset: false,
+        cache: false,
         ..BASE
     },
     Variant {
@@ -504,6 +510,8 @@ pub struct Expect {
     /// The length of the booted command line (`cmdline` may show an inline configuration by
     /// its digest only).
     pub cmdline_len: Option<usize>,
+    /// The references the image cache must resolve, sorted (`None`: no cache partition).
+    pub cache_images: Option<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -526,6 +534,8 @@ pub struct Inputs {
     pub config: String,
     pub patches: Vec<String>,
     pub delivery: Delivery,
+    /// The image cache: (reference, pinned digest, archive).
+    pub cache: Vec<(String, String, String)>,
 }
 
 /// The manifest of the kernel-module extension.
@@ -598,11 +608,30 @@ fn write_inputs(paths: &Paths, v: &Variant, root: &fetch::Root) -> Result<Inputs
     fs::write(&cfg, yaml).with_context(|| format!("writing {}", cfg.display()))?;
     let patch = dir.join("hostname-patch.yaml");
     fs::write(&patch, HOSTNAME_PATCH).with_context(|| format!("writing {}", patch.display()))?;
+    let mut patches = vec![rel(&patch)?];
+    let mut cache = Vec::new();
+    if v.cache {
+        use edgeimage::imagecache::fixtures;
+        let p = dir.join("image-cache-patch.yaml");
+        fs::write(&p, fixtures::CONFIG_PATCH)
+            .with_context(|| format!("writing {}", p.display()))?;
+        patches.push(rel(&p)?);
+        fs::create_dir_all(dir.join("images"))?;
+        for (i, im) in fixtures::talos_1_12_5_control_plane(v.arch)?
+            .into_iter()
+            .enumerate()
+        {
+            let a = dir.join(format!("images/{i}.tar"));
+            fs::write(&a, im.tar()?).with_context(|| format!("writing {}", a.display()))?;
+            cache.push((im.reference, im.digest, rel(&a)?));
+        }
+    }
     Ok(Inputs {
         extensions,
         config: rel(&cfg)?,
-        patches: vec![rel(&patch)?],
+        patches,
         delivery: v.delivery,
+        cache,
     })
 }
 
@@ -729,6 +758,16 @@ fn write_profile(paths: &Paths, setup: &Setup, inputs: Option<&Inputs>) -> Resul
             patches.join(", "),
             inputs.delivery.as_str()
         ));
+        if !inputs.cache.is_empty() {
+            t.push_str("\n[image_cache]\n");
+            for (reference, digest, archive) in &inputs.cache {
+                t.push_str(&format!(
+                    "\n[[image_cache.images]]\nreference = {}\ndigest = \"{digest}\"\narchive = {}\n",
+                    toml_str(reference),
+                    toml_str(archive)
+                ));
+            }
+        }
     }
     let p = paths.e2e.join(format!("{}.toml", setup.name));
     fs::write(&p, t).with_context(|| format!("writing {}", p.display()))?;
@@ -975,6 +1014,14 @@ fn build_with_edgeimage(
         sha256,
     });
     expect.edgehostlet_hostname = v.extension.map(|_| PATCHED_HOSTNAME.to_string());
+    if v.cache {
+        let mut refs: Vec<String> = edgeimage::imagecache::fixtures::CONTROL_PLANE_1_12_5
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        refs.sort();
+        expect.cache_images = Some(refs);
+    }
     if v.modules {
         // The combined modules.dep layer, last (Talos's imager appends it after every other).
         want_ext.push((
@@ -1224,6 +1271,7 @@ fn boot_reset_profile(
         modules_dep: expect.modules_dep.clone(),
         esp_guid: expect.esp_guid.clone(),
         cmdline_len: None,
+        cache_images: expect.cache_images.clone(),
     };
     let boot = qemu::boot(
         root,
@@ -1365,6 +1413,7 @@ fn check(boot: &qemu::Boot, setup: &Setup, expect: &Expect) -> Result<()> {
     check_extensions(&marks, expect, &mut failures);
     check_config(&marks, expect, &mut failures);
     check_modules(&marks, expect, &mut failures);
+    check_cache(&marks, expect, &mut failures);
     if let Some(entry) = &expect.entry {
         match marker(&marks, "efivar LoaderEntrySelected=") {
             Some(got) if got.trim() == entry => {}
@@ -1512,6 +1561,37 @@ fn check_extensions(marks: &[&str], expect: &Expect, failures: &mut Vec<String>)
         (None, Some(got)) => failures.push(format!(
             "edgehostlet ran (hostname={got}), but the image should not hold it"
         )),
+    }
+}
+
+/// What the init resolved in the image cache partition: every expected reference, complete.
+fn check_cache(marks: &[&str], expect: &Expect, failures: &mut Vec<String>) {
+    let summary = marker(marks, "image-cache: ");
+    let Some(want) = &expect.cache_images else {
+        if let Some(s) = summary {
+            failures.push(format!("image cache: found one ({s}), but none was expected"));
+        }
+        return;
+    };
+    for bad in markers(marks, "cache-bad: ") {
+        failures.push(format!("image cache: {bad}"));
+    }
+    let mut got: Vec<String> = markers(marks, "cache-image: ")
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    got.sort();
+    if &got != want {
+        failures.push(format!(
+            "image cache: the guest resolved {got:?}, the profile caches {want:?}"
+        ));
+    }
+    let expected = format!("images={} incomplete=0", want.len());
+    if summary != Some(expected.as_str()) {
+        failures.push(format!(
+            "image cache: the guest reports {summary:?}, expected {expected:?}"
+        ));
     }
 }
 
