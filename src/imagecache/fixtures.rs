@@ -165,9 +165,9 @@ pub const CONTROL_PLANE_1_12_5: [&str; 9] = [
 pub fn talos_1_12_5_control_plane(arch: Arch) -> io::Result<Vec<FixtureImage>> {
     CONTROL_PLANE_1_12_5
         .iter()
-    .enumerate()
-    .map(|(i, r)| image(r, arch, &format!("fixture-{i}"), i == 0))
-    .collect()
+        .enumerate()
+        .map(|(i, r)| image(r, arch, &format!("fixture-{i}"), i == 0))
+        .collect()
 }
 
 /// A machine configuration patch that enables the local image cache and declares the

@@ -1569,7 +1569,9 @@ fn check_cache(marks: &[&str], expect: &Expect, failures: &mut Vec<String>) {
     let summary = marker(marks, "image-cache: ");
     let Some(want) = &expect.cache_images else {
         if let Some(s) = summary {
-            failures.push(format!("image cache: found one ({s}), but none was expected"));
+            failures.push(format!(
+                "image cache: found one ({s}), but none was expected"
+            ));
         }
         return;
     };
