@@ -306,3 +306,48 @@ fn a_docker_save_archive_without_manifests_is_refused() {
         "{e}"
     );
 }
+
+/// The cache partition is signed like the rest: `verify` passes the signed image, and a bit
+/// flipped in a blob inside the partition is a content mismatch in that partition.
+#[test]
+fn verify_proves_the_cache_partition() {
+    let f = cache_fixture(&all_images(), "", true);
+    let key = new_key(&f.dir.path().join("keys"), "release");
+    let trust = f.dir.path().join("trust");
+    fs::create_dir_all(trust.join("trusted")).unwrap();
+    fs::copy(&key.public, trust.join("trusted/release.pub")).unwrap();
+    let out = f.dir.path().join("out");
+    build(
+        &f,
+        &out,
+        &["--raw", "--sign-key", key.secret.to_str().unwrap()],
+    );
+    let raw = set_dir(&out).join("t.raw");
+    verify_with(&trust, &raw, &[]).expect(0, "VERIFIED");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(set_dir(&out).join("t.manifest.json")).unwrap()).unwrap();
+    let part = manifest["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "IMAGECACHE")
+        .unwrap()
+        .clone();
+    let number = part["number"].as_u64().unwrap();
+    let off = part["offset"].as_u64().unwrap();
+    let size = part["size"].as_u64().unwrap();
+    // The last mapped byte of the partition (the end of the last blob's last block).
+    let mut data = fs::read(&raw).unwrap();
+    let at = (off..off + size)
+        .rev()
+        .find(|&i| data[i as usize] != 0)
+        .unwrap();
+    data[at as usize] ^= 0x04;
+    fs::write(&raw, data).unwrap();
+    let v = verify_with(&trust, &raw, &[]);
+    let verdict = v.expect(7, "CONTENT MISMATCH");
+    assert!(
+        verdict.contains(&format!("first in partition {number} (IMAGECACHE)")),
+        "{verdict}"
+    );
+}

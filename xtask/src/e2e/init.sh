@@ -315,6 +315,7 @@ if [ -n "$cache" ]; then
     umount /mnt/cache
   else
     m "image-cache: mount-failed"
+    dmesg | grep -i -e ext4 -e jbd2 -e "$cache" | tail -n 8 | while read -r l; do m "cache-dmesg: $l"; done
   fi
 fi
 
