@@ -125,7 +125,7 @@ impl<'a> Volume<'a> {
         if log > 6 {
             bail!(
                 "the superblock's block size (2^{} bytes) is not 1 to 64 KiB",
-                10 + log
+                10 + u64::from(log)
             );
         }
         let block_size = 1024u64 << log;
@@ -360,7 +360,17 @@ impl<'a> Volume<'a> {
         }
         let mut data = vec![0u8; inode.size as usize];
         let bs = self.block_size;
+        // Extents must be in order and must not overlap (as ext4 keeps them): so a file's
+        // reads add up to at most its size, however many extents claim the same blocks.
+        let mut next = 0u64;
         for (logical, start, len, init) in self.runs(inode)? {
+            if logical < next {
+                bail!(
+                    "inode {}: an extent at logical block {logical} overlaps the one before",
+                    inode.ino
+                );
+            }
+            next = logical + len;
             if !init {
                 continue; // reads as zeros
             }
@@ -512,6 +522,10 @@ mod tests {
         let mut x = b.clone();
         x[1024 + 0x18] = 9;
         assert!(err(&x, |_| Ok(())).contains("not 1 to 64 KiB"));
+        // Found by the ext4 fuzz target: the message's arithmetic overflowed.
+        let mut x = b.clone();
+        x[1024 + 0x18..1024 + 0x1C].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(err(&x, |_| Ok(())).contains("(2^4294967305 bytes) is not 1 to 64 KiB"));
         let mut x = b.clone();
         x[1024 + 0x4..1024 + 0x8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(err(&x, |_| Ok(())).contains("not a size the"));
@@ -559,6 +573,14 @@ mod tests {
         x[blk * 4096 + 5] = 0;
         let e = err(&x, |v| v.list(&v.root()?).map(|_| ()));
         assert!(e.contains("a broken entry at byte 0 of block 0"), "{e}");
+        // Two extents claiming the same logical blocks (each read would cover the file again).
+        let mut x = b.clone();
+        let root = inode_at(&x, 2) + 0x28;
+        let first: Vec<u8> = x[root + 12..root + 24].to_vec();
+        x[root + 24..root + 36].copy_from_slice(&first);
+        x[root + 2] = 2; // two entries
+        let e = err(&x, |v| v.list(&v.root()?).map(|_| ()));
+        assert!(e.contains("overlaps the one before"), "{e}");
         // An inode number past the end.
         let e = err(&b, |v| v.inode(u32::MAX).map(|_| ()));
         assert!(e.contains("does not exist"), "{e}");

@@ -21,6 +21,8 @@ const MAX_TAGS: usize = 4096;
 const MAX_VISITED: usize = 200_000;
 /// The largest manifest or index read.
 const MAX_MANIFEST: u64 = 4 << 20;
+/// Bytes of manifests read at most, all together.
+const MAX_MANIFEST_TOTAL: u64 = 64 << 20;
 
 #[derive(Debug, Serialize)]
 pub struct CacheReport {
@@ -60,10 +62,20 @@ struct Desc {
 struct Walk<'v, 'a> {
     vol: &'v Volume<'a>,
     visited: usize,
+    /// Directories listed so far: none is listed twice (a cycle).
+    dirs: std::collections::HashSet<u32>,
+    /// Bytes of manifests left to read.
+    budget: u64,
 }
 
 impl Walk<'_, '_> {
     fn list(&mut self, dir: &Inode) -> Result<Vec<crate::format::ext4::Entry>> {
+        if !self.dirs.insert(dir.ino) {
+            bail!(
+                "directory inode {} is reached twice: the tree has a cycle",
+                dir.ino
+            );
+        }
         let l = self.vol.list(dir)?;
         self.visited += l.len();
         if self.visited > MAX_VISITED {
@@ -71,11 +83,31 @@ impl Walk<'_, '_> {
         }
         Ok(l)
     }
+
+    /// Read a manifest or index (at most [`MAX_MANIFEST`], all of them together at most
+    /// [`MAX_MANIFEST_TOTAL`]).
+    fn manifest(&mut self, ino: u32, what: &str) -> Result<Vec<u8>> {
+        let inode = self.vol.inode(ino)?;
+        if inode.size > self.budget {
+            bail!("{what}: the cache's manifests are more than {MAX_MANIFEST_TOTAL} bytes");
+        }
+        let b = self
+            .vol
+            .read(&inode, MAX_MANIFEST)
+            .with_context(|| format!("reading {what}"))?;
+        self.budget -= b.len() as u64;
+        Ok(b)
+    }
 }
 
 /// Read the cache on a partition of `len` bytes.
 pub fn read(vol: &Volume) -> Result<CacheReport> {
-    let mut w = Walk { vol, visited: 0 };
+    let mut w = Walk {
+        vol,
+        visited: 0,
+        dirs: Default::default(),
+        budget: MAX_MANIFEST_TOTAL,
+    };
     let blob_dir = vol.find("blob")?;
     let mut blobs: BTreeMap<String, u64> = BTreeMap::new();
     if let Some(d) = &blob_dir {
@@ -116,7 +148,7 @@ pub fn read(vol: &Volume) -> Result<CacheReport> {
                     if images.len() >= MAX_TAGS {
                         bail!("the cache has more than {MAX_TAGS} tags");
                     }
-                    images.push(resolve(vol, &path, &t.name(), t.ino, &digests, &blobs)?);
+                    images.push(resolve(&mut w, &path, &t.name(), t.ino, &digests, &blobs)?);
                 }
             }
             for (name, ino) in sub.iter().rev() {
@@ -151,7 +183,7 @@ fn registry_name(dir: &str) -> String {
 }
 
 fn resolve(
-    vol: &Volume,
+    w: &mut Walk,
     path: &[String],
     tag: &str,
     ino: u32,
@@ -159,9 +191,7 @@ fn resolve(
     blobs: &BTreeMap<String, u64>,
 ) -> Result<CachedRef> {
     let reference = format!("{}/{}:{tag}", registry_name(&path[0]), path[1..].join("/"));
-    let bytes = vol
-        .read(&vol.inode(ino)?, MAX_MANIFEST)
-        .with_context(|| format!("reading the manifest of {reference}"))?;
+    let bytes = w.manifest(ino, &format!("the manifest of {reference}"))?;
     let hex = hex::encode(Sha256::digest(&bytes));
     let mut missing = Vec::new();
     let name = format!("sha256-{hex}");
@@ -197,7 +227,7 @@ fn resolve(
             for m in list.iter().take(64) {
                 let n = m.digest.replacen(':', "-", 1);
                 let Some(&i) = digests.get(&n) else { continue };
-                let b = vol.read(&vol.inode(i)?, MAX_MANIFEST)?;
+                let b = w.manifest(i, &format!("a manifest of {reference}"))?;
                 let Ok(d) = serde_json::from_slice::<Doc>(&b) else {
                     continue;
                 };
@@ -278,5 +308,46 @@ mod tests {
         assert_eq!(r.images[1].digest, images[0].image.top.digest);
         assert_eq!(r.blobs, cache.blobs);
         assert_eq!(r.blob_bytes, cache.blob_bytes);
+    }
+
+    #[test]
+    fn a_directory_cycle_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fixtures::image("registry.k8s.io/pause:3.10", Arch::Amd64, "s", false).unwrap();
+        let p = dir.path().join("a.tar");
+        std::fs::write(&p, f.tar().unwrap()).unwrap();
+        let images = vec![CachedImage {
+            reference: crate::format::reference::Reference::parse("registry.k8s.io/pause:3.10")
+                .unwrap(),
+            image: open_pinned(&p, &f.digest, Arch::Amd64).unwrap(),
+        }];
+        let cache = assemble(&images).unwrap();
+        let mut bytes = build(&Ext4Input {
+            tree: &cache.tree,
+            label: "IMAGECACHE",
+            uuid: [1; 16],
+            epoch: 0,
+            size: Size::Fit { free: 0 },
+            spare_inodes: 0,
+        })
+        .unwrap()
+        .layout
+        .to_vec()
+        .unwrap();
+        let manifests = {
+            let v = Volume::from_bytes(&bytes).unwrap();
+            v.find("manifests").unwrap().unwrap().ino
+        };
+        // The entry `registry.k8s.io` in manifests/ now names manifests/ itself.
+        let name = b"registry.k8s.io";
+        let at = bytes
+            .windows(name.len())
+            .enumerate()
+            .position(|(i, w)| w == name && i >= 8 && bytes[i - 2] == 15 && bytes[i - 1] == 2)
+            .unwrap();
+        bytes[at - 8..at - 4].copy_from_slice(&manifests.to_le_bytes());
+        let v = Volume::from_bytes(&bytes).unwrap();
+        let e = format!("{:#}", read(&v).unwrap_err());
+        assert!(e.contains("reached twice: the tree has a cycle"), "{e}");
     }
 }

@@ -2,7 +2,8 @@
 //! against the same composition done with the usual tools (objcopy for the UKI, mkfs.fat +
 //! mtools for the ESP, sgdisk for the GPT, dd for placing partitions, zstd for compression),
 //! on the same synthetic inputs, in one run. Prints a Markdown table for the README.
-//! `bench verify` and `bench flash` do the same for `edgeimage verify` and `edgeimage flash`.
+//! `bench verify` and `bench flash` do the same for `edgeimage verify` and `edgeimage flash`;
+//! `bench cache` (`bench_cache.rs`) for a build with an image cache.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,14 +18,14 @@ use crate::util;
 
 /// Resources one command used.
 #[derive(Clone, Copy, Default)]
-struct Usage {
-    wall: f64,
-    cpu: f64,
-    max_rss_kib: i64,
+pub(crate) struct Usage {
+    pub(crate) wall: f64,
+    pub(crate) cpu: f64,
+    pub(crate) max_rss_kib: i64,
 }
 
 impl Usage {
-    fn add(&mut self, o: Usage) {
+    pub(crate) fn add(&mut self, o: Usage) {
         self.wall += o.wall;
         self.cpu += o.cpu;
         self.max_rss_kib = self.max_rss_kib.max(o.max_rss_kib);
@@ -32,7 +33,7 @@ impl Usage {
 }
 
 /// Run a command and measure it with wait4 (rusage of exactly that child).
-fn measure(cmd: &mut Command) -> Result<Usage> {
+pub(crate) fn measure(cmd: &mut Command) -> Result<Usage> {
     let t = Instant::now();
     let child = cmd
         .stdout(std::process::Stdio::null())
@@ -58,7 +59,7 @@ fn measure(cmd: &mut Command) -> Result<Usage> {
     })
 }
 
-fn tool(name: &str) -> Result<Command> {
+pub(crate) fn tool(name: &str) -> Result<Command> {
     for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
         let p = Path::new(dir).join(name);
         if p.exists() {
@@ -103,7 +104,7 @@ fn write_assets(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: cargo xtask bench build|verify|flash [--runs N]";
+const USAGE: &str = "usage: cargo xtask bench build|verify|flash|cache [--runs N]";
 
 pub fn main(args: &[String]) -> Result<()> {
     if let [sub, dir] = args {
@@ -116,10 +117,14 @@ pub fn main(args: &[String]) -> Result<()> {
         if sub == "_flash_assets" {
             return write_flash_assets(Path::new(dir));
         }
+        if sub == "_cache_inputs" {
+            return crate::bench_cache::write_inputs(Path::new(dir));
+        }
     }
     match args.first().map(String::as_str) {
         Some("verify") => return verify(runs_of(&args[1..])?),
         Some("flash") => return flash(runs_of(&args[1..])?),
+        Some("cache") => return crate::bench_cache::run(runs_of(&args[1..])?),
         _ => {}
     }
     if args.first().map(String::as_str) != Some("build") {
@@ -277,7 +282,7 @@ fn runs_of(args: &[String]) -> Result<usize> {
 }
 
 /// The fastest (by wall time) of `runs` measurements.
-fn best_of(runs: usize, mut one: impl FnMut() -> Result<Usage>) -> Result<Usage> {
+pub(crate) fn best_of(runs: usize, mut one: impl FnMut() -> Result<Usage>) -> Result<Usage> {
     let mut best: Option<Usage> = None;
     for _ in 0..runs {
         let u = one()?;
@@ -653,7 +658,7 @@ fn peer_pipeline(work: &Path, assets: &Path) -> Result<(Usage, Vec<(String, Usag
 /// Deterministic text that zstd -3 compresses about 3.5x: numbered lines of eight words, each
 /// drawn from a 64-word vocabulary by a byte of [`synthetic::filler`] (neither zeros nor one
 /// repeated line, which compress 50x and more).
-fn words(seed: &str, len: usize) -> Vec<u8> {
+pub(crate) fn words(seed: &str, len: usize) -> Vec<u8> {
     const WORDS: [&str; 64] = [
         "the", "of", "and", "to", "in", "is", "it", "for", "on", "with", "as", "was", "at", "by",
         "an", "be", "this", "from", "or", "are", "have", "not", "but", "they", "which", "will",

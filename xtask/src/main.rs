@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 mod bench;
+mod bench_cache;
 mod dist;
 mod e2e;
 mod fuzz;
