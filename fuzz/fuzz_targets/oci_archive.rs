@@ -1,5 +1,6 @@
 //! `OciImage::open` on the input as a tar (OCI layout or `docker save`), for both
-//! architectures, then `merged_tree` keeping every path. An input starting with 0x01 or 0x02
+//! architectures, then `merged_tree` keeping every path; and `open_pinned` (the image cache's
+//! reader) pinned to the manifest `OciImage::open` chose. An input starting with 0x01 or 0x02
 //! is one or two image layers, wrapped into an amd64 OCI layout with matching digests (see
 //! `edgeimage_fuzz::oci_input`).
 #![no_main]
@@ -21,6 +22,11 @@ fuzz_target!(|data: &[u8]| {
         let Ok(img) = OciImage::open(&path, arch) else {
             continue;
         };
+        if let Some(d) = img.manifest_digest() {
+            if let Ok(a) = arch.parse() {
+                let _ = edgeimage::assets::oci::pinned::open_pinned(&path, d, a);
+            }
+        }
         let _ = (
             img.layer_count(),
             img.platform(),

@@ -123,33 +123,39 @@ pub fn open_pinned(path: &Path, digest: &str, arch: Arch) -> Result<PinnedImage>
     let wanted = format!("linux/{arch}");
     let (platform_manifest, manifest) = if is_index(&top.media_type) || doc.manifests.is_some() {
         let list = doc.manifests.unwrap_or_default();
-        let mut matching: Vec<&Desc> = Vec::new();
-        let mut held: Vec<String> = Vec::new();
+        // Linear in the list: platforms seen in a set, a second matching manifest refused
+        // at once.
+        let mut matching: Option<&Desc> = None;
+        let mut held: std::collections::BTreeSet<String> = Default::default();
         for d in &list {
             let Some(p) = &d.platform else { continue };
             let p = Platform::from(p);
             if p.is_unknown() {
                 continue; // attestations
             }
-            if !held.contains(&p.to_string()) {
-                held.push(p.to_string());
+            if held.len() < 64 {
+                held.insert(p.to_string());
             }
-            if p.matches(arch) && !matching.iter().any(|m| m.digest == d.digest) {
-                matching.push(d);
+            if p.matches(arch) {
+                match matching {
+                    Some(m) if m.digest != d.digest => {
+                        bail!("{name}: index {pin} lists more than one {wanted} image")
+                    }
+                    _ => matching = Some(d),
+                }
             }
         }
-        let d = match matching.as_slice() {
-            [d] => *d,
-            [] => bail!(
+        let d = match matching {
+            Some(d) => d,
+            None => bail!(
                 "{name}: index {pin} has no {wanted} image (it lists {}): the image is for \
                  another architecture than the profile's",
                 if held.is_empty() {
                     "no platforms".to_string()
                 } else {
-                    held.join(", ")
+                    held.into_iter().collect::<Vec<_>>().join(", ")
                 }
             ),
-            _ => bail!("{name}: index {pin} lists more than one {wanted} image"),
         };
         let dd = BlobDigest::parse(&d.digest)
             .with_context(|| format!("{name}: a manifest descriptor in index {pin}"))?;
