@@ -193,6 +193,78 @@ fn cache_partition_is_ext4_and_resolves_every_image() {
             );
         }
     }
+    // Each cached image, copied out of the partition (debugfs rdump) into an OCI layout, is
+    // an image skopeo reads and copies (checking every blob against its digest).
+    if have("skopeo") {
+        let dump = f.dir.path().join("dump");
+        fs::create_dir_all(&dump).unwrap();
+        debugfs(&img, &format!("rdump / {}", dump.display()));
+        for (i, im) in images.iter().enumerate() {
+            let r = edgeimage::format::reference::Reference::parse(&im.reference).unwrap();
+            let layout = f.dir.path().join(format!("layout-{i}"));
+            let blobs_dir = layout.join("blobs/sha256");
+            fs::create_dir_all(&blobs_dir).unwrap();
+            for src in [dump.join("blob"), dump.join(r.cache_dir()).join("digest")] {
+                for e in fs::read_dir(src).unwrap() {
+                    let e = e.unwrap();
+                    let name = e.file_name().into_string().unwrap();
+                    let hex = name.strip_prefix("sha256-").unwrap();
+                    fs::copy(e.path(), blobs_dir.join(hex)).unwrap();
+                }
+            }
+            let top = fs::read(blobs_dir.join(&im.digest["sha256:".len()..])).unwrap();
+            let doc: serde_json::Value = serde_json::from_slice(&top).unwrap();
+            fs::write(
+                layout.join("oci-layout"),
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+            )
+            .unwrap();
+            fs::write(
+                layout.join("index.json"),
+                serde_json::to_vec(&serde_json::json!({
+                    "schemaVersion": 2,
+                    "manifests": [{
+                        "mediaType": doc["mediaType"],
+                        "digest": im.digest,
+                        "size": top.len(),
+                    }],
+                }))
+                .unwrap(),
+            )
+            .unwrap();
+            let src = format!("oci:{}", layout.display());
+            let o = tool("skopeo")
+                .args([
+                    "--override-arch",
+                    "amd64",
+                    "--override-os",
+                    "linux",
+                    "inspect",
+                ])
+                .arg(&src)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "skopeo inspect {}: {o:?}", im.reference);
+            let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(info["Architecture"], "amd64", "{}", im.reference);
+            let out = f.dir.path().join(format!("copied-{i}"));
+            let o = tool("skopeo")
+                .args([
+                    "--override-arch",
+                    "amd64",
+                    "--override-os",
+                    "linux",
+                    "copy",
+                    "-q",
+                ])
+                .arg(&src)
+                .arg(format!("dir:{}", out.display()))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "skopeo copy {}: {o:?}", im.reference);
+            assert!(out.join("manifest.json").exists());
+        }
+    }
     // The same inputs give the same bytes.
     let out2 = f.dir.path().join("out2");
     build(&f, &out2, &["--raw"]);

@@ -35,6 +35,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
     ("modprobe", "kmod"),
     ("losetup", "mount"),
+    ("skopeo", "skopeo"),
 ];
 
 /// Print every missing tool at once.
