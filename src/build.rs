@@ -186,6 +186,25 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
         late: (mp.offset, mp.size),
         slots: slot_regions,
     };
+    // The installer image for upgrades, next to the image (its digest goes into the
+    // manifest, so it is written first).
+    let upgrade_image = match (&comp.upgrade_image, &profile.upgrade_image) {
+        (Some(u), Some(spec)) => {
+            progress.phase("writing the upgrade installer image");
+            let file = crate::upgrade_image::file_name(&profile.name);
+            let (size, sha256) =
+                artifact::atomic::write_layout(&set.dir().join(&file), &u.archive, 0o644)?;
+            Some(manifest::UpgradeImageDigest {
+                file,
+                size,
+                sha256,
+                reference: u.reference.to_string(),
+                manifest_digest: u.image.top.digest.clone(),
+                base_digest: spec.base_digest.clone(),
+            })
+        }
+        _ => None,
+    };
     let provenance = manifest::Provenance {
         edgeimage_version: env!("CARGO_PKG_VERSION").to_string(),
         source_date_epoch: opts.epoch,
@@ -217,11 +236,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn Progress) -> Result<BuildRe
             machine_type: c.config.machine_type().as_str().to_string(),
             sha256: c.config.sha256().to_string(),
         }),
-        image_cache: plan
-            .image_cache
-            .as_ref()
-            .map(|c| c.cache.entries.clone())
-            .unwrap_or_default(),
+        image_cache: comp.cache_entries.clone(),
+        upgrade_image,
     };
     let make_manifest = |m: &Measured, artifact: Option<manifest::Artifact>| Manifest {
         format: manifest::FORMAT.to_string(),

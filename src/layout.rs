@@ -312,6 +312,22 @@ impl Layout {
         Ok(())
     }
 
+    /// Lowercase hex SHA-256 of the layout's bytes, read in one streaming pass.
+    pub fn sha256_hex(&self) -> io::Result<String> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut r = self.reader();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
     fn insert(&mut self, e: Extent) -> Result<()> {
         if e.len == 0 {
             return Ok(());

@@ -35,4 +35,5 @@ pub mod talos;
 pub mod template;
 pub mod tree;
 pub mod trust;
+pub mod upgrade_image;
 pub mod verify;

@@ -15,10 +15,12 @@ use crate::talos::{Arch, Cmdline, TalosVersion};
 pub mod image_cache;
 pub mod installer;
 pub mod personalize;
+pub mod upgrade_image;
 
 pub use image_cache::{CacheImage, ImageCacheSpec};
 pub use installer::InstallerSpec;
 pub use personalize::{SlotSpec, SlotTarget};
+pub use upgrade_image::UpgradeImageSpec;
 
 /// The profile as written.
 #[derive(Debug, Deserialize)]
@@ -47,6 +49,7 @@ struct RawProfile {
     installer: Option<installer::RawInstaller>,
     install: Option<installer::RawInstall>,
     image_cache: Option<image_cache::RawImageCache>,
+    upgrade_image: Option<upgrade_image::RawUpgradeImage>,
     #[serde(default)]
     personalize: Vec<personalize::RawSlot>,
 }
@@ -232,6 +235,8 @@ pub struct Profile {
     pub installer: Option<InstallerSpec>,
     /// `[image_cache]`: the container images the node's local image cache holds.
     pub image_cache: Option<ImageCacheSpec>,
+    /// `[upgrade_image]`: the Talos installer image made for this profile.
+    pub upgrade_image: Option<UpgradeImageSpec>,
     /// `[[personalize]]`: personalization slots, written per device at flash time.
     pub personalize: Vec<SlotSpec>,
 }
@@ -544,6 +549,7 @@ impl Profile {
         )?;
 
         let image_cache = image_cache::parse(raw.image_cache, base, &field_err)?;
+        let upgrade_image = upgrade_image::parse(raw.upgrade_image, base, &field_err)?;
 
         let personalize = personalize::parse(
             raw.personalize,
@@ -578,6 +584,7 @@ impl Profile {
             signing,
             installer,
             image_cache,
+            upgrade_image,
             personalize,
         })
     }

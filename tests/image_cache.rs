@@ -62,6 +62,13 @@ fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// `skopeo` for amd64/linux whatever the host (images here are amd64).
+fn skopeo() -> std::process::Command {
+    let mut c = tool("skopeo");
+    c.args(["--override-arch", "amd64", "--override-os", "linux"]);
+    c
+}
+
 fn debugfs(img: &Path, req: &str) -> Vec<u8> {
     let o = tool("debugfs")
         .arg("-R")
@@ -233,30 +240,13 @@ fn cache_partition_is_ext4_and_resolves_every_image() {
             )
             .unwrap();
             let src = format!("oci:{}", layout.display());
-            let o = tool("skopeo")
-                .args([
-                    "--override-arch",
-                    "amd64",
-                    "--override-os",
-                    "linux",
-                    "inspect",
-                ])
-                .arg(&src)
-                .output()
-                .unwrap();
+            let o = skopeo().arg("inspect").arg(&src).output().unwrap();
             assert!(o.status.success(), "skopeo inspect {}: {o:?}", im.reference);
             let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             assert_eq!(info["Architecture"], "amd64", "{}", im.reference);
             let out = f.dir.path().join(format!("copied-{i}"));
-            let o = tool("skopeo")
-                .args([
-                    "--override-arch",
-                    "amd64",
-                    "--override-os",
-                    "linux",
-                    "copy",
-                    "-q",
-                ])
+            let o = skopeo()
+                .args(["copy", "-q"])
                 .arg(&src)
                 .arg(format!("dir:{}", out.display()))
                 .output()
@@ -421,5 +411,138 @@ fn verify_proves_the_cache_partition() {
     assert!(
         verdict.contains(&format!("first in partition {number} (IMAGECACHE)")),
         "{verdict}"
+    );
+}
+
+const UPGRADE_REF: &str = "registry.edge.local/edge/installer:v1.12.5-t";
+
+/// The cache fixture with an `[upgrade_image]` made from a generated installer-base.
+fn upgrade_fixture() -> Fixture {
+    let f = cache_fixture(&all_images(), "", true);
+    let base = fixtures::image(
+        "ghcr.io/siderolabs/installer-base:v1.12.5",
+        Arch::Amd64,
+        "base",
+        true,
+    )
+    .unwrap();
+    fs::write(f.dir.path().join("images/base.tar"), base.tar().unwrap()).unwrap();
+    let mut text = fs::read_to_string(&f.profile).unwrap();
+    text.push_str(&format!(
+        "\n[upgrade_image]\nreference = \"{UPGRADE_REF}\"\nbase = {{ archive = \"images/base.tar\", digest = \"{}\" }}\n",
+        base.digest
+    ));
+    fs::write(&f.profile, text).unwrap();
+    f
+}
+
+fn tar_out(args: &[&str]) -> Vec<u8> {
+    let o = tool("tar").args(args).output().unwrap();
+    assert!(o.status.success(), "tar {args:?}: {}", stderr(&o));
+    o.stdout
+}
+
+/// `<name>-installer-image.tar`: an OCI archive skopeo reads and copies, whose last layer
+/// holds exactly systemd-boot and the image's own UKI under `usr/install/amd64/`, recorded
+/// in the signed manifest, served by the image cache, the same bytes twice.
+#[test]
+fn the_upgrade_installer_image_carries_the_uki() {
+    let f = upgrade_fixture();
+    let out = f.dir.path().join("out");
+    build(&f, &out, &["--raw"]);
+    let set = set_dir(&out);
+    let tar = set.join("t-installer-image.tar");
+    let bytes = fs::read(&tar).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(set.join("t.manifest.json")).unwrap()).unwrap();
+    let u = &manifest["provenance"]["upgrade_image"];
+    assert_eq!(u["file"], "t-installer-image.tar");
+    assert_eq!(u["sha256"], sha(&bytes).as_str());
+    assert_eq!(u["size"], bytes.len() as u64);
+    assert_eq!(u["reference"], UPGRADE_REF);
+    let cached = manifest["provenance"]["image_cache"].as_array().unwrap();
+    let entry = cached
+        .iter()
+        .find(|e| e["reference"] == UPGRADE_REF)
+        .expect("the upgrade image is in the cache");
+    assert_eq!(entry["digest"], u["manifest_digest"]);
+
+    // The layout: index.json → manifest → config and layers; the last layer is ours.
+    let t = tar.to_str().unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&tar_out(&["-xOf", t, "index.json"])).unwrap();
+    let mdigest = index["manifests"][0]["digest"].as_str().unwrap();
+    assert_eq!(mdigest, u["manifest_digest"].as_str().unwrap());
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        UPGRADE_REF
+    );
+    let m: serde_json::Value = serde_json::from_slice(&tar_out(&[
+        "-xOf",
+        t,
+        &format!("blobs/sha256/{}", &mdigest[7..]),
+    ]))
+    .unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "the base's layer and the boot assets");
+    let last = layers[1]["digest"].as_str().unwrap();
+    let layer = f.dir.path().join("layer.tar");
+    fs::write(
+        &layer,
+        tar_out(&["-xOf", t, &format!("blobs/sha256/{}", &last[7..])]),
+    )
+    .unwrap();
+    let listing = String::from_utf8(tar_out(&["-tf", layer.to_str().unwrap()])).unwrap();
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        [
+            "usr/install/amd64/systemd-boot.efi",
+            "usr/install/amd64/vmlinuz.efi"
+        ]
+    );
+    let config: serde_json::Value = serde_json::from_slice(&tar_out(&[
+        "-xOf",
+        t,
+        &format!(
+            "blobs/sha256/{}",
+            &m["config"]["digest"].as_str().unwrap()[7..]
+        ),
+    ]))
+    .unwrap();
+    assert_eq!(config["architecture"], "amd64");
+    assert_eq!(config["rootfs"]["diff_ids"][1], last);
+    if have("mcopy") {
+        let uki = f.dir.path().join("uki.efi");
+        esp_file(&set.join("t.raw"), 100, "EFI/Linux/Talos-v1.12.5.efi", &uki);
+        let from_layer = tar_out(&[
+            "-xOf",
+            layer.to_str().unwrap(),
+            "usr/install/amd64/vmlinuz.efi",
+        ]);
+        assert_eq!(sha(&from_layer), sha(&fs::read(&uki).unwrap()));
+    }
+    if have("skopeo") {
+        let o = skopeo()
+            .arg("inspect")
+            .arg(format!("oci-archive:{t}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "skopeo inspect: {o:?}");
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(info["Architecture"], "amd64");
+        assert_eq!(info["Layers"].as_array().unwrap().len(), 2);
+        let o = tool("skopeo")
+            .args(["copy", "-q"])
+            .arg(format!("oci-archive:{t}"))
+            .arg(format!("dir:{}", f.dir.path().join("copied").display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "skopeo copy: {o:?}");
+    }
+    let out2 = f.dir.path().join("out2");
+    build(&f, &out2, &["--raw"]);
+    assert_eq!(
+        sha(&fs::read(set_dir(&out2).join("t-installer-image.tar")).unwrap()),
+        sha(&bytes)
     );
 }

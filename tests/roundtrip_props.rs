@@ -346,6 +346,14 @@ fn build_manifest(i: &ManifestInput) -> Manifest {
             } else {
                 Vec::new()
             },
+            upgrade_image: i.flags[3].then(|| manifest::UpgradeImageDigest {
+                file: "t-installer-image.tar".into(),
+                size: 4096,
+                sha256: d(7),
+                reference: "registry.edge.local/edge/installer:v1.12.5".into(),
+                manifest_digest: format!("sha256:{}", d(8)),
+                base_digest: format!("sha256:{}", d(9)),
+            }),
         },
         slots,
         meta_base,

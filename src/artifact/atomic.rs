@@ -151,6 +151,35 @@ fn link_fd(file: &File, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Write a layout to `target` in one streaming pass (nothing held in memory); returns its
+/// size and lowercase hex SHA-256.
+pub fn write_layout(
+    target: &Path,
+    layout: &crate::layout::Layout,
+    mode: u32,
+) -> Result<(u64, String)> {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    let mut f = AtomicFile::create(target, mode)?;
+    let mut h = sha2::Sha256::new();
+    let mut r = layout.reader();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r
+            .read(&mut buf)
+            .with_context(|| format!("reading the content of {}", target.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        f.file()
+            .write_all(&buf[..n])
+            .with_context(|| format!("writing {}", target.display()))?;
+    }
+    f.commit()?;
+    Ok((layout.len(), hex::encode(h.finalize())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

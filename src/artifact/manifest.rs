@@ -319,6 +319,26 @@ pub struct Provenance {
     /// The images of the `IMAGECACHE` partition, in profile order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_cache: Vec<CachedImageDigest>,
+    /// The Talos installer image made for upgrades (`<name>-installer-image.tar`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_image: Option<UpgradeImageDigest>,
+}
+
+/// The installer image for upgrades, as written next to the image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeImageDigest {
+    /// File name (no directory).
+    pub file: String,
+    pub size: u64,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// The reference upgrades name.
+    pub reference: String,
+    /// Digest of the image's manifest.
+    pub manifest_digest: String,
+    /// Digest of the installer-base image it was made from, as pinned.
+    pub base_digest: String,
 }
 
 /// One image of the image cache partition.
@@ -827,6 +847,7 @@ mod tests {
                 schematic: None,
                 machine_config: None,
                 image_cache: Vec::new(),
+                upgrade_image: None,
             },
             slots: vec![],
             meta_base: vec![],

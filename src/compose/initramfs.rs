@@ -37,10 +37,9 @@
 //! imager names and lists it; [`extensions_archive`] refuses modules without it.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::compose::cpio::{self, Entry};
 use crate::compose::squashfs;
@@ -138,7 +137,7 @@ pub fn extensions_archive(
         let shared = SharedFile::new(f, format!("<temporary {image} of {}>", ext.metadata.name));
         let mut l = Layout::new(info.size);
         l.put_file(0, shared, 0, info.size)?;
-        let sha = sha256_layout(&l)?;
+        let sha = crate::layout::Layout::sha256_hex(&l)?;
         layers.push(LayerInfo {
             image: image.clone(),
             name: ext.metadata.name.clone(),
@@ -273,20 +272,6 @@ fn compressed_cpio(entries: Vec<Entry<'_>>, workers: u32) -> Result<Layout> {
         padded,
     )?;
     Ok(l)
-}
-
-fn sha256_layout(l: &Layout) -> Result<String> {
-    let mut h = Sha256::new();
-    let mut r = l.reader();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 fn has_under(t: &Tree, root: &str) -> bool {
@@ -1282,7 +1267,11 @@ layers:
             let p = d.join(format!("{i}.sqsh"));
             let data = std::fs::read(&p).unwrap();
             assert_eq!(data.len() as u64, layer.squashfs_size);
-            assert_eq!(hex::encode(Sha256::digest(&data)), layer.squashfs_sha256);
+            use sha2::Digest;
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(&data)),
+                layer.squashfs_sha256
+            );
             let out = Command::new("unsquashfs")
                 .args(["-l", "-d", ""])
                 .arg(&p)

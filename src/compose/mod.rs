@@ -79,6 +79,10 @@ pub struct Composition {
     pub uki_size: u64,
     /// The extension layers packed into the initrd.
     pub layers: Vec<initramfs::LayerInfo>,
+    /// The Talos installer image for upgrades (`[upgrade_image]`).
+    pub upgrade_image: Option<crate::upgrade_image::UpgradeImage>,
+    /// What the image cache partition holds (the upgrade image included).
+    pub cache_entries: Vec<crate::imagecache::CacheEntry>,
 }
 
 /// A partition to place: GPT name (also the label its GUID derives from), type GUID, and
@@ -139,12 +143,21 @@ pub const IMAGE_CACHE_LABEL: &str = "IMAGECACHE";
 /// for, with a UUID derived from the partition's GUID.
 fn image_cache_partition(
     c: &crate::imagecache::CachePlan,
+    upgrade: Option<&crate::upgrade_image::UpgradeImage>,
     ns: &[u8; 16],
     epoch: u64,
-) -> Result<Layout> {
+) -> Result<(Layout, Vec<crate::imagecache::CacheEntry>)> {
     let uuid = *gpt::guid_v8(ns, IMAGE_CACHE_LABEL).as_bytes();
+    // The upgrade installer image goes into the cache too: an upgrade needs no registry.
+    let mut cache = c.cache.clone();
+    if let Some(u) = upgrade {
+        cache.add(&crate::imagecache::CachedImage {
+            reference: u.reference.clone(),
+            image: u.image.clone(),
+        })?;
+    }
     let fs = ext4::build(&ext4::Ext4Input {
-        tree: &c.cache.tree,
+        tree: &cache.tree,
         label: IMAGE_CACHE_LABEL,
         uuid,
         epoch,
@@ -152,7 +165,7 @@ fn image_cache_partition(
         spare_inodes: 64,
     })
     .context("writing the image cache filesystem")?;
-    Ok(fs.layout)
+    Ok((fs.layout, cache.entries))
 }
 
 /// The FAT volume serial of a partition: the first 4 bytes of its GUID.
@@ -247,6 +260,19 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     })
     .with_context(|| format!("assembling the UKI from {}", a.systemd_stub.origin))?;
     let uki_size = uki.len();
+    let upgrade_image = match &profile.upgrade_image {
+        Some(spec) => Some(
+            crate::upgrade_image::build(
+                spec,
+                profile.arch,
+                &uki,
+                &file_layout(&a.systemd_boot)?,
+                epoch,
+            )
+            .with_context(|| format!("profile {}: [upgrade_image]", profile.path.display()))?,
+        ),
+        None => None,
+    };
 
     let ns = gpt::namespace(&profile.name);
     let esp_guid = gpt::guid_v8(&ns, esp::LABEL);
@@ -272,9 +298,12 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
     if let Some(iso) = metal_iso {
         specs.push((METAL_ISO_LABEL, TYPE_BASIC_DATA, iso));
     }
-    let cache_layout = match &plan.image_cache {
-        Some(c) => Some(image_cache_partition(c, &ns, epoch)?),
-        None => None,
+    let (cache_layout, cache_entries) = match &plan.image_cache {
+        Some(c) => {
+            let (l, e) = image_cache_partition(c, upgrade_image.as_ref(), &ns, epoch)?;
+            (Some(l), e)
+        }
+        None => (None, Vec::new()),
     };
     if let Some(l) = &cache_layout {
         specs.push((IMAGE_CACHE_LABEL, gpt::TYPE_LINUX_FS, l));
@@ -309,5 +338,7 @@ pub fn compose(profile: &Profile, a: &BootAssets, plan: &Plan, epoch: u64) -> Re
         partitions: placed,
         uki_size,
         layers,
+        upgrade_image,
+        cache_entries,
     })
 }

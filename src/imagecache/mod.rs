@@ -126,73 +126,90 @@ pub struct CachedImage {
 pub use crate::artifact::manifest::CachedImageDigest as CacheEntry;
 
 /// The cache as files.
+#[derive(Clone, Default)]
 pub struct Cache {
     pub tree: Tree,
     pub entries: Vec<CacheEntry>,
     /// Distinct blobs and their bytes.
     pub blobs: usize,
     pub blob_bytes: u64,
+    /// Blob digest → size, and reference → digest of its manifest or index.
+    sizes: BTreeMap<String, u64>,
+    refs: BTreeMap<String, String>,
 }
 
 /// Lay the images out; a reference given twice must name the same image.
 pub fn assemble(images: &[CachedImage]) -> Result<Cache> {
-    let mut tree = Tree::new();
-    let mut by_ref: BTreeMap<String, &str> = BTreeMap::new();
-    let mut blobs: BTreeMap<String, u64> = BTreeMap::new();
-    let mut entries = Vec::with_capacity(images.len());
-    let file = |bytes: &[u8]| Node::file(Layout::from_bytes(bytes.to_vec()), 0o644);
+    let mut c = Cache::default();
     for im in images {
+        c.add(im)?;
+    }
+    Ok(c)
+}
+
+impl Cache {
+    /// Add one image (its blobs once, however many images share them).
+    pub fn add(&mut self, im: &CachedImage) -> Result<()> {
+        let file = |bytes: &[u8]| Node::file(Layout::from_bytes(bytes.to_vec()), 0o644);
         let key = im.reference.to_string();
         let top = &im.image.top;
-        if let Some(other) = by_ref.insert(key.clone(), &top.digest) {
-            if other != top.digest {
+        if let Some(other) = self.refs.get(&key) {
+            if *other != top.digest {
                 bail!(
                     "image cache: {key} is given twice, as {other} and as {}: one reference \
                      names one image",
                     top.digest
                 );
             }
-            continue;
+            return Ok(());
         }
+        self.refs.insert(key.clone(), top.digest.clone());
         let dir = im.reference.cache_dir();
         if let Some(tag) = &im.reference.tag {
-            tree.insert(format!("{dir}/reference/{tag}"), file(&top.bytes));
+            self.tree
+                .insert(format!("{dir}/reference/{tag}"), file(&top.bytes));
         }
-        tree.insert(
+        self.tree.insert(
             format!("{dir}/digest/{}", digest_file(&top.digest)),
             file(&top.bytes),
         );
         if let Some(m) = &im.image.platform_manifest {
-            tree.insert(
+            self.tree.insert(
                 format!("{dir}/digest/{}", digest_file(&m.digest)),
                 file(&m.bytes),
             );
         }
         let c = &im.image.config;
-        let path = format!("blob/{}", digest_file(&c.digest));
-        blobs.insert(c.digest.clone(), c.bytes.len() as u64);
-        tree.insert(path, file(&c.bytes));
+        if self
+            .sizes
+            .insert(c.digest.clone(), c.bytes.len() as u64)
+            .is_none()
+        {
+            self.tree
+                .insert(format!("blob/{}", digest_file(&c.digest)), file(&c.bytes));
+        }
         for l in &im.image.layers {
-            if blobs.insert(l.digest.clone(), l.content.len()).is_none() {
-                tree.insert(
+            if self
+                .sizes
+                .insert(l.digest.clone(), l.content.len())
+                .is_none()
+            {
+                self.tree.insert(
                     format!("blob/{}", digest_file(&l.digest)),
                     Node::file(l.content.clone(), 0o644),
                 );
             }
         }
-        entries.push(CacheEntry {
+        self.blobs = self.sizes.len();
+        self.blob_bytes = self.sizes.values().sum();
+        self.entries.push(CacheEntry {
             reference: key,
             digest: top.digest.clone(),
             platform: im.image.platform.clone(),
             size: im.image.size(),
         });
+        Ok(())
     }
-    Ok(Cache {
-        tree,
-        entries,
-        blobs: blobs.len(),
-        blob_bytes: blobs.values().sum(),
-    })
 }
 
 /// Refuse a cache that lacks any required image, listing every missing one and where it is

@@ -11,12 +11,10 @@
 //! Layer blobs stay where they are: each is a [`Layout`] over its region of the archive (or
 //! its file of a layout directory), hashed here once in a streaming pass.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::{
     accepts_variant, Arch, Archive, BlobDigest, Platform, Source, MAX_LAYERS, MT_DOCKER_CONFIG,
@@ -242,7 +240,8 @@ pub fn open_pinned(path: &Path, digest: &str, arch: Arch) -> Result<PinnedImage>
                 l.size
             );
         }
-        let got = digest_of(&content)
+        let got = content
+            .sha256_hex()
             .with_context(|| format!("{name}: reading layer {} ({ld})", i + 1))?;
         if got != ld.hex {
             bail!(
@@ -329,21 +328,6 @@ fn blob_layout(archive: &Archive, member: &str) -> Result<Option<Layout>> {
             Ok(Some(l))
         }
     }
-}
-
-/// SHA-256 (hex) of a layout's bytes, read in a streaming pass.
-fn digest_of(l: &Layout) -> Result<String> {
-    let mut h = Sha256::new();
-    let mut r = l.reader();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 /// What index.json lists, for the message when the pin is not there.
