@@ -536,7 +536,12 @@ pub struct Inputs {
     pub delivery: Delivery,
     /// The image cache: (reference, pinned digest, archive).
     pub cache: Vec<(String, String, String)>,
+    /// `[upgrade_image]`: (reference, installer-base digest, its archive).
+    pub upgrade: Option<(String, String, String)>,
 }
+
+/// The reference of the e2e images' upgrade installer image (also cached).
+pub const UPGRADE_REFERENCE: &str = "registry.edge.local/e2e/installer:v1.12.5";
 
 /// The manifest of the kernel-module extension.
 fn module_ext_manifest(kver: &str) -> String {
@@ -610,6 +615,7 @@ fn write_inputs(paths: &Paths, v: &Variant, root: &fetch::Root) -> Result<Inputs
     fs::write(&patch, HOSTNAME_PATCH).with_context(|| format!("writing {}", patch.display()))?;
     let mut patches = vec![rel(&patch)?];
     let mut cache = Vec::new();
+    let mut upgrade = None;
     if v.cache {
         use edgeimage::imagecache::fixtures;
         let p = dir.join("image-cache-patch.yaml");
@@ -625,6 +631,15 @@ fn write_inputs(paths: &Paths, v: &Variant, root: &fetch::Root) -> Result<Inputs
             fs::write(&a, im.tar()?).with_context(|| format!("writing {}", a.display()))?;
             cache.push((im.reference, im.digest, rel(&a)?));
         }
+        let base = fixtures::image(
+            "ghcr.io/siderolabs/installer-base:v1.12.5",
+            v.arch,
+            "installer-base",
+            true,
+        )?;
+        let a = dir.join("images/installer-base.tar");
+        fs::write(&a, base.tar()?).with_context(|| format!("writing {}", a.display()))?;
+        upgrade = Some((UPGRADE_REFERENCE.to_string(), base.digest, rel(&a)?));
     }
     Ok(Inputs {
         extensions,
@@ -632,6 +647,7 @@ fn write_inputs(paths: &Paths, v: &Variant, root: &fetch::Root) -> Result<Inputs
         patches,
         delivery: v.delivery,
         cache,
+        upgrade,
     })
 }
 
@@ -767,6 +783,13 @@ fn write_profile(paths: &Paths, setup: &Setup, inputs: Option<&Inputs>) -> Resul
                     toml_str(archive)
                 ));
             }
+        }
+        if let Some((reference, digest, archive)) = &inputs.upgrade {
+            t.push_str(&format!(
+                "\n[upgrade_image]\nreference = {}\nbase = {{ archive = {}, digest = \"{digest}\" }}\n",
+                toml_str(reference),
+                toml_str(archive)
+            ));
         }
     }
     let p = paths.e2e.join(format!("{}.toml", setup.name));
@@ -1018,6 +1041,7 @@ fn build_with_edgeimage(
         let mut refs: Vec<String> = edgeimage::imagecache::fixtures::CONTROL_PLANE_1_12_5
             .iter()
             .map(|r| r.to_string())
+            .chain([UPGRADE_REFERENCE.to_string()])
             .collect();
         refs.sort();
         expect.cache_images = Some(refs);
