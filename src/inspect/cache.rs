@@ -170,6 +170,22 @@ pub fn read(vol: &Volume) -> Result<CacheReport> {
     })
 }
 
+/// A name from the filesystem as shown: printable ASCII kept, anything else `?` (names are
+/// shown, never bytes that could drive a terminal).
+fn shown(name: &str) -> String {
+    name.chars()
+        .take(255)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+/// A digest from a manifest as a blob name (`sha256-<hex>`), or `None` when it is not one.
+fn blob_name(digest: &str) -> Option<String> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| format!("sha256-{hex}"))
+}
+
 /// `host_5000_` (how the cache writes a registry port) → `host:5000`.
 fn registry_name(dir: &str) -> String {
     if let Some(rest) = dir.strip_suffix('_') {
@@ -190,7 +206,11 @@ fn resolve(
     digests: &BTreeMap<String, u32>,
     blobs: &BTreeMap<String, u64>,
 ) -> Result<CachedRef> {
-    let reference = format!("{}/{}:{tag}", registry_name(&path[0]), path[1..].join("/"));
+    let reference = shown(&format!(
+        "{}/{}:{tag}",
+        registry_name(&path[0]),
+        path[1..].join("/")
+    ));
     let bytes = w.manifest(ino, &format!("the manifest of {reference}"))?;
     let hex = hex::encode(Sha256::digest(&bytes));
     let mut missing = Vec::new();
@@ -211,9 +231,11 @@ fn resolve(
         d.config
             .iter()
             .chain(&d.layers)
-            .map(|x| x.digest.replacen(':', "-", 1))
-            .filter(|n| !blobs.contains_key(n))
-            .map(|n| format!("blob/{}", n.chars().take(80).collect::<String>()))
+            .filter_map(|x| match blob_name(&x.digest) {
+                Some(n) if blobs.contains_key(&n) => None,
+                Some(n) => Some(format!("blob/{n}")),
+                None => Some("a blob named by a malformed digest".into()),
+            })
             .collect()
     };
     match doc {
@@ -225,7 +247,9 @@ fn resolve(
             // profile's architecture): report the closest.
             let mut best: Option<Vec<String>> = None;
             for m in list.iter().take(64) {
-                let n = m.digest.replacen(':', "-", 1);
+                let Some(n) = blob_name(&m.digest) else {
+                    continue;
+                };
                 let Some(&i) = digests.get(&n) else { continue };
                 let b = w.manifest(i, &format!("a manifest of {reference}"))?;
                 let Ok(d) = serde_json::from_slice::<Doc>(&b) else {
@@ -349,5 +373,15 @@ mod tests {
         let v = Volume::from_bytes(&bytes).unwrap();
         let e = format!("{:#}", read(&v).unwrap_err());
         assert!(e.contains("reached twice: the tree has a cycle"), "{e}");
+    }
+
+    #[test]
+    fn names_and_digests_are_shown_safely() {
+        assert_eq!(shown("reg\x1b[2J/app:v1"), "reg?[2J/app:v1");
+        assert_eq!(blob_name("sha256:zz"), None);
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(blob_name(&d), Some(format!("sha256-{}", "a".repeat(64))));
+        assert_eq!(registry_name("host_5000_"), "host:5000");
+        assert_eq!(registry_name("docker.io"), "docker.io");
     }
 }
