@@ -166,7 +166,9 @@ pub fn read(vol: &Volume) -> Result<CacheReport> {
         label: vol.label().to_string(),
         images,
         blobs: blobs.len(),
-        blob_bytes: blobs.values().sum(),
+        // Sizes come from the filesystem: added without overflow (a hostile one may claim
+        // anything; found by the ext4 fuzz target).
+        blob_bytes: blobs.values().fold(0u64, |a, &b| a.saturating_add(b)),
     })
 }
 
@@ -383,5 +385,46 @@ mod tests {
         assert_eq!(blob_name(&d), Some(format!("sha256-{}", "a".repeat(64))));
         assert_eq!(registry_name("host_5000_"), "host:5000");
         assert_eq!(registry_name("docker.io"), "docker.io");
+    }
+
+    #[test]
+    fn blob_sizes_that_overflow_are_added_without_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fixtures::image("registry.k8s.io/pause:3.10", Arch::Amd64, "s", false).unwrap();
+        let p = dir.path().join("a.tar");
+        std::fs::write(&p, f.tar().unwrap()).unwrap();
+        let images = vec![CachedImage {
+            reference: crate::format::reference::Reference::parse("registry.k8s.io/pause:3.10")
+                .unwrap(),
+            image: open_pinned(&p, &f.digest, Arch::Amd64).unwrap(),
+        }];
+        let cache = assemble(&images).unwrap();
+        let mut bytes = build(&Ext4Input {
+            tree: &cache.tree,
+            label: "IMAGECACHE",
+            uuid: [1; 16],
+            epoch: 0,
+            size: Size::Fit { free: 0 },
+            spare_inodes: 0,
+        })
+        .unwrap()
+        .layout
+        .to_vec()
+        .unwrap();
+        let blobs: Vec<u32> = {
+            let v = Volume::from_bytes(&bytes).unwrap();
+            let d = v.find("blob").unwrap().unwrap();
+            v.list(&d).unwrap().iter().map(|e| e.ino).collect()
+        };
+        assert_eq!(blobs.len(), 2);
+        // Both blobs claim nearly 2^64 bytes (i_size_high), so their sum overflows.
+        let table = u32::from_le_bytes(bytes[4096 + 8..4096 + 12].try_into().unwrap()) as usize;
+        for ino in blobs {
+            let at = table * 4096 + (ino as usize - 1) * 256;
+            bytes[at + 0x6C..at + 0x70].copy_from_slice(&u32::MAX.to_le_bytes());
+        }
+        let v = Volume::from_bytes(&bytes).unwrap();
+        let r = read(&v).unwrap();
+        assert_eq!(r.blob_bytes, u64::MAX);
     }
 }
