@@ -90,6 +90,22 @@ impl SharedFile {
     }
 }
 
+/// Positional reads of `data` as the start of a longer object whose rest reads as zeros (as
+/// a sparse image's does): how the filesystem fuzz targets feed a reader a few KiB as a
+/// volume of MiBs.
+pub fn zero_padded(data: &[u8]) -> impl Fn(u64, &mut [u8]) -> io::Result<()> + '_ {
+    move |off, buf| {
+        buf.fill(0);
+        let src = usize::try_from(off)
+            .ok()
+            .and_then(|start| data.get(start..))
+            .unwrap_or_default();
+        let n = src.len().min(buf.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        Ok(())
+    }
+}
+
 /// Reads `[pos, end)` of a shared file with positional reads.
 pub struct RegionReader {
     pub(crate) file: SharedFile,

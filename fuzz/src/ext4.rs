@@ -11,16 +11,7 @@ pub const MAX_FILE: u64 = 1 << 20;
 
 /// The filesystem the input starts.
 pub fn volume(data: &[u8]) -> anyhow::Result<Volume<'_>> {
-    Volume::open(VOLUME_LEN, move |off, buf| {
-        buf.fill(0);
-        let src = usize::try_from(off)
-            .ok()
-            .and_then(|start| data.get(start..))
-            .unwrap_or_default();
-        let n = src.len().min(buf.len());
-        buf[..n].copy_from_slice(&src[..n]);
-        Ok(())
-    })
+    Volume::open(VOLUME_LEN, edgeimage::layout::zero_padded(data))
 }
 
 /// What [`exercise`] got through.

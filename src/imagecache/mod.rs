@@ -130,9 +130,6 @@ pub use crate::artifact::manifest::CachedImageDigest as CacheEntry;
 pub struct Cache {
     pub tree: Tree,
     pub entries: Vec<CacheEntry>,
-    /// Distinct blobs and their bytes.
-    pub blobs: usize,
-    pub blob_bytes: u64,
     /// Blob digest → size, and reference → digest of its manifest or index.
     sizes: BTreeMap<String, u64>,
     refs: BTreeMap<String, String>,
@@ -148,6 +145,16 @@ pub fn assemble(images: &[CachedImage]) -> Result<Cache> {
 }
 
 impl Cache {
+    /// Distinct blobs.
+    pub fn blobs(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// Bytes of the distinct blobs.
+    pub fn blob_bytes(&self) -> u64 {
+        self.sizes.values().sum()
+    }
+
     /// Add one image (its blobs once, however many images share them).
     pub fn add(&mut self, im: &CachedImage) -> Result<()> {
         let file = |bytes: &[u8]| Node::file(Layout::from_bytes(bytes.to_vec()), 0o644);
@@ -200,8 +207,6 @@ impl Cache {
                 );
             }
         }
-        self.blobs = self.sizes.len();
-        self.blob_bytes = self.sizes.values().sum();
         self.entries.push(CacheEntry {
             reference: key,
             digest: top.digest.clone(),
@@ -289,7 +294,7 @@ mod tests {
             "manifests/host_5000_/app/digest/sha256-{}",
             "b".repeat(64)
         )));
-        assert_eq!(c.blobs, 2, "the shared layer is stored once");
+        assert_eq!(c.blobs(), 2, "the shared layer is stored once");
         let need = |s: &str| Required {
             reference: Reference::parse(s).unwrap(),
             from: "test".into(),

@@ -281,41 +281,59 @@ fn resolve(
     })
 }
 
+/// An image cache filesystem as `build` writes it, for tests and fuzz seeds: the fixture
+/// images `(reference, behind a two-platform index)` for `arch` (archives written in `dir`),
+/// laid out and written as ext4; returns the cache and the filesystem's bytes.
+pub fn sample(
+    images: &[(&str, bool)],
+    arch: crate::talos::Arch,
+    dir: &std::path::Path,
+) -> Result<(crate::imagecache::Cache, Vec<u8>)> {
+    use crate::compose::ext4;
+    use crate::imagecache::{assemble, fixtures, CachedImage};
+    let mut cached = Vec::with_capacity(images.len());
+    for (i, &(r, multi)) in images.iter().enumerate() {
+        let f = fixtures::image(r, arch, "sample", multi)?;
+        let p = dir.join(format!("{arch}-{i}.tar"));
+        std::fs::write(&p, f.tar()?)?;
+        cached.push(CachedImage {
+            reference: crate::format::reference::Reference::parse(r)?,
+            image: crate::assets::oci::pinned::open_pinned(&p, &f.digest, arch)?,
+        });
+    }
+    let cache = assemble(&cached)?;
+    let bytes = ext4::build(&ext4::Ext4Input {
+        tree: &cache.tree,
+        label: "IMAGECACHE",
+        uuid: [7; 16],
+        epoch: 1_700_000_000,
+        size: ext4::Size::Fit { free: 0 },
+        spare_inodes: 0,
+    })?
+    .layout
+    .to_vec()?;
+    Ok((cache, bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::assets::oci::pinned::open_pinned;
-    use crate::compose::ext4::{build, Ext4Input, Size};
-    use crate::imagecache::{assemble, fixtures, CachedImage};
     use crate::talos::Arch;
+
+    const PAUSE: &[(&str, bool)] = &[("registry.k8s.io/pause:3.10", false)];
 
     #[test]
     fn reads_what_the_writer_wrote() {
         let dir = tempfile::tempdir().unwrap();
-        let mut images = Vec::new();
-        for (i, r) in ["registry.k8s.io/pause:3.10", "host:5000/team/app:v1"]
-            .iter()
-            .enumerate()
-        {
-            let f = fixtures::image(r, Arch::Amd64, "s", i == 1).unwrap();
-            let p = dir.path().join(format!("{i}.tar"));
-            std::fs::write(&p, f.tar().unwrap()).unwrap();
-            images.push(CachedImage {
-                reference: crate::format::reference::Reference::parse(r).unwrap(),
-                image: open_pinned(&p, &f.digest, Arch::Amd64).unwrap(),
-            });
-        }
-        let cache = assemble(&images).unwrap();
-        let fs = build(&Ext4Input {
-            tree: &cache.tree,
-            label: "IMAGECACHE",
-            uuid: [1; 16],
-            epoch: 0,
-            size: Size::Fit { free: 0 },
-            spare_inodes: 0,
-        })
+        let (cache, bytes) = sample(
+            &[
+                ("registry.k8s.io/pause:3.10", false),
+                ("host:5000/team/app:v1", true),
+            ],
+            Arch::Amd64,
+            dir.path(),
+        )
         .unwrap();
-        let bytes = fs.layout.to_vec().unwrap();
         let vol = Volume::from_bytes(&bytes).unwrap();
         let r = read(&vol).unwrap();
         assert_eq!(r.label, "IMAGECACHE");
@@ -331,35 +349,15 @@ mod tests {
                 ("registry.k8s.io/pause:3.10", "manifest", true),
             ]
         );
-        assert_eq!(r.images[1].digest, images[0].image.top.digest);
-        assert_eq!(r.blobs, cache.blobs);
-        assert_eq!(r.blob_bytes, cache.blob_bytes);
+        assert_eq!(r.images[1].digest, cache.entries[0].digest);
+        assert_eq!(r.blobs, cache.blobs());
+        assert_eq!(r.blob_bytes, cache.blob_bytes());
     }
 
     #[test]
     fn a_directory_cycle_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let f = fixtures::image("registry.k8s.io/pause:3.10", Arch::Amd64, "s", false).unwrap();
-        let p = dir.path().join("a.tar");
-        std::fs::write(&p, f.tar().unwrap()).unwrap();
-        let images = vec![CachedImage {
-            reference: crate::format::reference::Reference::parse("registry.k8s.io/pause:3.10")
-                .unwrap(),
-            image: open_pinned(&p, &f.digest, Arch::Amd64).unwrap(),
-        }];
-        let cache = assemble(&images).unwrap();
-        let mut bytes = build(&Ext4Input {
-            tree: &cache.tree,
-            label: "IMAGECACHE",
-            uuid: [1; 16],
-            epoch: 0,
-            size: Size::Fit { free: 0 },
-            spare_inodes: 0,
-        })
-        .unwrap()
-        .layout
-        .to_vec()
-        .unwrap();
+        let (_, mut bytes) = sample(PAUSE, Arch::Amd64, dir.path()).unwrap();
         let manifests = {
             let v = Volume::from_bytes(&bytes).unwrap();
             v.find("manifests").unwrap().unwrap().ino
@@ -390,27 +388,7 @@ mod tests {
     #[test]
     fn blob_sizes_that_overflow_are_added_without_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let f = fixtures::image("registry.k8s.io/pause:3.10", Arch::Amd64, "s", false).unwrap();
-        let p = dir.path().join("a.tar");
-        std::fs::write(&p, f.tar().unwrap()).unwrap();
-        let images = vec![CachedImage {
-            reference: crate::format::reference::Reference::parse("registry.k8s.io/pause:3.10")
-                .unwrap(),
-            image: open_pinned(&p, &f.digest, Arch::Amd64).unwrap(),
-        }];
-        let cache = assemble(&images).unwrap();
-        let mut bytes = build(&Ext4Input {
-            tree: &cache.tree,
-            label: "IMAGECACHE",
-            uuid: [1; 16],
-            epoch: 0,
-            size: Size::Fit { free: 0 },
-            spare_inodes: 0,
-        })
-        .unwrap()
-        .layout
-        .to_vec()
-        .unwrap();
+        let (_, mut bytes) = sample(PAUSE, Arch::Amd64, dir.path()).unwrap();
         let blobs: Vec<u32> = {
             let v = Volume::from_bytes(&bytes).unwrap();
             let d = v.find("blob").unwrap().unwrap();

@@ -1192,36 +1192,17 @@ fn initrd() -> Result<Vec<u8>> {
 /// Image cache filesystems as the build writes them: a single-platform image and one behind
 /// an index, on amd64 and arm64.
 fn ext4_seeds() -> Result<Seeds> {
-    use edgeimage::assets::oci::pinned::open_pinned;
-    use edgeimage::compose::ext4;
-    use edgeimage::imagecache::{assemble, fixtures, CachedImage};
     let dir = tempfile::tempdir()?;
     let mut v = Vec::new();
     for arch in [Arch::Amd64, Arch::Arm64] {
-        let mut images = Vec::new();
-        for (i, r) in ["registry.k8s.io/pause:3.10", "host:5000/team/app:v1"]
-            .iter()
-            .enumerate()
-        {
-            let f = fixtures::image(r, arch, "seed", i == 1)?;
-            let p = dir.path().join(format!("{arch}-{i}.tar"));
-            fs::write(&p, f.tar()?)?;
-            images.push(CachedImage {
-                reference: edgeimage::format::reference::Reference::parse(r)?,
-                image: open_pinned(&p, &f.digest, arch)?,
-            });
-        }
-        let cache = assemble(&images)?;
-        let mut b = ext4::build(&ext4::Ext4Input {
-            tree: &cache.tree,
-            label: "IMAGECACHE",
-            uuid: [7; 16],
-            epoch: 1_700_000_000,
-            size: ext4::Size::Fit { free: 0 },
-            spare_inodes: 0,
-        })?
-        .layout
-        .to_vec()?;
+        let (_, mut b) = edgeimage::inspect::cache::sample(
+            &[
+                ("registry.k8s.io/pause:3.10", false),
+                ("host:5000/team/app:v1", true),
+            ],
+            arch,
+            dir.path(),
+        )?;
         let end = b.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
         b.truncate(end);
         if b.len() > 1 << 20 {

@@ -17,8 +17,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::{
-    accepts_variant, Arch, Archive, BlobDigest, Platform, Source, MAX_LAYERS, MT_DOCKER_CONFIG,
-    MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST,
+    Arch, Archive, BlobDigest, Platform, Source, MAX_LAYERS, MT_DOCKER_CONFIG, MT_DOCKER_LIST,
+    MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST,
 };
 use crate::layout::{Layout, SharedFile};
 
@@ -70,6 +70,7 @@ impl PinnedImage {
     }
 }
 
+/// A manifest or an index: the reader's descriptor type, either list.
 #[derive(Deserialize)]
 struct Doc {
     manifests: Option<Vec<Desc>>,
@@ -78,21 +79,7 @@ struct Doc {
     layers: Vec<Desc>,
 }
 
-#[derive(Deserialize)]
-struct Desc {
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
-    digest: String,
-    size: u64,
-    platform: Option<super::PlatformJson>,
-}
-
-#[derive(Deserialize)]
-struct Cfg {
-    architecture: Option<String>,
-    os: Option<String>,
-    variant: Option<String>,
-}
+type Desc = super::DescriptorJson;
 
 /// Open the archive at `path` and take the image whose manifest or index has `digest`, for
 /// `arch`.
@@ -200,16 +187,9 @@ pub fn open_pinned(path: &Path, digest: &str, arch: Arch) -> Result<PinnedImage>
     }
     let mut config = json_blob(&archive, &cd, Some(c.size), "config")?;
     config.media_type = c.media_type.clone().unwrap_or_default();
-    let cfg: Cfg = parse(&name, &config.bytes, &format!("config {cd}"))?;
-    let platform = Platform {
-        os: cfg.os.unwrap_or_else(|| "unknown".into()),
-        arch: cfg.architecture.unwrap_or_else(|| "unknown".into()),
-        variant: cfg.variant.filter(|v| !v.is_empty()),
-    };
-    if !(platform.os == "linux"
-        && platform.arch == arch.as_str()
-        && accepts_variant(arch, platform.variant.as_deref()))
-    {
+    let cfg: super::ConfigJson = parse(&name, &config.bytes, &format!("config {cd}"))?;
+    let platform = Platform::from_config(&cfg);
+    if !platform.matches(arch) {
         bail!(
             "{name}: {pin} is an image for {platform}, not {wanted}: the image is for another \
              architecture than the profile's"
